@@ -1,0 +1,139 @@
+"""Freezing plans: which generator / discriminator parameters a run trains.
+
+Parameters are picked by the resolution the networks report for them
+(`Generator.layer_resolution`, `Discriminator.layer_resolution`), never by substring,
+so `convs.1` can not be confused with `convs.10`. `FreezePlan.apply` sets `requires_grad`
+once, before the models are wrapped by Accelerate; the optimisers are then built over
+the trainable parameters only (`build_optimizers`), so frozen parameters get no
+gradient, no optimiser state and no EMA update, and stay bit-identical.
+
+The modes of the paper:
+  FreezeD   freeze_d_above=R        D blocks reading inputs larger than R are frozen
+                                    (the head, `final_*`, always trains)
+  FreezeG   freeze_g_up_to=R        G layers at resolutions <= R are frozen (the const
+                                    input, conv1 and to_rgb1 belong to 4x4)
+  FreezeSG  freeze_g_up_to=R plus freeze_style_up_to=R': the W+ entries of layers
+            <= R' come from the frozen source mapping network (see the loop); this
+            option freezes no parameter by itself
+  mapping   freeze_mapping=True     the mapping network (`style.*`) is frozen
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import torch
+
+__all__ = ["FreezePlan", "FREEZE_PRESETS", "trainable_parameters", "lazy_ratio", "build_optimizers"]
+
+
+def _check_res(name, value):
+    if value is not None and (not isinstance(value, int) or value < 4 or value & (value - 1)):
+        raise ValueError(f"FreezePlan.{name} must be None or a power of two >= 4, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FreezePlan:
+    """What to freeze; every field None/False = train everything."""
+
+    freeze_d_above: int | None = None  # D blocks whose input resolution is > this are frozen
+    freeze_g_up_to: int | None = None  # G layers at resolution <= this are frozen
+    freeze_style_up_to: int | None = None  # W+ entries of layers <= this come from G_source's mapping
+    freeze_mapping: bool = False  # freeze the mapping network (style.*)
+
+    def __post_init__(self):
+        _check_res("freeze_d_above", self.freeze_d_above)
+        _check_res("freeze_g_up_to", self.freeze_g_up_to)
+        _check_res("freeze_style_up_to", self.freeze_style_up_to)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def needs_source(self) -> bool:
+        """True when the loop needs the frozen source generator (W+ injection)."""
+        return self.freeze_style_up_to is not None
+
+    def is_g_frozen(self, G, name: str) -> bool:
+        res = G.layer_resolution(name)
+        if res == "mapping":
+            return self.freeze_mapping
+        return self.freeze_g_up_to is not None and res <= self.freeze_g_up_to
+
+    def is_d_frozen(self, D, name: str) -> bool:
+        res = D.layer_resolution(name)
+        if res == "head":
+            return False
+        return self.freeze_d_above is not None and res > self.freeze_d_above
+
+    def g_trainable(self, G) -> set[str]:
+        """Names of the G parameters this plan trains."""
+        return {n for n, _ in G.named_parameters() if not self.is_g_frozen(G, n)}
+
+    def d_trainable(self, D) -> set[str]:
+        """Names of the D parameters this plan trains."""
+        return {n for n, _ in D.named_parameters() if not self.is_d_frozen(D, n)}
+
+    def n_wplus_prefix(self, G) -> int:
+        """How many leading W+ entries come from the source mapping (0 = none)."""
+        return 0 if self.freeze_style_up_to is None else int(G.n_wplus_up_to(self.freeze_style_up_to))
+
+    # ------------------------------------------------------------------ action
+    def apply(self, G: torch.nn.Module, D: torch.nn.Module) -> tuple[set[str], set[str]]:
+        """Set requires_grad on every parameter of G and D; returns (G names, D names) trained.
+
+        Call once, before `accelerator.prepare`. Raises if G or D would train nothing.
+        """
+        g_names, d_names = self.g_trainable(G), self.d_trainable(D)
+        if not g_names:
+            raise ValueError(f"{self} freezes every generator parameter")
+        if not d_names:
+            raise ValueError(f"{self} freezes every discriminator parameter")
+        for n, p in G.named_parameters():
+            p.requires_grad_(n in g_names)
+        for n, p in D.named_parameters():
+            p.requires_grad_(n in d_names)
+        return g_names, d_names
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Short names for the paper's modes at 256 px (the config layer may build its own plans).
+FREEZE_PRESETS: dict[str, FreezePlan] = {
+    "none": FreezePlan(),
+    "freezeD": FreezePlan(freeze_d_above=32),
+    "freezeG": FreezePlan(freeze_g_up_to=16, freeze_mapping=True),
+    "freezeSG": FreezePlan(freeze_g_up_to=16, freeze_style_up_to=8, freeze_d_above=32, freeze_mapping=True),
+}
+
+
+def trainable_parameters(module: torch.nn.Module, names: Iterable[str]) -> list[torch.nn.Parameter]:
+    """The parameters of `module` named in `names`, in named_parameters order."""
+    names = set(names)
+    params = [p for n, p in module.named_parameters() if n in names]
+    missing = names - {n for n, _ in module.named_parameters()}
+    if missing:
+        raise KeyError(f"not parameters of {type(module).__name__}: {sorted(missing)[:8]}")
+    return params
+
+
+def lazy_ratio(every: int | None, active: bool = True) -> float:
+    """Lazy-regularisation correction c = every / (every + 1) (1 when not regularising)."""
+    if not active or not every:
+        return 1.0
+    return every / (every + 1)
+
+
+def build_optimizers(G, D, g_names, d_names, *, lr_g, lr_d, betas=(0.0, 0.99), g_reg_every=None,
+                     d_reg_every=None, g_reg=True, d_reg=True, eps=1e-8):
+    """Adam for G and D over their trainable parameters only.
+
+    With lazy regularisation every k steps, lr *= c and beta ** c, c = k / (k + 1)
+    (StyleGAN2, appendix B), so that the regularisation steps do not shift the momentum.
+    """
+    cg = lazy_ratio(g_reg_every, g_reg)
+    cd = lazy_ratio(d_reg_every, d_reg)
+    opt_g = torch.optim.Adam(trainable_parameters(G, g_names), lr=lr_g * cg,
+                             betas=(betas[0] ** cg, betas[1] ** cg), eps=eps)
+    opt_d = torch.optim.Adam(trainable_parameters(D, d_names), lr=lr_d * cd,
+                             betas=(betas[0] ** cd, betas[1] ** cd), eps=eps)
+    return opt_g, opt_d

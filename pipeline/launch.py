@@ -1,0 +1,172 @@
+"""How a stage runs: in this process, or through `accelerate launch` (locally or under SLURM).
+
+The only reader of process-layout environment variables (its SLURM half is
+``pipeline/slurm.py``). Signals: SIGUSR1 / SIGTERM ask the running stage to stop; the
+training loop finishes its step, writes a checkpoint, and the stage reports "stopped".
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import yaml
+
+from pipeline import dag, tracking
+from pipeline.artifacts import StagePaths, read_json, write_json
+from pipeline.config import to_dict
+from pipeline.context import StageContext
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class StopRequest:
+    """Turns SIGUSR1/SIGTERM into a stop file the training ranks poll (and a local flag)."""
+
+    def __init__(self, stop_file):
+        self.stop_file = stop_file
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        self.stop_file.unlink(missing_ok=True)
+        for sig in STOP_SIGNALS:
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if not self.requested:
+            print(f"\n[pipeline] received {signal.Signals(signum).name}: finishing the current step, "
+                  f"then checkpointing", file=sys.stderr, flush=True)
+        self.requested = True
+        self.stop_file.parent.mkdir(parents=True, exist_ok=True)
+        self.stop_file.touch()
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self.stop_file.unlink(missing_ok=True)
+        return False
+
+
+def world_size_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def in_slurm() -> bool:
+    from pipeline import slurm
+
+    return slurm.in_slurm()
+
+
+def use_cpu(cfg) -> bool:
+    if cfg.launch.cpu is not None:
+        return cfg.launch.cpu
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def make_accelerator(cfg):
+    from accelerate import Accelerator
+
+    cpu = use_cpu(cfg)
+    return Accelerator(cpu=cpu, mixed_precision="no" if cpu else cfg.launch.mixed_precision)
+
+
+def needs_launcher(cfg, stage: dag.Stage) -> bool:
+    if not stage.distributed:
+        return False
+    if cfg.launch.num_processes > 1:
+        return True
+    if in_slurm():
+        from pipeline import slurm
+
+        lay = slurm.slurm_layout()
+        return lay.nodes > 1 or lay.procs_per_node > 1
+    return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stage_logger(tracker, parent, cfg, name, fp, previous):
+    """The stage's MLflow run: new, or the one a stopped/failed attempt with the same fingerprint used."""
+    if tracker is None:
+        return tracking.NullLogger()
+    reuse = (previous.get("mlflow_run_id") if previous.get("fingerprint") == fp
+             and previous.get("status") in ("running", "stopped", "failed") else None)
+    logger = parent.child(name, tags={"stage": name, "fingerprint": fp}, run_id=reuse)
+    dag.write_state(cfg, name, mlflow_run_id=logger.run_id)
+    if reuse:
+        print(f"[{name}] continuing MLflow run {reuse}", flush=True)
+    return logger
+
+
+def execute(cfg, name: str, fp: str, previous: dict, *, tracker, parent):
+    """Run one stage (the DAG's ``execute`` callback)."""
+    stage = dag.STAGES[name]
+    paths = StagePaths(cfg, name).ensure()
+    logger = stage_logger(tracker, parent, cfg, name, fp, previous)
+    status = "FAILED"
+    try:
+        with StopRequest(paths.stop_file) as stop:
+            if needs_launcher(cfg, stage):
+                result = _run_launched(cfg, name, logger, paths)
+            else:
+                acc = make_accelerator(cfg) if stage.distributed else None
+                ctx = StageContext(cfg, name, logger, accelerator=acc, stop_flag=lambda: stop.requested)
+                result = dag.load_stage_module(name).run(ctx)
+        status = "FINISHED"
+        write_json(paths.result_file, {"status": "done", "result": result})
+        return result
+    except dag.StageStopped:
+        status = "KILLED"
+        raise
+    finally:
+        logger.finish(status)  # KILLED when stopped: the requeued job reopens this same run
+
+
+def _run_launched(cfg, name, logger, paths):
+    paths.resolved_config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    paths.result_file.unlink(missing_ok=True)
+    worker = ["-m", "pipeline.worker", "--stage", name, "--config", str(paths.resolved_config)]
+    if logger.run_id:
+        worker += ["--run-id", logger.run_id]
+    cpu = use_cpu(cfg)
+    env = dict(os.environ)
+    if cpu:
+        env["ACCELERATE_USE_CPU"] = "1"
+    if in_slurm():
+        from pipeline import slurm
+
+        cmd = slurm.srun_accelerate_command(worker, cpu=cpu, mixed_precision=cfg.launch.mixed_precision,
+                                            procs_per_node=cfg.launch.num_processes if cfg.launch.num_processes > 1 else None)
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+        if cfg.launch.accelerate_config:
+            cmd += ["--config_file", cfg.launch.accelerate_config]
+        cmd += ["--multi_gpu", "--num_processes", str(cfg.launch.num_processes), "--num_machines", "1",
+                "--main_process_port", str(cfg.launch.main_process_port or _free_port()),
+                "--mixed_precision", "no" if cpu else cfg.launch.mixed_precision]
+        cmd += worker
+    print(f"[{name}] launching: {' '.join(cmd)}", flush=True)
+    proc = subprocess.Popen(cmd, env=env)
+    while True:
+        try:
+            rc = proc.wait()
+            break
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+    out = read_json(paths.result_file, {}) or {}
+    if out.get("status") == "stopped":
+        raise dag.StageStopped(out.get("message", "stopped on request; checkpoint written"))
+    if rc != 0 or out.get("status") != "done":
+        raise RuntimeError(f"launched workers exited with code {rc}"
+                           + (f": {out['error']}" if out.get("error") else " (see the output above)"))
+    return out.get("result")

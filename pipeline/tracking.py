@@ -1,0 +1,197 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+One parent run per `pipeline run` invocation, one nested run per stage, and nested runs
+under a stage for its variants. Everything goes through ``MlflowClient`` with explicit run
+ids (no global "active run"), so a launched worker process can attach to the stage run the
+runner created, and a requeued job continues the same run.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from pipeline import artifacts
+
+
+class TrackingError(RuntimeError):
+    pass
+
+
+def resolve_uri(cfg) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri or artifacts.default_tracking_uri(cfg)
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail early, naming the URI, when a tracking server cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                if r.status != 200:
+                    raise TrackingError(f"MLflow tracking server {uri} answered {r.status} on /health")
+        except (urllib.error.URLError, OSError, socket.timeout) as e:
+            raise TrackingError(f"MLflow tracking server {uri} cannot be reached ({e}); start it, "
+                                f"or set MLFLOW_TRACKING_URI / tracking.uri, or tracking.enabled=false") from None
+    elif uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class RunLogger:
+    """Logs to one MLflow run by id. Created by :class:`Tracker`; cheap to pass around."""
+
+    def __init__(self, client, run_id: str, experiment_id: str):
+        self.client = client
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+
+    def params(self, params: dict):
+        from mlflow.entities import Param
+
+        flat = _flatten(params)
+        existing = self.client.get_run(self.run_id).data.params
+        items = [Param(k, str(v)[:6000]) for k, v in flat.items() if k not in existing]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def metrics(self, metrics: dict, step: int | None = None):
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, int(step or 0))
+                 for k, v in metrics.items() if v is not None]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def tags(self, tags: dict):
+        for k, v in tags.items():
+            if v is not None:
+                self.client.set_tag(self.run_id, k, str(v))
+
+    def artifact(self, path, artifact_path: str | None = None):
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def child(self, name: str, tags: dict | None = None, run_id: str | None = None) -> "RunLogger":
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+            return RunLogger(self.client, run_id, self.experiment_id)
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={"mlflow.parentRunId": self.run_id, **(tags or {})})
+        return RunLogger(self.client, run.info.run_id, self.experiment_id)
+
+    def finish(self, status: str = "FINISHED"):
+        self.client.set_terminated(self.run_id, status=status)
+
+    def url(self) -> str:
+        return f"experiment {self.experiment_id}, run {self.run_id}"
+
+
+class NullLogger:
+    """Stands in on non-main ranks and when tracking is off."""
+
+    run_id = None
+    experiment_id = None
+
+    def params(self, params):
+        pass
+
+    def metrics(self, metrics, step=None):
+        pass
+
+    def tags(self, tags):
+        pass
+
+    def artifact(self, path, artifact_path=None):
+        pass
+
+    def child(self, name, tags=None, run_id=None):
+        return self
+
+    def finish(self, status="FINISHED"):
+        pass
+
+
+class Tracker:
+    """The connection to one tracking store and experiment."""
+
+    def __init__(self, cfg):
+        from mlflow import MlflowClient
+
+        self.uri = resolve_uri(cfg)
+        check_reachable(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        exp = self.client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            location = None
+            if self.uri.startswith("sqlite:"):
+                root = artifacts.default_artifact_root(cfg)
+                root.mkdir(parents=True, exist_ok=True)
+                location = root.as_uri()
+            try:
+                self.experiment_id = self.client.create_experiment(cfg.experiment, artifact_location=location)
+            except Exception:  # created meanwhile by another process
+                self.experiment_id = self.client.get_experiment_by_name(cfg.experiment).experiment_id
+        else:
+            self.experiment_id = exp.experiment_id
+
+    def parent(self, name: str, tags: dict | None = None) -> RunLogger:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={
+            "host": socket.gethostname(), "git_commit": git_commit() or "none", **(tags or {})})
+        return RunLogger(self.client, run.info.run_id, self.experiment_id)
+
+    def attach(self, run_id: str) -> RunLogger:
+        return RunLogger(self.client, run_id, self.experiment_id)
+
+    def ui_hint(self) -> str:
+        if self.uri.startswith("sqlite:"):
+            return f"mlflow ui --backend-store-uri {self.uri}"
+        return f"open {self.uri}"
+
+
+def log_image(logger, array, path, artifact_dir: str | None = None):
+    """Write an HWC uint8 array as a PNG at ``path`` and log it under ``artifact_dir``."""
+    from cartoon_stylegan.imageutil import save_png
+
+    save_png(array, path)
+    logger.artifact(path, artifact_dir)
+    return path
+
+
+def read_runs(cfg, experiment: str | None = None):
+    """All runs of an experiment as plain dicts (for `pipeline compare`)."""
+    from mlflow import MlflowClient
+
+    uri = resolve_uri(cfg)
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment or cfg.experiment)
+    if exp is None:
+        raise TrackingError(f"no MLflow experiment named {experiment or cfg.experiment!r} at {uri}")
+    runs = client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.start_time ASC"])
+    return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+             "start": r.info.start_time, "end": r.info.end_time, "params": dict(r.data.params),
+             "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)} for r in runs]

@@ -1,0 +1,48 @@
+"""Per-rank entry of a launched stage: `accelerate launch -m pipeline.worker --stage S --config F`.
+
+The runner process owns the DAG state and the stage's MLflow run; each rank here builds the
+Accelerator and runs the stage, rank 0 logs into the given run and writes result.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from pipeline import dag, tracking
+from pipeline.artifacts import StagePaths, write_json
+from pipeline.config import load_config
+from pipeline.context import StageContext
+from pipeline.launch import make_accelerator
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.worker")
+    ap.add_argument("--stage", required=True, choices=list(dag.STAGES))
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--run-id", default=None)
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config)
+    acc = make_accelerator(cfg)
+    paths = StagePaths(cfg, args.stage)
+    logger = tracking.NullLogger()
+    if acc.is_main_process and args.run_id:
+        logger = tracking.Tracker(cfg).attach(args.run_id)
+    ctx = StageContext(cfg, args.stage, logger, accelerator=acc, is_main=acc.is_main_process)
+    try:
+        result = dag.load_stage_module(args.stage).run(ctx)
+        out, rc = {"status": "done", "result": result}, 0
+    except dag.StageStopped as e:
+        out, rc = {"status": "stopped", "message": str(e)}, dag.EXIT_STOPPED
+    except Exception as e:  # noqa: BLE001
+        traceback.print_exc()
+        out, rc = {"status": "failed", "error": f"{type(e).__name__}: {e}"}, dag.EXIT_FAILED
+    if acc.is_main_process:
+        write_json(paths.result_file, {**out, "world_size": acc.num_processes})
+    acc.wait_for_everyone() if rc == 0 else None
+    acc.end_training()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Shard stage: both image sets -> WebDataset tars + manifest.json (+ preview grids)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pipeline.config import spec
+
+
+@dataclass
+class ShardConfig:
+    format: Literal["png", "jpeg"] = spec("png", help="encoding inside the tars (png is lossless)")
+    quality: int = spec(95, min=1, max=100, help="JPEG quality")
+    max_per_shard: int = spec(1000, min=1, help="samples per tar")
+    workers: int = spec(2, min=1, max=256, help="encoder processes")
+    min_size: int = spec(0, min=0, help="skip inputs whose shorter side is below this (pixels)")
+
+
+def run(ctx):
+    import numpy as np
+
+    from cartoon_stylegan.data import preview_grid, write_shards
+
+    cfg = ctx.cfg
+    res = cfg.data.resolution
+    ctx.log_params({"data": cfg.data, "shard": cfg.shard})
+    outputs = {}
+    for name in ("source", "target"):
+        ds = getattr(cfg.data, name)
+        out_dir = ctx.paths.dataset_dir(name)
+        ctx.say(f"sharding {name}: {ds.input} -> {out_dir}")
+        manifest = write_shards(
+            ds.input, out_dir, name, resolution=res, count=ds.count, seed=cfg.seed,
+            fmt=cfg.shard.format, quality=cfg.shard.quality, max_per_shard=cfg.shard.max_per_shard,
+            workers=cfg.shard.workers, min_size=cfg.shard.min_size, progress=True,
+            report=lambda m, _n=name: ctx.log_metrics({f"{_n}/{k}": v for k, v in m.items()}))
+        ctx.log_metrics({f"{name}/written": manifest["count"], f"{name}/skipped": len(manifest["skipped"]),
+                         f"{name}/found": manifest["found"]})
+        ctx.log_artifact(out_dir / "manifest.json", name)
+        if ds.input.startswith("synthetic:"):
+            grid = preview_grid(ds.input.split(":", 1)[1], cfg.seed, 32, res)
+        else:
+            grid = _grid_from_shards(out_dir)
+        ctx.log_image(grid, ctx.paths.stage_dir / f"{name}-preview.png", "previews")
+        outputs[name] = {"dir": str(out_dir), "count": manifest["count"], "skipped": len(manifest["skipped"])}
+        if manifest["skipped"]:
+            ctx.say(f"  {name}: {len(manifest['skipped'])} input(s) skipped; reasons in {out_dir / 'manifest.json'}")
+    return outputs
+
+
+def _grid_from_shards(shard_dir, n=32):
+    from cartoon_stylegan.data import make_loader
+    from cartoon_stylegan.imageutil import tile_images, to_uint8
+
+    batch = next(iter(make_loader(shard_dir, batch_size=n, xflip=False, shuffle_buffer=0)))
+    return tile_images(to_uint8(batch), cols=8)
