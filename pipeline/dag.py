@@ -111,7 +111,8 @@ def status(cfg, name: str) -> str:
     if not state:
         return "never run"
     if state.get("status") == "done":
-        return "done" if state.get("fingerprint") == fingerprint(cfg, name) else "stale"
+        fresh = state.get("fingerprint") == fingerprint(cfg, name)
+        return "done" if fresh and all(status(cfg, d) == "done" for d in STAGES[name].needs) else "stale"
     return state.get("status", "never run")
 
 

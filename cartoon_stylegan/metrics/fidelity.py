@@ -1,0 +1,394 @@
+"""FID, KID and precision/recall through torch-fidelity with the offline TF-Inception.
+
+Inputs are image sets given as torch ``Dataset``s whose items are uint8 (3, H, W) tensors:
+
+- :class:`GeneratorDataset` samples a generator (fixed seed, optional truncation),
+  batch by batch, on the generator's device;
+- :class:`ShardImageDataset` reads a shard directory (``manifest.json`` + WebDataset
+  tars written by :mod:`cartoon_stylegan.data`) in manifest order, by random access;
+- :class:`TensorImageDataset` wraps an in-memory uint8 or [-1, 1] float tensor;
+- :class:`BatchFnDataset` adapts any ``fn(start, stop) -> uint8 (stop-start, 3, H, W)``.
+
+:func:`compute_metrics` hands them to ``torch_fidelity.calculate_metrics`` with the
+extractor of :mod:`.inception`. The reference ("real") side's features and FID
+statistics are cached in the caller's ``cache_dir`` under a key derived from the
+shard manifest (content hashes of the shards), so a reference set is embedded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tarfile
+import warnings
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cartoon_stylegan.imageutil import to_uint8
+
+from .inception import FEATURE_EXTRACTOR_NAME, register
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+MANIFEST = "manifest.json"
+
+
+# ---------------------------------------------------------------------------------- datasets
+class BatchFnDataset(Dataset):
+    """A Dataset over ``n`` images made ``batch`` at a time by ``fn(start, stop)``.
+
+    ``fn`` returns uint8 (stop - start, 3, H, W). The last batch is kept, so sequential
+    access (what torch-fidelity's DataLoader does, with ``num_workers=0``) calls ``fn``
+    once per batch; items are deterministic if ``fn`` is.
+    """
+
+    def __init__(self, fn: Callable[[int, int], torch.Tensor], n: int, batch: int = 32):
+        if n < 1 or batch < 1:
+            raise ValueError(f"BatchFnDataset: n ({n}) and batch ({batch}) must be >= 1")
+        self.fn, self.n, self.batch = fn, int(n), int(batch)
+        self._cached: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        i %= self.n
+        b = i // self.batch
+        if self._cached is None or self._cached[0] != b:
+            start, stop = b * self.batch, min(self.n, (b + 1) * self.batch)
+            imgs = self.fn(start, stop)
+            if not (torch.is_tensor(imgs) and imgs.dtype == torch.uint8 and imgs.ndim == 4
+                    and imgs.shape[0] == stop - start and imgs.shape[1] == 3):
+                raise ValueError(f"BatchFnDataset: fn({start}, {stop}) must return uint8 "
+                                 f"({stop - start}, 3, H, W), got "
+                                 f"{getattr(imgs, 'dtype', type(imgs))} {tuple(getattr(imgs, 'shape', ()))}")
+            self._cached = (b, imgs.cpu())
+        return self._cached[1][i - b * self.batch]
+
+
+class GeneratorDataset(BatchFnDataset):
+    """``n`` images of generator ``G``, deterministic in ``seed``.
+
+    z_i are drawn up front from ``torch.Generator().manual_seed(seed)``; noise (mode
+    ``"random"``) and the truncation centre are drawn from seeded generators too, so the
+    same (G, n, seed, truncation, batch) gives the same images in any access order.
+
+    Args:
+        G: a :class:`cartoon_stylegan.networks.Generator` (its device is used).
+        n, seed, truncation, batch: what they say; ``truncation < 1`` uses
+            ``G.mean_latent(truncation_n)`` as the centre.
+        noise_mode: ``"random"`` (the usual for FID), ``"const"`` or ``"none"``.
+        prefix_from, prefix_len: FreezeSG sampling -- the first ``prefix_len`` W+ entries
+            come from ``prefix_from``'s mapping network (the frozen source) for the same z.
+    """
+
+    def __init__(self, G, n: int, seed: int = 0, truncation: float = 1.0, batch: int = 32, *,
+                 noise_mode: str = "random", truncation_n: int = 4096, prefix_from=None,
+                 prefix_len: int = 0):
+        self.G = G
+        self.seed, self.truncation, self.noise_mode = int(seed), float(truncation), noise_mode
+        self.prefix_from, self.prefix_len = prefix_from, int(prefix_len)
+        if self.prefix_len and prefix_from is None:
+            raise ValueError("GeneratorDataset: prefix_len > 0 needs prefix_from (the source generator)")
+        self.z = torch.randn(int(n), G.style_dim, generator=torch.Generator().manual_seed(self.seed))
+        self._t_lat = self._t_lat_src = None
+        if self.truncation != 1.0:
+            self._t_lat = _mean_latent(G, truncation_n, self.seed)
+            if prefix_from is not None:
+                self._t_lat_src = _mean_latent(prefix_from, truncation_n, self.seed)
+        super().__init__(self._make, n, batch)
+
+    @torch.no_grad()
+    def _make(self, start: int, stop: int) -> torch.Tensor:
+        dev = _device_of(self.G)
+        z = self.z[start:stop].to(dev)
+        noise = None
+        if self.noise_mode == "random":
+            gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + start)
+            noise = [n.to(dev) for n in _make_noise(self.G, stop - start, gen)]
+        kwargs = {}
+        if self.prefix_len:
+            w_src = self.prefix_from.mapping(z.to(_device_of(self.prefix_from))).to(dev)
+            if self._t_lat_src is not None:
+                t = self._t_lat_src.to(dev)
+                w_src = t + self.truncation * (w_src - t)
+            kwargs = {"wplus_prefix": w_src, "wplus_prefix_len": self.prefix_len}
+        was_training = self.G.training
+        self.G.eval()
+        try:
+            img = self.G(z, noise_mode="const" if noise is not None else self.noise_mode, noise=noise,
+                         truncation=self.truncation, truncation_latent=self._t_lat, **kwargs)
+        finally:
+            self.G.train(was_training)
+        return to_uint8(img).cpu()
+
+
+class TensorImageDataset(Dataset):
+    """In-memory images: uint8 (N, 3, H, W), or float in [-1, 1] (converted to uint8)."""
+
+    def __init__(self, images: torch.Tensor):
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"TensorImageDataset: expected (N, 3, H, W), got {tuple(images.shape)}")
+        self.images = images if images.dtype == torch.uint8 else to_uint8(images)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+@dataclass(frozen=True)
+class _Member:
+    shard: str
+    offset: int
+    size: int
+    name: str
+
+
+class ShardImageDataset(Dataset):
+    """The images of a shard directory, in manifest order, by random access.
+
+    Reads ``manifest.json`` (see docs/ARCHITECTURE.md: ``{"name", "count", "resolution",
+    "format", "shards": [{"file", "count", "sha256"}], ...}``), indexes the image members
+    (``.png``/``.jpg``/``.jpeg``/``.webp``) of each tar in order, and decodes one member
+    per item. ``limit`` keeps the first ``limit`` images. ``verify=True`` checks each
+    shard's sha256 against the manifest first.
+    """
+
+    def __init__(self, shard_dir: str | os.PathLike, limit: int | None = None, verify: bool = False):
+        self.shard_dir = os.fspath(shard_dir)
+        path = os.path.join(self.shard_dir, MANIFEST)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no {MANIFEST} in {self.shard_dir} (run the shard stage first)")
+        with open(path, encoding="utf-8") as f:
+            self.manifest = json.load(f)
+        shards = self.manifest.get("shards")
+        if not isinstance(shards, list) or not shards:
+            raise ValueError(f"{path}: 'shards' must be a non-empty list")
+        members: list[_Member] = []
+        for entry in shards:
+            tar_path = os.path.join(self.shard_dir, entry["file"])
+            if verify:
+                digest = _sha256_file(tar_path)
+                if digest != entry.get("sha256"):
+                    raise ValueError(f"{tar_path}: sha256 {digest} does not match the manifest's {entry.get('sha256')}")
+            found = _index_tar(tar_path)
+            if "count" in entry and len(found) != int(entry["count"]):
+                raise ValueError(f"{tar_path}: {len(found)} images, the manifest says {entry['count']}")
+            members.extend(found)
+            if limit is not None and len(members) >= limit:
+                break
+        if limit is not None:
+            if limit < 1:
+                raise ValueError(f"ShardImageDataset: limit must be >= 1, got {limit}")
+            if len(members) < limit:
+                raise ValueError(f"{self.shard_dir}: {len(members)} images, fewer than the {limit} asked for")
+            members = members[:limit]
+        self.members = members
+        self._files: dict[str, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def cache_key(self) -> str:
+        """Content key of this image set: a hash of the manifest's shard hashes and the count used."""
+        return manifest_key(self.manifest, len(self))
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        m = self.members[i]
+        f = self._files.get(m.shard)
+        if f is None:
+            f = self._files[m.shard] = open(m.shard, "rb")
+        f.seek(m.offset)
+        data = f.read(m.size)
+        with Image.open(BytesIO(data)) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def __getstate__(self):  # open handles do not pickle (DataLoader workers)
+        state = self.__dict__.copy()
+        state["_files"] = {}
+        return state
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def manifest_key(manifest: dict, n: int | None = None) -> str:
+    """Stable content key of a shard set: sha256 over (file, count, sha256) of each shard,
+    the resolution and format, and ``n`` (the number of images used); 16 hex digits."""
+    body = {
+        "shards": [[s.get("file"), s.get("count"), s.get("sha256")] for s in manifest["shards"]],
+        "resolution": manifest.get("resolution"),
+        "format": manifest.get("format"),
+        "n": n if n is not None else manifest.get("count"),
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def as_image_dataset(x) -> Dataset:
+    """Dataset | uint8/float tensor | shard directory path -> a Dataset of uint8 (3, H, W)."""
+    if isinstance(x, Dataset):
+        return x
+    if torch.is_tensor(x):
+        return TensorImageDataset(x)
+    if isinstance(x, (str, os.PathLike)):
+        return ShardImageDataset(x)
+    raise TypeError(f"expected a Dataset, an image tensor or a shard directory, got {type(x).__name__}")
+
+
+# ---------------------------------------------------------------------------------- metrics
+@dataclass(frozen=True)
+class _FidelityMetric:
+    flag: str                  # torch-fidelity's keyword
+    keys: dict[str, str]       # torch-fidelity's result key -> our name
+
+
+FIDELITY_METRICS: dict[str, _FidelityMetric] = {
+    "fid": _FidelityMetric("fid", {"frechet_inception_distance": "fid"}),
+    "kid": _FidelityMetric("kid", {"kernel_inception_distance_mean": "kid_mean",
+                                   "kernel_inception_distance_std": "kid_std"}),
+    "pr": _FidelityMetric("prc", {"precision": "precision", "recall": "recall"}),
+}
+"""Short metric names accepted by :func:`compute_metrics` and the figures each reports."""
+
+
+def compute_metrics(fake, real, *, metrics: Sequence[str] = ("fid", "kid", "pr"),
+                    kid_subset_size: int = 1000, kid_subsets: int = 100, pr_neighborhood: int = 3,
+                    batch_size: int = 64, device: str | torch.device = "cpu",
+                    cache_dir: str | os.PathLike | None = None, real_cache_key: str | None = None,
+                    rng_seed: int = 2020, progress: bool = True) -> dict[str, float]:
+    """FID / KID / precision-recall of ``fake`` against ``real`` with the offline TF-Inception.
+
+    Args:
+        fake, real: Datasets of uint8 (3, H, W) images (see :func:`as_image_dataset`;
+            a tensor or a shard directory path is accepted too). Any resolution:
+            the extractor resizes to 299.
+        metrics: names from :data:`FIDELITY_METRICS` -- ``fid`` -> {fid}, ``kid`` ->
+            {kid_mean, kid_std} (over ``kid_subsets`` random subsets), ``pr`` ->
+            {precision, recall} (k-NN manifolds with ``pr_neighborhood``; precision =
+            fraction of fakes inside the real manifold).
+        kid_subset_size: clamped to the smaller set size (torch-fidelity requires <= n).
+        device: where Inception runs (``"cpu"`` or a CUDA device).
+        cache_dir: where the real side's features/statistics are cached; ``None`` caches
+            nothing. The key is ``real_cache_key``, else the shard set's
+            :attr:`ShardImageDataset.cache_key`; other real inputs without a key are not cached.
+        progress: torch-fidelity's progress output (stderr).
+
+    Returns ``{"fid", "kid_mean", "kid_std", "precision", "recall"}`` (those asked for)
+    plus ``n_fake`` and ``n_real``.
+    """
+    import torch_fidelity
+
+    names = list(dict.fromkeys(metrics))
+    unknown = [m for m in names if m not in FIDELITY_METRICS]
+    if unknown or not names:
+        raise ValueError(f"compute_metrics: unknown metrics {unknown}; known: {sorted(FIDELITY_METRICS)}")
+    fake, real = as_image_dataset(fake), as_image_dataset(real)
+    n_fake, n_real = len(fake), len(real)
+    if n_fake < 2 or n_real < 2:
+        raise ValueError(f"compute_metrics: need >= 2 images per side, got fake={n_fake}, real={n_real}")
+
+    device = torch.device(device)
+    kwargs = dict(
+        input1=fake, input2=real, feature_extractor=register(),
+        batch_size=int(batch_size), cuda=device.type == "cuda", verbose=bool(progress),
+        save_cpu_ram=True,            # DataLoader num_workers=0: generators/file handles stay in-process
+        rng_seed=int(rng_seed), samples_shuffle=False,
+        kid_subsets=int(kid_subsets), kid_subset_size=int(min(kid_subset_size, n_fake, n_real)),
+        prc_neighborhood=int(pr_neighborhood),
+        cache=False,
+    )
+    for m in names:
+        kwargs[FIDELITY_METRICS[m].flag] = True
+    if "pr" in names and min(n_fake, n_real) <= pr_neighborhood:
+        raise ValueError(f"compute_metrics: precision/recall needs more than {pr_neighborhood} images per side")
+
+    key = real_cache_key if real_cache_key is not None else getattr(real, "cache_key", None)
+    if cache_dir is not None and key is not None:
+        kwargs.update(cache=True, cache_root=os.fspath(cache_dir), input2_cache_name=f"real-{_safe(key)}-n{n_real}")
+
+    ctx = torch.cuda.device(device) if device.type == "cuda" and device.index is not None else _nullctx()
+    with ctx, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.*is deprecated", category=FutureWarning)
+        raw = torch_fidelity.calculate_metrics(**kwargs)
+
+    out: dict[str, float] = {}
+    for m in names:
+        for src, dst in FIDELITY_METRICS[m].keys.items():
+            out[dst] = float(raw[src])
+    out["n_fake"], out["n_real"] = n_fake, n_real
+    return out
+
+
+# ---------------------------------------------------------------------------------- helpers
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _safe(key: str) -> str:
+    s = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(key))
+    if not s:
+        raise ValueError("real_cache_key must not be empty")
+    return s
+
+
+def _device_of(module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def _mean_latent(G, n: int, seed: int) -> torch.Tensor:
+    dev = _device_of(G)
+    z = torch.randn(n, G.style_dim, generator=torch.Generator().manual_seed(seed + 7919)).to(dev)
+    return G.mapping(z).mean(0, keepdim=True)
+
+
+def _make_noise(G, batch: int, gen: torch.Generator) -> list[torch.Tensor]:
+    return [torch.randn(batch, 1, r, r, generator=gen) for r in map(G.noise_resolution, range(G.num_layers))]
+
+
+def _index_tar(path: str) -> list[_Member]:
+    out = []
+    with tarfile.open(path, "r:") as tf:
+        for info in tf:
+            if not info.isfile():
+                continue
+            ext = info.name.rsplit(".", 1)[-1].lower() if "." in info.name else ""
+            if ext in IMAGE_EXTENSIONS:
+                out.append(_Member(path, info.offset_data, info.size, info.name))
+    return out
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,85 @@
+"""MLflow through a real `mlflow server` on 127.0.0.1: a stage's run, params, metrics, artifacts."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline.__main__ import main
+
+MLFLOW = Path(sys.executable).with_name("mlflow")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    cmd = [str(MLFLOW) if MLFLOW.exists() else shutil.which("mlflow"), "server", "--host", "127.0.0.1",
+           "--port", str(port), "--backend-store-uri", f"sqlite:///{root}/server.db",
+           "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(uri + "/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+    else:
+        proc.kill()
+        raise RuntimeError("mlflow server did not come up in 90 s")
+    yield uri
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def test_shard_stage_logs_through_http(mlflow_server, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    args = [f"run_root={tmp_path}", "experiment=http-test", "data.resolution=16",
+            "data.source.count=24", "data.target.count=24", "shard.workers=1", "shard.max_per_shard=10"]
+    assert main(["run", "shard", *args]) == 0
+    client = MlflowClient(tracking_uri=mlflow_server)
+    exp = client.get_experiment_by_name("http-test")
+    runs = client.search_runs([exp.experiment_id])
+    stage = [r for r in runs if r.data.tags.get("stage") == "shard"]
+    assert len(stage) == 1, [r.info.run_name for r in runs]
+    run = stage[0]
+    parent_id = run.data.tags["mlflow.parentRunId"]
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    assert run.info.status == "FINISHED"
+    assert run.data.params["data.resolution"] == "16"
+    assert run.data.params["shard.format"] == "png"
+    assert run.data.metrics["source/written"] == 24.0
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"source", "target", "previews"} <= arts
+    previews = {a.path for a in client.list_artifacts(run.info.run_id, "previews")}
+    assert "previews/source-preview.png" in previews
+    local = client.download_artifacts(run.info.run_id, "source/manifest.json", str(tmp_path / "dl"))
+    assert '"count": 24' in Path(local).read_text()
+
+
+def test_unreachable_server_fails_before_work(tmp_path, monkeypatch, capsys):
+    port = _free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    rc = main(["run", "shard", f"run_root={tmp_path}", "experiment=x"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"http://127.0.0.1:{port}" in err and "cannot be reached" in err
+    assert not (tmp_path / "x").exists()
