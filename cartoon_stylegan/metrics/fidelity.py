@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tarfile
 import warnings
@@ -314,7 +313,7 @@ def compute_metrics(fake, real, *, metrics: Sequence[str] = ("fid", "kid", "pr")
         input1=fake, input2=real, feature_extractor=register(),
         batch_size=int(batch_size), cuda=device.type == "cuda", verbose=bool(progress),
         save_cpu_ram=True,            # DataLoader num_workers=0: generators/file handles stay in-process
-        rng_seed=int(rng_seed), samples_shuffle=False,
+        rng_seed=int(rng_seed),
         kid_subsets=int(kid_subsets), kid_subset_size=int(min(kid_subset_size, n_fake, n_real)),
         prc_neighborhood=int(pr_neighborhood),
         cache=False,

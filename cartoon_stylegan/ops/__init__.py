@@ -1,0 +1,13 @@
+"""StyleGAN2's two custom ops and their helpers, each with a PyTorch reference and a CUDA twin.
+
+`impl` (None | "auto" | "ref" | "cuda") picks the implementation per call; None defers
+to the environment variable CARTOON_STYLEGAN_OPS, then "auto" (CUDA kernels for CUDA
+tensors when the extension builds, else the reference). See `_backend`.
+"""
+from .bias_act import ACTIVATIONS, Activation, fused_bias_act, register_activation
+from .upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
+
+__all__ = [
+    "fused_bias_act", "ACTIVATIONS", "Activation", "register_activation",
+    "upfirdn2d", "setup_filter", "upsample2d", "downsample2d", "filter2d",
+]
