@@ -165,82 +165,115 @@ def _sd_box(x, y, hw, hh, r):
     return outside + np.minimum(np.maximum(qx, qy), 0) - r
 
 
-@dataclass
-class _Scene:
-    """Signed distances (image units) of every part, shape (N, H, W), plus helpers."""
-    res: int
-    lx: np.ndarray
-    ly: np.ndarray
-    s: np.ndarray
-    body: np.ndarray
-    neck: np.ndarray
-    hair_back: np.ndarray
-    face: np.ndarray
-    hair_front: np.ndarray
-    below_fringe: np.ndarray   # face units below the fringe line (negative = above)
-    eyes: np.ndarray
-    iris: np.ndarray
-    pupil: np.ndarray
-    lid: np.ndarray            # upper-lid stroke
-    glint: np.ndarray
-    mouth: np.ndarray
-    nose: np.ndarray
-    cheeks: np.ndarray
+class _Coords:
+    """Face-local coordinates of a pixel grid (full image or per-sample windows)."""
+
+    def __init__(self, f: Factors, X, Y):
+        self.cx, self.cy, self.s = _col(f.cx), _col(f.cy), _col(f.size)
+        ct, st = _col(np.cos(f.tilt)), _col(np.sin(f.tilt))
+        self.X, self.Y = X, Y
+        self.dx, self.dy = X - self.cx, Y - self.cy
+        self.lx = (ct * self.dx + st * self.dy) / self.s        # face units, rotated with the head
+        self.ly = (-st * self.dx + ct * self.dy) / self.s
 
 
-def _scene(f: Factors, res: int, eye_scale: float, eye_round: float) -> _Scene:
-    n = len(f)
-    t = (np.arange(res, dtype=np.float32) + 0.5) * (2.0 / res) - 1.0
-    X, Y = t[None, None, :], t[None, :, None]
-    cx, cy, s = _col(f.cx), _col(f.cy), _col(f.size)
-    ct, st = _col(np.cos(f.tilt)), _col(np.sin(f.tilt))
-    dx, dy = X - cx, Y - cy
-    lx = (ct * dx + st * dy) / s          # face-local coordinates, face units
-    ly = (-st * dx + ct * dy) / s
+def _grid(res: int) -> np.ndarray:
+    """Pixel-centre coordinates in [-1, 1]."""
+    return (np.arange(res, dtype=np.float32) + 0.5) * (2.0 / res) - 1.0
 
-    # body: an upright ellipse under the head, in image units
-    body = _sd_ellipse(dx, dy - 1.85 * s, 1.50 * s, 0.80 * s)
-    neck = _sd_box(lx, ly - 1.00, 0.30, 0.45, 0.10) * s
-    face = _sd_ellipse(lx, ly, 0.78, 1.0) * s
 
+def _head(f: Factors, c: _Coords) -> dict:
+    """Signed distances (image units) of the big parts: body, neck, hair, face."""
+    s, lx, ly = c.s, c.lx, c.ly
+    out = {
+        "body": _sd_ellipse(c.dx, c.dy - 1.85 * s, 1.50 * s, 0.80 * s),   # upright, under the head
+        "neck": _sd_box(lx, ly - 1.00, 0.30, 0.45, 0.10) * s,
+        "face": _sd_ellipse(lx, ly, 0.78, 1.0) * s,
+    }
     cap = _sd_ellipse(lx, ly + 0.10, 0.90, 1.04) * s
     bottom = 0.15 + 1.15 * _col(f.hair_len)
     back_box = _sd_box(lx, ly - (bottom - 0.10) / 2, 0.92, (bottom + 0.10) / 2, 0.22) * s
-    hair_back = np.minimum(cap, back_box)
+    out["hair_back"] = np.minimum(cap, back_box)
     fringe_line = _col(f.fringe) + _col(f.fringe_slope) * lx + 0.035 * np.cos(lx * 14.0)
-    below_fringe = ly - fringe_line
-    hair_front = np.maximum(cap, below_fringe * s)
+    out["below_fringe"] = ly - fringe_line
+    out["hair_front"] = np.maximum(cap, out["below_fringe"] * s)
+    return out
 
+
+# The small features (eyes, mouth, nose, cheeks) lie inside this face-local box for
+# every factor value (eye_scale <= _MAX_EYE_SCALE): x in [-0.73, 0.73], y in [-0.46, 0.79].
+_MAX_EYE_SCALE = 1.32
+_FEAT_CY, _FEAT_HX, _FEAT_HY = 0.165, 0.73, 0.625
+_MAX_SIZE, _MAX_SIN_TILT = 0.58, float(np.sin(0.22))
+
+
+def _features(f: Factors, c: _Coords, eye_scale: float, eye_round: float) -> dict:
+    """Signed distances (image units) of eyes, irises, pupils, lids, glints, mouth, nose, cheeks."""
+    assert eye_scale <= _MAX_EYE_SCALE
+    s, lx, ly = c.s, c.lx, c.ly
     er = _col(f.eye_r) * eye_scale
     ey, edx = _col(f.eye_y), _col(f.eye_dx) * (1 + 0.15 * (eye_scale - 1))
-    ex = np.abs(lx) - edx                   # both eyes through the mirror symmetry
+    ex = np.abs(lx) - edx                   # both eyes at once through the mirror symmetry
     eyy = ly - ey
-    eyes = _sd_ellipse(ex, eyy, er, er * eye_round) * s
+    out = {"eyes": _sd_ellipse(ex, eyy, er, er * eye_round) * s}
     ix = ex - _col(f.gaze) * 0.25 * er * np.sign(lx)   # both irises look the same way
-    iris = _sd_ellipse(ix, eyy, er * 0.62, er * 0.62 * max(eye_round, 0.95)) * s
-    iris = np.maximum(iris, eyes)
-    pupil = _sd_ellipse(ix, eyy, er * 0.28, er * 0.28) * s
-    lid = np.maximum(_sd_ellipse(ex, eyy, er * 1.05, er * eye_round * 1.05) * s,
-                     (eyy + 0.35 * er * eye_round) * s)          # top cap of the eye
-    glint = _sd_ellipse(ix + 0.22 * er, eyy + 0.22 * er, er * 0.2, er * 0.2) * s
+    ir = er * 0.58
+    out["iris"] = np.maximum(_sd_ellipse(ix, eyy, ir, ir) * s, out["eyes"])
+    out["pupil"] = np.maximum(_sd_ellipse(ix, eyy, er * 0.28, er * 0.28) * s, out["eyes"])
+    out["lid"] = np.maximum(_sd_ellipse(ex, eyy, er * 1.05, er * eye_round * 1.05) * s,
+                            (eyy + 0.35 * er * eye_round) * s)     # the top cap of the eye
+    out["glint"] = _sd_ellipse(ix + 0.22 * er, eyy + 0.22 * er, er * 0.2, er * 0.2) * s
 
-    mw, mc = _col(f.mouth_w), _col(f.mouth_curve)
-    my = _col(f.mouth_y)
+    mw, mc, my = _col(f.mouth_w), _col(f.mouth_curve), _col(f.mouth_y)
     mxn = np.clip(lx / mw, -1.0, 1.0)
     centre_line = my + mc * (1.0 - mxn * mxn)       # smile: the middle sags (y is down)
     slope = 1.0 + (2.0 * mc * mxn / mw) ** 2
     mouth_dist = np.abs(ly - centre_line) / np.sqrt(slope)
-    mouth = np.maximum(mouth_dist - 0.065, np.abs(lx) - mw) * s
+    out["mouth"] = np.maximum(mouth_dist - 0.065, np.abs(lx) - mw) * s
+    out["nose"] = _sd_ellipse(lx - 0.02, ly - 0.22, 0.10, 0.16) * s
+    out["cheeks"] = _sd_ellipse(np.abs(lx) - 0.48, ly - 0.30, 0.14, 0.09) * s
+    return out
 
-    nose = _sd_ellipse(lx - 0.02, ly - 0.22, 0.10, 0.16) * s
-    cheeks = _sd_ellipse(np.abs(lx) - 0.48, ly - 0.30, 0.14, 0.09) * s
-    return _Scene(res, lx, ly, s, body, neck, hair_back, face, hair_front, below_fringe,
-                  eyes, iris, pupil, lid, glint, mouth, nose, cheeks)
+
+class _Window:
+    """Per-sample pixel window that holds every small feature; the same size for all samples.
+
+    Painting the features in the window instead of the whole image gives the same
+    bytes (coordinates are gathered from the same grid, and outside the window
+    every feature's coverage is exactly 0) at a third of the cost.
+    """
+
+    def __init__(self, f: Factors, res: int, full: bool = False):
+        n, t = len(f), _grid(res)
+        if full:
+            ri = np.broadcast_to(np.arange(res)[None, :, None], (n, res, 1))
+            ci = np.broadcast_to(np.arange(res)[None, None, :], (n, 1, res))
+        else:
+            half = res / 2 * _MAX_SIZE
+            hx = _FEAT_HX + _FEAT_HY * _MAX_SIN_TILT       # bounds of the tilted box
+            hy = _FEAT_HY + _FEAT_HX * _MAX_SIN_TILT
+            wx = min(res, 2 * int(np.ceil(hx * half + 2)))
+            wy = min(res, 2 * int(np.ceil(hy * half + 2)))
+            # window centre = image position of the face-local point (0, _FEAT_CY)
+            px = (f.cx - np.sin(f.tilt) * _FEAT_CY * f.size + 1) * (res / 2)
+            py = (f.cy + np.cos(f.tilt) * _FEAT_CY * f.size + 1) * (res / 2)
+            x0 = np.clip(np.rint(px - wx / 2).astype(int), 0, res - wx)
+            y0 = np.clip(np.rint(py - wy / 2).astype(int), 0, res - wy)
+            ri = (y0[:, None] + np.arange(wy)[None, :])[:, :, None]
+            ci = (x0[:, None] + np.arange(wx)[None, :])[:, None, :]
+        self.index = (np.arange(n)[:, None, None], ri, ci)
+        self.X, self.Y = t[ci], t[ri]
+
+    def get(self, img):
+        return img[self.index]
+
+    def put(self, img, win):
+        img[self.index] = win
 
 
 def _alpha(d, pix, soft=1.0):
-    """Coverage of a shape from its signed distance: linear ramp one `soft` pixel wide."""
-    return np.clip(0.5 - d / (pix * soft), 0.0, 1.0)[..., None]
+    """Coverage of a shape from its signed distance: a linear ramp `soft` pixels wide."""
+    return np.clip(0.5 - d * (1.0 / (pix * soft)), 0.0, 1.0)[..., None]
 
 
 def _paint(img, alpha, colour):
@@ -275,130 +308,127 @@ def _blur121(img):
     return (p[:, :, :-2] + 2 * p[:, :, 1:-1] + p[:, :, 2:]) * 0.25
 
 
+def _shift(d, ox, oy, pix):
+    """Distance field translated by (ox, oy) image units per sample; whole pixels, edge-clamped."""
+    n, res = d.shape[0], d.shape[-1]
+    sx = np.rint(np.ravel(ox) / pix).astype(int)
+    sy = np.rint(np.ravel(oy) / pix).astype(int)
+    xi = np.clip(np.arange(res)[None, :] - sx[:, None], 0, res - 1)[:, None, :]
+    yi = np.clip(np.arange(res)[None, :] - sy[:, None], 0, res - 1)[:, :, None]
+    return d[np.arange(n)[:, None, None], yi, xi]
+
+
 def _to_uint8(img):
     return np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- renderers
 
-def draw_faces(f: Factors, res: int) -> np.ndarray:
+def draw_faces(f: Factors, res: int, *, _full_window: bool = False) -> np.ndarray:
     """'Photo' rendering: smooth shading, soft shadows, fine texture, slight blur."""
-    n, pix = len(f), 2.0 / res
-    sc = _scene(f, res, eye_scale=1.0, eye_round=0.72)
-    soft = 1.4 if res >= 64 else 1.0
-    t = (np.arange(res, dtype=np.float32) + 0.5) * (2.0 / res) - 1.0
+    n, pix, t = len(f), 2.0 / res, _grid(res)
+    soft = 1.4 if res >= 64 else 1.0          # soft edges, sharp at 32 px and below
+    c = _Coords(f, t[None, None, :], t[None, :, None])
+    h = _head(f, c)
 
-    # light direction (image plane angle + elevation) for the sphere shading
-    la = _col(f.light)
+    la = _col(f.light)                        # light direction: image-plane angle + elevation
     lxd, lyd, lzd = 0.55 * np.cos(la), 0.55 * np.sin(la), np.float32(0.835)
 
-    bg = _hsv_to_rgb(f.bg_hue, 0.28, 0.82)
-    grad = (1.06 - 0.12 * (t[None, :, None] + 1) / 2)          # lighter at the top
-    vign = 1.0 - 0.10 * (t[None, None, :] ** 2 + t[None, :, None] ** 2) / 2
-    img = _c(bg) * (grad * vign)[..., None]
-    img = np.broadcast_to(img, (n, res, res, 3)).astype(np.float32)
-
-    # soft drop shadow of head + hair on the background, away from the light
-    off_x, off_y = -0.10 * np.cos(la) * sc.s, -0.10 * np.sin(la) * sc.s
-    head = np.minimum(sc.face, sc.hair_back)
-    shift = _shift(head, off_x, off_y, pix)
-    shadow = np.clip(0.5 - shift / (0.22 * sc.s), 0, 1) * 0.30
-    img *= (1.0 - shadow)[..., None]
-
-    def sphere(lx, ly, a, b):
-        nx, ny = lx / a, ly / b
+    def sphere(x, y, a, b):
+        nx, ny = x / a, y / b
         nz = np.sqrt(np.clip(1.0 - nx * nx - ny * ny, 0.0, 1.0))
         return np.clip(nx * lxd + ny * lyd + nz * lzd, 0.0, 1.0)
 
+    bg = _hsv_to_rgb(f.bg_hue, 0.28, 0.82)
+    grad = 1.06 - 0.06 * (t[None, :, None] + 1)                 # lighter at the top
+    vign = 1.0 - 0.05 * (t[None, None, :] ** 2 + t[None, :, None] ** 2)
+    img = _c(bg) * (grad * vign)[..., None]
+
+    # soft drop shadow of head and hair on the background, away from the light
+    head = np.minimum(h["face"], h["hair_back"])
+    shifted = _shift(head, -0.10 * np.cos(la) * c.s, -0.10 * np.sin(la) * c.s, pix)
+    img *= (1.0 - 0.30 * np.clip(0.5 - shifted / (0.22 * c.s), 0, 1))[..., None]
+
     shirt = _c(_SHIRT[f.shirt])
-    bshade = (0.75 + 0.30 * sphere((t[None, None, :] - _col(f.cx)) / sc.s,
-                                   (t[None, :, None] - _col(f.cy)) / sc.s - 1.85, 1.6, 0.9))
-    _paint(img, _alpha(sc.body, pix, soft), shirt * bshade[..., None])
+    bshade = 0.75 + 0.30 * sphere(c.dx / c.s, c.dy / c.s - 1.85, 1.6, 0.9)
+    _paint(img, _alpha(h["body"], pix, soft), shirt * bshade[..., None])
 
     skin = _c(_skin_colour(f.skin, quantise=False))
-    neck_shade = 0.62 + 0.30 * np.clip((sc.ly - 0.75) / 0.45, 0, 1)
-    _paint(img, _alpha(sc.neck, pix, soft), skin * neck_shade[..., None])
+    neck_shade = 0.62 + 0.30 * np.clip((c.ly - 0.75) / 0.45, 0, 1)   # under the chin
+    _paint(img, _alpha(h["neck"], pix, soft), skin * neck_shade[..., None])
 
     hair = _c(_HAIR[f.hair] * (1 + 0.10 * f.hair_jitter[:, None]))
-    hshade = 0.55 + 0.60 * sphere(sc.lx, sc.ly + 0.10, 1.0, 1.2)
-    hair_shaded = hair * hshade[..., None]
-    _paint(img, _alpha(sc.hair_back, pix, soft), hair_shaded * 0.85)
+    hair_shaded = hair * (0.55 + 0.60 * sphere(c.lx, c.ly + 0.10, 1.0, 1.2))[..., None]
+    _paint(img, _alpha(h["hair_back"], pix, soft), hair_shaded * 0.85)
 
-    fshade = 0.50 + 0.62 * sphere(sc.lx, sc.ly, 0.80, 1.05)
-    # soft shadows: the fringe on the forehead, the nose beside it
-    fshade = fshade * (1.0 - 0.35 * np.exp(-np.maximum(sc.below_fringe, 0) / 0.10))
-    fshade = fshade * (1.0 - 0.10 * np.clip(0.5 - sc.nose / (0.10 * sc.s), 0, 1))
-    _paint(img, _alpha(sc.face, pix, soft), skin * fshade[..., None])
+    fshade = 0.50 + 0.62 * sphere(c.lx, c.ly, 0.80, 1.05)
+    fshade = fshade * (1.0 - 0.35 * np.exp(-np.maximum(h["below_fringe"], 0) / 0.10))  # fringe shadow
+    _paint(img, _alpha(h["face"], pix, soft), skin * fshade[..., None])
 
-    # eyes: light eye, coloured iris, dark pupil, dark upper lid
-    _paint(img, _alpha(sc.eyes, pix, soft), np.float32(0.92) * (0.85 + 0.15 * fshade[..., None]))
-    _paint(img, _alpha(sc.iris, pix, soft), _c(_IRIS[f.iris] * 0.9))
-    _paint(img, _alpha(np.maximum(sc.pupil, sc.eyes), pix, soft), np.float32(0.04))
-    _paint(img, _alpha(sc.lid, pix, soft), _c(_HAIR[f.hair] * 0.35 + 0.03))
+    w = _Window(f, res, full=_full_window)
+    win, fc = w.get(img), _Coords(f, w.X, w.Y)
+    ft = _features(f, fc, eye_scale=1.0, eye_round=0.72)
+    win *= 1.0 - 0.10 * _alpha(ft["nose"], 0.10 * c.s)  # shadow beside the nose
+    eye_light = 0.80 + 0.20 * sphere(fc.lx, fc.ly, 0.80, 1.05)[..., None]
+    _paint(win, _alpha(ft["eyes"], pix, soft), np.float32(0.95) * eye_light)
+    _paint(win, _alpha(ft["iris"], pix, soft), _c(_IRIS[f.iris] * 0.9))
+    _paint(win, _alpha(ft["pupil"], pix, soft), np.float32(0.04))
+    _paint(win, _alpha(ft["lid"], pix, soft), _c(_HAIR[f.hair] * 0.35 + 0.03))
+    lips = np.array([0.55, 0.16, 0.18], np.float32) * (0.55 + 0.45 * _skin_colour(f.skin, False))
+    _paint(win, _alpha(ft["mouth"], pix, soft), _c(lips))
+    w.put(img, win)
 
-    lips = _c(np.array([0.55, 0.16, 0.18], np.float32) * (0.55 + 0.45 * _skin_colour(f.skin, False)))
-    _paint(img, _alpha(sc.mouth, pix, soft), lips)
+    _paint(img, _alpha(h["hair_front"], pix, soft), hair_shaded)
 
-    _paint(img, _alpha(sc.hair_front, pix, soft), hair_shaded)
-
-    # fine texture, fading out at low resolution (speckle a small G would copy)
+    # fine texture, fading out at low resolution (a small G would learn it as speckle)
     amp = 0.03 * min(1.0, res / 256)
     if amp > 0.004:
         noise = np.stack([np.random.default_rng(int(k)).standard_normal((res, res), np.float32)
                           for k in f.noise_seed])
         img += (amp * noise)[..., None]
-    # slight blur, none at 32 px and below
-    mix = float(np.clip((res - 32) / 96, 0, 1)) * 0.6
+    mix = float(np.clip((res - 32) / 96, 0, 1)) * 0.6    # slight blur, none at 32 px and below
     if mix > 0:
-        img = img + mix * (_blur121(img) - img)
+        img += mix * (_blur121(img) - img)
     return _to_uint8(img)
-
-
-def _shift(d, ox, oy, pix):
-    """Distance field translated by (ox, oy) image units, (N,) each; whole pixels, edge-clamped."""
-    out = np.empty_like(d)
-    res = d.shape[-1]
-    for i in range(d.shape[0]):
-        sx = int(np.rint(float(np.ravel(ox)[i]) / pix))
-        sy = int(np.rint(float(np.ravel(oy)[i]) / pix))
-        xi = np.clip(np.arange(res) - sx, 0, res - 1)
-        yi = np.clip(np.arange(res) - sy, 0, res - 1)
-        out[i] = d[i][yi][:, xi]
-    return out
 
 
 _OUTLINE = np.float32([0.10, 0.07, 0.07])
 _BG_FLAT = _hsv_to_rgb(np.arange(_N_BG, dtype=np.float32) / _N_BG, 0.35, 0.97)
 
 
-def draw_cartoons(f: Factors, res: int) -> np.ndarray:
+def draw_cartoons(f: Factors, res: int, *, _full_window: bool = False) -> np.ndarray:
     """Cartoon rendering: flat palette fills, dark outlines, larger round eyes."""
-    n, pix = len(f), 2.0 / res
-    sc = _scene(f, res, eye_scale=1.32, eye_round=1.0)
+    n, pix, t = len(f), 2.0 / res, _grid(res)
     ow = max(1.0, res / 56) * pix          # outline width, image units
+    c = _Coords(f, t[None, None, :], t[None, :, None])
+    h = _head(f, c)
 
     bg = _BG_FLAT[(np.asarray(f.bg_hue) * _N_BG).astype(int) % _N_BG]
-    img = np.broadcast_to(_c(bg), (n, res, res, 3)).astype(np.float32)
+    img = _c(bg) * np.ones((n, res, res, 1), np.float32)
 
-    def fill(d, colour, outline=True):
-        a = _alpha(d, pix)
-        if outline:
-            inner = _alpha(d + ow, pix)
-            colour = _OUTLINE + (colour - _OUTLINE) * inner
-        _paint(img, a, colour)
+    def fill(target, d, colour):
+        """Flat fill with a dark inner outline `ow` wide."""
+        colour = _OUTLINE + (colour - _OUTLINE) * _alpha(d + ow, pix)
+        _paint(target, _alpha(d, pix), colour)
 
-    fill(sc.body, _c(_SHIRT[f.shirt]))
+    fill(img, h["body"], _c(_SHIRT[f.shirt]))
     skin = _c(_skin_colour(f.skin, quantise=True))
-    fill(sc.neck, skin * 0.85)
+    fill(img, h["neck"], skin * 0.85)
     hair = _c(_HAIR[f.hair])
-    fill(sc.hair_back, hair)
-    fill(sc.face, skin)
-    _paint(img, _alpha(sc.cheeks, pix) * 0.35, _c(np.array([[0.95, 0.45, 0.45]], np.float32)))
-    fill(sc.eyes, np.float32(1.0))
-    _paint(img, _alpha(sc.iris, pix), _OUTLINE)
-    _paint(img, _alpha(np.maximum(sc.glint, sc.iris), pix), np.float32(1.0))
-    _paint(img, _alpha(sc.mouth, pix), np.float32([0.62, 0.10, 0.14]))
-    fill(sc.hair_front, hair)
+    fill(img, h["hair_back"], hair)
+    fill(img, h["face"], skin)
+
+    w = _Window(f, res, full=_full_window)
+    win = w.get(img)
+    ft = _features(f, _Coords(f, w.X, w.Y), eye_scale=_MAX_EYE_SCALE, eye_round=1.0)
+    _paint(win, _alpha(ft["cheeks"], pix) * 0.35, np.float32([0.95, 0.45, 0.45]))
+    fill(win, ft["eyes"], np.float32(1.0))
+    _paint(win, _alpha(ft["iris"], pix), _OUTLINE)
+    _paint(win, _alpha(np.maximum(ft["glint"], ft["iris"]), pix), np.float32(1.0))
+    _paint(win, _alpha(ft["mouth"], pix), np.float32([0.62, 0.10, 0.14]))
+    w.put(img, win)
+
+    fill(img, h["hair_front"], hair)
     return _to_uint8(img)
 
 
@@ -411,7 +441,7 @@ class SyntheticDomain:
     stream: int
     draw: Callable[[Factors, int], np.ndarray]
 
-    def render_batch(self, seed: int, indices, resolution: int, chunk: int = 64) -> np.ndarray:
+    def render_batch(self, seed: int, indices, resolution: int, chunk: int = 4) -> np.ndarray:
         check_resolution(resolution)
         indices = np.atleast_1d(np.asarray(indices, dtype=np.int64))
         f = sample_factors(seed, self.stream, indices)

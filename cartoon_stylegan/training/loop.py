@@ -70,7 +70,7 @@ __all__ = [
     "RESUME_FORMAT",
 ]
 
-RESUME_FORMAT = "cartoon-stylegan/resume-v1"
+RESUME_FORMAT = ckpt.RESUME_FORMAT
 _RESUME_RE = re.compile(r"^resume-(\d{9,})\.pt$")
 
 
@@ -105,7 +105,6 @@ class LoopOptions:
     seed: int = 0  # seed of every random draw of the loop (and of the sample grid)
     grid_size: tuple[int, int] = (8, 4)  # sample grid columns x rows
     log_every: int = 10  # refresh the progress bar figures every this many steps
-    channels_last: bool = False  # on CUDA, keep D's inputs and weights channels-last
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -283,10 +282,6 @@ class _Loop:
                 raise ValueError("G_source must have the same architecture as G")
         self.G_source = G_source
         self.G_ema = G_ema
-        self.cuda_cl = opts.channels_last and self.device.type == "cuda"
-        if self.cuda_cl:
-            D.to(memory_format=torch.channels_last)
-
         r1_on, pl_on = opts.r1_gamma > 0, opts.pl_weight > 0
         opt_g, opt_d = build_optimizers(
             G, D, self.g_names, self.d_names, lr_g=opts.lr_g, lr_d=opts.lr_d, betas=opts.betas,
@@ -300,6 +295,7 @@ class _Loop:
 
         self.step = 0
         self.nimg = 0
+        self._pending_scaler = None
         self.pl_mean = torch.zeros((), device=self.device)
         self.resumed_from = None
         if state is None:
@@ -315,21 +311,14 @@ class _Loop:
         self.G, self.D, self.opt_g, self.opt_d = accelerator.prepare(G, D, opt_g, opt_d)
         self.G_raw = accelerator.unwrap_model(self.G)
         self.D_raw = accelerator.unwrap_model(self.D)
+        if self._pending_scaler is not None and getattr(accelerator, "scaler", None) is not None:
+            accelerator.scaler.load_state_dict(self._pending_scaler)
         self.d_trainable = [p for n, p in self.D_raw.named_parameters() if n in self.d_names]
-        self.noise_shapes = self._noise_shapes(self.G_raw)
 
         self.gen = torch.Generator(device=self.device)
         self.data_iter = self._open_data(data)
 
     # ------------------------------------------------------------------ setup helpers
-    @staticmethod
-    def _noise_shapes(G) -> list[tuple[int, ...]]:
-        bufs = {n: b for n, b in G.named_buffers() if n.startswith("noises.noise_")}
-        order = sorted(bufs, key=lambda n: int(n.rsplit("_", 1)[1]))
-        if len(order) != G.num_layers:
-            raise ValueError(f"expected {G.num_layers} noise buffers noises.noise_*, found {len(order)}")
-        return [tuple(bufs[n].shape[1:]) for n in order]
-
     def _open_data(self, data) -> Iterator:
         if callable(data) and not hasattr(data, "__next__"):
             return iter(data(self.step))
@@ -342,8 +331,7 @@ class _Loop:
         if not torch.is_tensor(batch) or batch.ndim != 4 or batch.shape[0] != self.opts.batch:
             raise ValueError(f"data must yield (batch={self.opts.batch}, C, H, W) tensors, got "
                              f"{getattr(batch, 'shape', type(batch))}")
-        batch = batch.to(self.device, torch.float32, non_blocking=True)
-        return batch.contiguous(memory_format=torch.channels_last) if self.cuda_cl else batch
+        return batch.to(self.device, torch.float32, non_blocking=True)
 
     # ------------------------------------------------------------------ state
     def _state_dict(self) -> dict:
@@ -427,7 +415,7 @@ class _Loop:
         return z1, None, None
 
     def _draw_noise(self, n: int) -> list[torch.Tensor]:
-        return [torch.randn((n, *s), generator=self.gen, device=self.device) for s in self.noise_shapes]
+        return self.G_raw.make_noise(n, generator=self.gen)
 
     @torch.no_grad()
     def _source_prefix(self, z1, z2, crossover):
@@ -448,8 +436,7 @@ class _Loop:
         return self.ada.pipe(images, generator=self.gen)
 
     def _d_input(self, images):
-        images = self._augment(images)
-        return images.contiguous(memory_format=torch.channels_last) if self.cuda_cl else images
+        return self._augment(images)
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, torch.Tensor]:
@@ -502,7 +489,8 @@ class _Loop:
             total = loss_g
             if self.structure is not None:
                 with torch.no_grad():
-                    _, src_extras = self.G_source.synthesis(extras["latents"].detach(), noise=noise, **want)
+                    _, src_extras = self.G_source.synthesis(extras["latents"].detach(), noise=noise,
+                                                            stop_res=self.structure.up_to, **want)
                 loss_s = self.structure(src_extras, extras)
                 total = total + self.structure.weight * loss_s
                 figures["Loss/structure"] = loss_s.detach()
@@ -670,7 +658,4 @@ def train(
     loop = _Loop(accelerator, G=G, D=D, G_ema=G_ema, data=data, opts=opts, ckpt_dir=ckpt_dir, report=report,
                  report_image=report_image, G_source=G_source, freeze=freeze, structure=structure,
                  should_stop=should_stop, state=state)
-    pending = getattr(loop, "_pending_scaler", None)
-    if pending is not None and getattr(accelerator, "scaler", None) is not None:
-        accelerator.scaler.load_state_dict(pending)
     return loop.run()

@@ -1,0 +1,132 @@
+"""Swap and eval recipes: load the source and each fine-tuned generator, call the library, log."""
+from __future__ import annotations
+
+from pipeline.artifacts import read_json, write_json
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_generators(ctx):
+    """(source G_ema, {variant: (G_ema, prefix_len)}) from the pretrain and finetune outputs."""
+    from stages.training_common import load_weights
+
+    cfg = ctx.cfg
+    fin = cfg.finetune
+    src_path = fin.init.path or ctx.paths.of("pretrain").final_network()
+    src_fmt = fin.init.format if fin.init.path else "native"
+    dev = _device()
+    G_src = load_weights(cfg, src_path, src_fmt)["g_ema"].eval().requires_grad_(False).to(dev)
+    variants = {}
+    for name, v in fin.selected().items():
+        path = ctx.paths.of("finetune").final_network(name)
+        G = load_weights(cfg, path, "native")["g_ema"].eval().requires_grad_(False).to(dev)
+        prefix = G.n_wplus_up_to(v.freeze_style_up_to) if v.freeze_style_up_to else 0
+        variants[name] = (G, prefix)
+    return G_src, variants
+
+
+def variant_logger(ctx, name):
+    """The variant's own MLflow run (made by the finetune stage), so its metrics sit beside its losses."""
+    run = read_json(ctx.paths.of("finetune").train_dir(name) / "mlflow_run.json", {}) or {}
+    if not run.get("run_id") or not ctx.logger.run_id:
+        return None
+    return ctx.logger.child(name, run_id=run["run_id"])
+
+
+def run_swap(ctx):
+    from cartoon_stylegan import checkpoint
+    from cartoon_stylegan.swap import swap_grid, weight_swap
+
+    cfg, sc = ctx.cfg, ctx.cfg.swap
+    G_src, variants = load_generators(ctx)
+    ctx.log_params({"swap": sc})
+    res = cfg.data.resolution
+    resolutions = [r for r in (2 ** k for k in range(2, 11)) if sc.min_res <= r <= res]
+    out = {}
+    for name, (G, prefix) in variants.items():
+        for kind in sc.kinds:
+            grid, labels = swap_grid(G_src, G, seeds=list(range(sc.seeds)), resolutions=resolutions, kind=kind,
+                                     truncation=sc.truncation, mapping=sc.mapping, prefix_len=prefix,
+                                     blend_width=sc.blend_width)
+            path = ctx.paths.stage_dir / f"{name}-{kind}.png"
+            ctx.log_image(grid, path, "grids")
+            out[f"{name}/{kind}"] = {"grid": str(path), "rows": labels}
+            ctx.say(f"[swap] {name} ({kind}): {path}")
+        if sc.export_at:
+            G_sw = weight_swap(G_src, G, sc.export_at, mapping=sc.mapping, blend_width=sc.blend_width)
+            dst = ctx.paths.stage_dir / f"{name}-swap{sc.export_at}.pt"
+            checkpoint.save_transfer(dst, g=G_sw, d=None, g_ema=G_sw,
+                                     meta={"swap_at": sc.export_at, "variant": name, "mapping": sc.mapping})
+            out[f"{name}/export"] = str(dst)
+    write_json(ctx.paths.stage_dir / "swap.json", out)
+    return out
+
+
+def run_eval(ctx):
+    from cartoon_stylegan.metrics import GeneratorDataset, ShardImageDataset, compute_metrics, structure_distance
+    from stages.training_common import fresh_models
+
+    cfg, ec = ctx.cfg, ctx.cfg.eval
+    dev = _device()
+    G_src, variants = load_generators(ctx)
+    ctx.log_params({"eval": ec})
+    cache = ctx.paths.stats_cache
+    common = dict(metrics=tuple(ec.metrics), kid_subset_size=ec.kid_subset_size, batch_size=ec.batch,
+                  device=dev, cache_dir=cache, progress=False)
+    source_real = ShardImageDataset(ctx.paths.dataset_dir("source"), limit=ec.n_real)
+    target_real = ShardImageDataset(ctx.paths.dataset_dir("target"), limit=ec.n_real)
+    table = {}
+
+    def score(label, fake, real):
+        ctx.say(f"[eval] {label}: {len(fake)} generated vs {len(real)} real images")
+        m = compute_metrics(fake, real, **common)
+        table[label] = m
+        ctx.log_metrics({f"{label}/{k}": v for k, v in m.items()})
+        return m
+
+    score("source", GeneratorDataset(G_src, ec.n_samples, seed=cfg.seed + 1, truncation=ec.truncation,
+                                     batch=ec.batch), source_real)
+    if ec.untrained_baseline:
+        G0 = fresh_models(cfg, cfg.seed + 12345)["g_ema"].eval().to(dev)
+        score("untrained", GeneratorDataset(G0, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch), source_real)
+        score("source_vs_target", GeneratorDataset(G_src, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch),
+              target_real)
+    for name, (G, prefix) in variants.items():
+        m = score(name, GeneratorDataset(G, ec.n_samples, seed=cfg.seed + 1, truncation=ec.truncation,
+                                         batch=ec.batch, prefix_from=G_src if prefix else None,
+                                         prefix_len=prefix), target_real)
+        s = structure_distance(G_src, G, n=ec.structure_n, seed=cfg.seed + 2, batch=ec.batch, device=dev,
+                               prefix_len=prefix)
+        m.update({f"structure_{k}": v for k, v in s.items()})
+        ctx.log_metrics({f"{name}/structure_{k}": v for k, v in s.items()})
+        vlog = variant_logger(ctx, name)
+        if vlog is not None:
+            vlog.metrics({f"eval/{k}": v for k, v in _eval_names(m).items()})
+            vlog.finish("FINISHED")
+    write_json(ctx.paths.metrics_file, table)
+    ctx.log_artifact(ctx.paths.metrics_file)
+    ctx.say(format_metrics(table))
+    return {"metrics": str(ctx.paths.metrics_file), **{k: {kk: round(vv, 4) for kk, vv in v.items()
+                                                             if isinstance(vv, float)} for k, v in table.items()}}
+
+
+def _eval_names(m):
+    """Metric names as `pipeline compare` reads them."""
+    out = dict(m)
+    if "structure_ratio" in m:
+        out["structure_ratio"] = m["structure_ratio"]
+    if "structure_mean_rank" in m:
+        out["structure_rank"] = m["structure_mean_rank"]
+    return out
+
+
+def format_metrics(table) -> str:
+    cols = ["fid", "kid_mean", "precision", "recall", "structure_ratio", "structure_mean_rank"]
+    lines = [f"{'model':18s}" + "".join(f"{c:>20s}" for c in cols)]
+    for name, m in table.items():
+        lines.append(f"{name:18s}" + "".join(f"{m[c]:>20.4f}" if c in m else f"{'-':>20s}" for c in cols))
+    return "\n".join(lines)
