@@ -20,6 +20,7 @@ import argparse
 import inspect
 import math
 import os
+import pickle
 import re
 import tempfile
 from typing import Any, Mapping
@@ -41,10 +42,13 @@ class CheckpointMismatch(ValueError):
         self.missing, self.unexpected = list(missing), list(unexpected)
         self.shapes, self.config_diff = list(shapes), list(config_diff)
         lines = [f"{what} does not match the checkpoint:"]
-        for title, items in (("config differs", [f"{k}: checkpoint {a!r} vs expected {b!r}" for k, a, b in self.config_diff]),
-                             ("shape mismatch", [f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in self.shapes]),
-                             ("missing in checkpoint", self.missing),
-                             ("unexpected in checkpoint", self.unexpected)):
+        sections = (
+            ("config differs", [f"{k}: checkpoint {a!r} vs expected {b!r}" for k, a, b in self.config_diff]),
+            ("shape mismatch", [f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in self.shapes]),
+            ("missing in checkpoint", self.missing),
+            ("unexpected in checkpoint", self.unexpected),
+        )
+        for title, items in sections:
             if items:
                 shown = ", ".join(items[:_MAX_LISTED])
                 more = f" ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
@@ -86,7 +90,9 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 def _unwrap(module: nn.Module) -> nn.Module:
     """The bare model inside DDP / accelerate (``.module``) or torch.compile (``._orig_mod``) wrappers."""
     while True:
-        inner = getattr(module, "_orig_mod", None) or getattr(module, "module", None)
+        inner = getattr(module, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(module, "module", None)
         if not isinstance(inner, nn.Module):
             return module
         module = inner
@@ -96,8 +102,11 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
-def _load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    return torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+def _load(path: str | os.PathLike, map_location: Any = "cpu", hint: str = "") -> Any:
+    try:
+        return torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise pickle.UnpicklingError(f"{os.fspath(path)}: refused by the weights-only loader{hint}: {e}") from e
 
 
 def _format_of(obj: Any) -> str | None:
@@ -183,7 +192,7 @@ def load_transfer(path: str | os.PathLike, *, expect_g_config: dict | None = Non
     file must match it exactly (config values, key names and tensor shapes), else
     :class:`CheckpointMismatch` names every difference.
     """
-    ck = _load(path, map_location)
+    ck = _load(path, map_location, " (a rosinality checkpoint? use import_rosinality)")
     fmt = _format_of(ck)
     if fmt != TRANSFER_FORMAT:
         hint = ("a resume file: use load_resume" if fmt == RESUME_FORMAT else

@@ -112,10 +112,10 @@ def _one_sample(seed: int, stream: int, index: int) -> tuple:
     return (
         lerp(0, -0.14, 0.14), lerp(1, -0.20, -0.02), lerp(2, 0.46, 0.58), lerp(3, -0.22, 0.22),
         u[4], int(u[5] * len(_HAIR)), lerp(6, -1, 1), u[7],
-        lerp(8, -0.62, -0.30), lerp(9, -0.30, 0.30),
-        lerp(10, 0.17, 0.23), lerp(11, 0.31, 0.39), lerp(12, -0.14, -0.02),
+        lerp(8, -0.66, -0.38), lerp(9, -0.25, 0.25),
+        lerp(10, 0.18, 0.24), lerp(11, 0.31, 0.39), lerp(12, -0.14, -0.02),
         int(u[13] * len(_IRIS)), lerp(14, -1, 1),
-        lerp(15, 0.42, 0.56), lerp(16, 0.22, 0.38), lerp(17, -0.10, 0.16),
+        lerp(15, 0.42, 0.56), lerp(16, 0.22, 0.38), lerp(17, -0.06, 0.16),
         u[18], int(u[19] * len(_SHIRT)), lerp(20, -2.4, -0.7),
         int(rng.integers(0, 2**32, dtype=np.uint64)),
     )
@@ -200,14 +200,7 @@ def _head(f: Factors, c: _Coords) -> dict:
     return out
 
 
-# The small features (eyes, mouth, nose, cheeks) lie inside this face-local box for
-# every factor value (eye_scale <= _MAX_EYE_SCALE): x in [-0.73, 0.73], y in [-0.46, 0.79].
-_MAX_EYE_SCALE = 1.32
-_FEAT_CY, _FEAT_HX, _FEAT_HY = 0.165, 0.73, 0.625
-_MAX_SIZE, _MAX_SIN_TILT = 0.58, float(np.sin(0.22))
-
-
-def _features(f: Factors, c: _Coords, eye_scale: float, eye_round: float) -> dict:
+def _features(f: Factors, c: _Coords, eye_scale: float, eye_round: float, iris_frac: float) -> dict:
     """Signed distances (image units) of eyes, irises, pupils, lids, glints, mouth, nose, cheeks."""
     assert eye_scale <= _MAX_EYE_SCALE
     s, lx, ly = c.s, c.lx, c.ly
@@ -217,11 +210,11 @@ def _features(f: Factors, c: _Coords, eye_scale: float, eye_round: float) -> dic
     eyy = ly - ey
     out = {"eyes": _sd_ellipse(ex, eyy, er, er * eye_round) * s}
     ix = ex - _col(f.gaze) * 0.25 * er * np.sign(lx)   # both irises look the same way
-    ir = er * 0.58
+    ir = er * iris_frac
     out["iris"] = np.maximum(_sd_ellipse(ix, eyy, ir, ir) * s, out["eyes"])
     out["pupil"] = np.maximum(_sd_ellipse(ix, eyy, er * 0.28, er * 0.28) * s, out["eyes"])
     out["lid"] = np.maximum(_sd_ellipse(ex, eyy, er * 1.05, er * eye_round * 1.05) * s,
-                            (eyy + 0.35 * er * eye_round) * s)     # the top cap of the eye
+                            (eyy + 0.45 * er * eye_round) * s)     # the top cap of the eye
     out["glint"] = _sd_ellipse(ix + 0.22 * er, eyy + 0.22 * er, er * 0.2, er * 0.2) * s
 
     mw, mc, my = _col(f.mouth_w), _col(f.mouth_curve), _col(f.mouth_y)
@@ -236,44 +229,70 @@ def _features(f: Factors, c: _Coords, eye_scale: float, eye_round: float) -> dic
 
 
 class _Window:
-    """Per-sample pixel window that holds every small feature; the same size for all samples.
+    """Per-sample pixel windows (one size for the batch) that hold a group of shapes.
 
-    Painting the features in the window instead of the whole image gives the same
-    bytes (coordinates are gathered from the same grid, and outside the window
-    every feature's coverage is exactly 0) at a third of the cost.
+    Painting a group inside its window instead of the whole image gives the same
+    bytes (coordinates come from the same grid, and outside the window every shape
+    of the group has coverage exactly 0: the bounds below are conservative, and a
+    test compares against ``full=True``) at a fraction of the cost.
+
+    ``local``: (x0, x1, y0, y1) box in face units, carried through each sample's
+    tilt, size and position; ``image``: the same in image units relative to the
+    face centre, scaled by the face size but not rotated.
     """
 
-    def __init__(self, f: Factors, res: int, full: bool = False):
+    def __init__(self, f: Factors, res: int, *, local=None, image=None, full=False, margin=2):
         n, t = len(f), _grid(res)
         if full:
-            ri = np.broadcast_to(np.arange(res)[None, :, None], (n, res, 1))
-            ci = np.broadcast_to(np.arange(res)[None, None, :], (n, 1, res))
+            lo_x = lo_y = np.zeros(n, int)
+            wx = wy = res
         else:
-            half = res / 2 * _MAX_SIZE
-            hx = _FEAT_HX + _FEAT_HY * _MAX_SIN_TILT       # bounds of the tilted box
-            hy = _FEAT_HY + _FEAT_HX * _MAX_SIN_TILT
-            wx = min(res, 2 * int(np.ceil(hx * half + 2)))
-            wy = min(res, 2 * int(np.ceil(hy * half + 2)))
-            # window centre = image position of the face-local point (0, _FEAT_CY)
-            px = (f.cx - np.sin(f.tilt) * _FEAT_CY * f.size + 1) * (res / 2)
-            py = (f.cy + np.cos(f.tilt) * _FEAT_CY * f.size + 1) * (res / 2)
-            x0 = np.clip(np.rint(px - wx / 2).astype(int), 0, res - wx)
-            y0 = np.clip(np.rint(py - wy / 2).astype(int), 0, res - wy)
-            ri = (y0[:, None] + np.arange(wy)[None, :])[:, :, None]
-            ci = (x0[:, None] + np.arange(wx)[None, :])[:, None, :]
-        self.index = (np.arange(n)[:, None, None], ri, ci)
-        self.X, self.Y = t[ci], t[ri]
+            x0, x1, y0, y1 = local if local is not None else image
+            xs = np.array([x0, x1, x0, x1], np.float64)[None, :]
+            ys = np.array([y0, y0, y1, y1], np.float64)[None, :]
+            s = f.size.astype(np.float64)[:, None]
+            if local is not None:
+                ct, st = np.cos(f.tilt)[:, None], np.sin(f.tilt)[:, None]
+                px, py = (ct * xs - st * ys) * s, (st * xs + ct * ys) * s
+            else:
+                px, py = xs * s, ys * s
+            px = (px + f.cx[:, None] + 1) * (res / 2)          # pixel i covers [i, i + 1)
+            py = (py + f.cy[:, None] + 1) * (res / 2)
+            lo_x = np.floor(px.min(1)).astype(int) - margin
+            lo_y = np.floor(py.min(1)).astype(int) - margin
+            wx = min(res, int((np.ceil(px.max(1)).astype(int) + margin - lo_x).max()))
+            wy = min(res, int((np.ceil(py.max(1)).astype(int) + margin - lo_y).max()))
+            lo_x, lo_y = np.clip(lo_x, 0, res - wx), np.clip(lo_y, 0, res - wy)
+        self.boxes = [(int(y), int(y) + wy, int(x), int(x) + wx) for y, x in zip(lo_y, lo_x)]
+        self.shape = (n, wy, wx)
+        ri = (lo_y[:, None] + np.arange(wy)[None, :])[:, :, None]
+        ci = (lo_x[:, None] + np.arange(wx)[None, :])[:, None, :]
+        self.coords = _Coords(f, t[ci], t[ri])
 
     def get(self, img):
-        return img[self.index]
+        """Copy of each sample's window, (N, C, wy, wx); slice copies are far cheaper than fancy indexing."""
+        n, wy, wx = self.shape
+        out = np.empty((n, img.shape[1], wy, wx), img.dtype)
+        for i, (y0, y1, x0, x1) in enumerate(self.boxes):
+            out[i] = img[i, :, y0:y1, x0:x1]
+        return out
 
     def put(self, img, win):
-        img[self.index] = win
+        for i, (y0, y1, x0, x1) in enumerate(self.boxes):
+            img[i, :, y0:y1, x0:x1] = win[i]
+
+
+# Conservative bounds of each group for every factor value (eye_scale <= _MAX_EYE_SCALE).
+_MAX_EYE_SCALE = 1.32
+_FEATURE_BOX = (-0.76, 0.76, -0.50, 0.82)       # eyes, lids, mouth, nose, cheeks (face units)
+_HEAD_BOX = (-0.96, 0.96, -1.18, 1.50)         # hair, face, neck
+_SHADOW_BOX = (-1.25, 1.25, -1.30, 1.60)       # + the soft drop shadow
+_BODY_BOX = (-1.55, 1.55, 1.00, 2.70)          # upright ellipse under the head (image units / size)
 
 
 def _alpha(d, pix, soft=1.0):
     """Coverage of a shape from its signed distance: a linear ramp `soft` pixels wide."""
-    return np.clip(0.5 - d * (1.0 / (pix * soft)), 0.0, 1.0)[..., None]
+    return np.clip(0.5 - d * (1.0 / (pix * soft)), 0.0, 1.0)[:, None]
 
 
 def _paint(img, alpha, colour):
@@ -296,30 +315,26 @@ def _skin_colour(t, quantise: bool):
 
 
 def _c(rgb):
-    """(N, 3) -> (N, 1, 1, 3)."""
-    return np.asarray(rgb, np.float32)[:, None, None, :]
+    """Per-sample colours (N, 3) -> (N, 3, 1, 1)."""
+    return np.asarray(rgb, np.float32)[:, :, None, None]
+
+
+def _k(rgb):
+    """One colour (3,) -> (3, 1, 1)."""
+    return np.asarray(rgb, np.float32)[:, None, None]
 
 
 def _blur121(img):
-    """Separable [1, 2, 1] / 4 blur with edge padding, (N, H, W, C)."""
-    p = np.concatenate([img[:, :1], img, img[:, -1:]], axis=1)
-    img = (p[:, :-2] + 2 * p[:, 1:-1] + p[:, 2:]) * 0.25
+    """Separable [1, 2, 1] / 4 blur with edge padding, (N, C, H, W)."""
     p = np.concatenate([img[:, :, :1], img, img[:, :, -1:]], axis=2)
-    return (p[:, :, :-2] + 2 * p[:, :, 1:-1] + p[:, :, 2:]) * 0.25
-
-
-def _shift(d, ox, oy, pix):
-    """Distance field translated by (ox, oy) image units per sample; whole pixels, edge-clamped."""
-    n, res = d.shape[0], d.shape[-1]
-    sx = np.rint(np.ravel(ox) / pix).astype(int)
-    sy = np.rint(np.ravel(oy) / pix).astype(int)
-    xi = np.clip(np.arange(res)[None, :] - sx[:, None], 0, res - 1)[:, None, :]
-    yi = np.clip(np.arange(res)[None, :] - sy[:, None], 0, res - 1)[:, :, None]
-    return d[np.arange(n)[:, None, None], yi, xi]
+    img = (p[:, :, :-2] + 2 * p[:, :, 1:-1] + p[:, :, 2:]) * 0.25
+    p = np.concatenate([img[..., :1], img, img[..., -1:]], axis=3)
+    return (p[..., :-2] + 2 * p[..., 1:-1] + p[..., 2:]) * 0.25
 
 
 def _to_uint8(img):
-    return np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+    """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8."""
+    return np.ascontiguousarray(np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1))
 
 
 # --------------------------------------------------------------------------- renderers
@@ -328,8 +343,7 @@ def draw_faces(f: Factors, res: int, *, _full_window: bool = False) -> np.ndarra
     """'Photo' rendering: smooth shading, soft shadows, fine texture, slight blur."""
     n, pix, t = len(f), 2.0 / res, _grid(res)
     soft = 1.4 if res >= 64 else 1.0          # soft edges, sharp at 32 px and below
-    c = _Coords(f, t[None, None, :], t[None, :, None])
-    h = _head(f, c)
+    full = _full_window
 
     la = _col(f.light)                        # light direction: image-plane angle + elevation
     lxd, lyd, lzd = 0.55 * np.cos(la), 0.55 * np.sin(la), np.float32(0.835)
@@ -342,93 +356,109 @@ def draw_faces(f: Factors, res: int, *, _full_window: bool = False) -> np.ndarra
     bg = _hsv_to_rgb(f.bg_hue, 0.28, 0.82)
     grad = 1.06 - 0.06 * (t[None, :, None] + 1)                 # lighter at the top
     vign = 1.0 - 0.05 * (t[None, None, :] ** 2 + t[None, :, None] ** 2)
-    img = _c(bg) * (grad * vign)[..., None]
+    img = _c(bg) * (grad * vign)[:, None]
 
-    # soft drop shadow of head and hair on the background, away from the light
-    head = np.minimum(h["face"], h["hair_back"])
-    shifted = _shift(head, -0.10 * np.cos(la) * c.s, -0.10 * np.sin(la) * c.s, pix)
-    img *= (1.0 - 0.30 * np.clip(0.5 - shifted / (0.22 * c.s), 0, 1))[..., None]
-
-    shirt = _c(_SHIRT[f.shirt])
-    bshade = 0.75 + 0.30 * sphere(c.dx / c.s, c.dy / c.s - 1.85, 1.6, 0.9)
-    _paint(img, _alpha(h["body"], pix, soft), shirt * bshade[..., None])
-
-    skin = _c(_skin_colour(f.skin, quantise=False))
-    neck_shade = 0.62 + 0.30 * np.clip((c.ly - 0.75) / 0.45, 0, 1)   # under the chin
-    _paint(img, _alpha(h["neck"], pix, soft), skin * neck_shade[..., None])
-
-    hair = _c(_HAIR[f.hair] * (1 + 0.10 * f.hair_jitter[:, None]))
-    hair_shaded = hair * (0.55 + 0.60 * sphere(c.lx, c.ly + 0.10, 1.0, 1.2))[..., None]
-    _paint(img, _alpha(h["hair_back"], pix, soft), hair_shaded * 0.85)
-
-    fshade = 0.50 + 0.62 * sphere(c.lx, c.ly, 0.80, 1.05)
-    fshade = fshade * (1.0 - 0.35 * np.exp(-np.maximum(h["below_fringe"], 0) / 0.10))  # fringe shadow
-    _paint(img, _alpha(h["face"], pix, soft), skin * fshade[..., None])
-
-    w = _Window(f, res, full=_full_window)
-    win, fc = w.get(img), _Coords(f, w.X, w.Y)
-    ft = _features(f, fc, eye_scale=1.0, eye_round=0.72)
-    win *= 1.0 - 0.10 * _alpha(ft["nose"], 0.10 * c.s)  # shadow beside the nose
-    eye_light = 0.80 + 0.20 * sphere(fc.lx, fc.ly, 0.80, 1.05)[..., None]
-    _paint(win, _alpha(ft["eyes"], pix, soft), np.float32(0.95) * eye_light)
-    _paint(win, _alpha(ft["iris"], pix, soft), _c(_IRIS[f.iris] * 0.9))
-    _paint(win, _alpha(ft["pupil"], pix, soft), np.float32(0.04))
-    _paint(win, _alpha(ft["lid"], pix, soft), _c(_HAIR[f.hair] * 0.35 + 0.03))
-    lips = np.array([0.55, 0.16, 0.18], np.float32) * (0.55 + 0.45 * _skin_colour(f.skin, False))
-    _paint(win, _alpha(ft["mouth"], pix, soft), _c(lips))
+    w = _Window(f, res, image=_BODY_BOX, full=full)
+    win, c = w.get(img), w.coords
+    body = _sd_ellipse(c.dx, c.dy - 1.85 * c.s, 1.50 * c.s, 0.80 * c.s)
+    shade = 0.75 + 0.30 * sphere(c.dx / c.s, c.dy / c.s - 1.85, 1.6, 0.9)
+    _paint(win, _alpha(body, pix, soft), _c(_SHIRT[f.shirt]) * shade[:, None])
     w.put(img, win)
 
-    _paint(img, _alpha(h["hair_front"], pix, soft), hair_shaded)
+    w = _Window(f, res, local=_SHADOW_BOX, full=full)
+    win, c = w.get(img), w.coords
+    h = _head(f, c)
+    # soft drop shadow of the head on the background, away from the light
+    ox, oy = -0.10 * np.cos(la), -0.10 * np.sin(la)
+    shadow = _sd_ellipse(c.lx - ox, c.ly - oy, 0.92, 1.12)
+    win *= 1.0 - 0.30 * np.clip(0.5 - shadow / 0.22, 0.0, 1.0)[:, None]
+    skin = _c(_skin_colour(f.skin, quantise=False))
+    neck_shade = 0.62 + 0.30 * np.clip((c.ly - 0.75) / 0.45, 0, 1)   # under the chin
+    _paint(win, _alpha(h["neck"], pix, soft), skin * neck_shade[:, None])
+    hair = _c(_HAIR[f.hair] * (1 + 0.10 * f.hair_jitter[:, None]))
+    hair_shaded = hair * (0.55 + 0.60 * sphere(c.lx, c.ly + 0.10, 1.0, 1.2))[:, None]
+    _paint(win, _alpha(h["hair_back"], pix, soft), hair_shaded * 0.85)
+    fshade = 0.50 + 0.62 * sphere(c.lx, c.ly, 0.80, 1.05)
+    fshade = fshade * (1.0 - 0.35 * np.exp(-np.maximum(h["below_fringe"], 0) / 0.10))  # fringe shadow
+    _paint(win, _alpha(h["face"], pix, soft), skin * fshade[:, None])
+    w.put(img, win)
+
+    w2 = _Window(f, res, local=_FEATURE_BOX, full=full)
+    win2, fc = w2.get(img), w2.coords
+    ft = _features(f, fc, eye_scale=1.0, eye_round=0.72, iris_frac=0.6)
+    win2 *= 1.0 - 0.10 * _alpha(ft["nose"], 0.10 * fc.s)          # shadow beside the nose
+    eye_light = 0.80 + 0.20 * sphere(fc.lx, fc.ly, 0.80, 1.05)[:, None]
+    _paint(win2, _alpha(ft["eyes"], pix, soft), np.float32(0.95) * eye_light)
+    _paint(win2, _alpha(ft["iris"], pix, soft), _c(_IRIS[f.iris] * 0.9))
+    _paint(win2, _alpha(ft["pupil"], pix, soft), np.float32(0.04))
+    _paint(win2, _alpha(ft["lid"], pix, soft), _c(_HAIR[f.hair] * 0.35 + 0.03))
+    lips = np.array([0.55, 0.16, 0.18], np.float32) * (0.55 + 0.45 * _skin_colour(f.skin, False))
+    _paint(win2, _alpha(ft["mouth"], pix, soft), _c(lips))
+    w2.put(img, win2)
+
+    win = w.get(img)
+    _paint(win, _alpha(h["hair_front"], pix, soft), hair_shaded)
+    w.put(img, win)
 
     # fine texture, fading out at low resolution (a small G would learn it as speckle)
     amp = 0.03 * min(1.0, res / 256)
     if amp > 0.004:
         noise = np.stack([np.random.default_rng(int(k)).standard_normal((res, res), np.float32)
                           for k in f.noise_seed])
-        img += (amp * noise)[..., None]
+        img += (amp * noise)[:, None]
     mix = float(np.clip((res - 32) / 96, 0, 1)) * 0.6    # slight blur, none at 32 px and below
     if mix > 0:
         img += mix * (_blur121(img) - img)
     return _to_uint8(img)
 
 
-_OUTLINE = np.float32([0.10, 0.07, 0.07])
+_OUTLINE = _k([0.10, 0.07, 0.07])
 _BG_FLAT = _hsv_to_rgb(np.arange(_N_BG, dtype=np.float32) / _N_BG, 0.35, 0.97)
 
 
 def draw_cartoons(f: Factors, res: int, *, _full_window: bool = False) -> np.ndarray:
     """Cartoon rendering: flat palette fills, dark outlines, larger round eyes."""
-    n, pix, t = len(f), 2.0 / res, _grid(res)
+    n, pix = len(f), 2.0 / res
     ow = max(1.0, res / 56) * pix          # outline width, image units
-    c = _Coords(f, t[None, None, :], t[None, :, None])
-    h = _head(f, c)
+    full = _full_window
 
-    bg = _BG_FLAT[(np.asarray(f.bg_hue) * _N_BG).astype(int) % _N_BG]
-    img = _c(bg) * np.ones((n, res, res, 1), np.float32)
-
-    def fill(target, d, colour):
-        """Flat fill with a dark inner outline `ow` wide."""
-        colour = _OUTLINE + (colour - _OUTLINE) * _alpha(d + ow, pix)
+    def fill(target, d, colour, width=ow):
+        """Flat fill with a dark inner outline `width` wide."""
+        colour = _OUTLINE + (colour - _OUTLINE) * _alpha(d + width, pix)
         _paint(target, _alpha(d, pix), colour)
 
-    fill(img, h["body"], _c(_SHIRT[f.shirt]))
-    skin = _c(_skin_colour(f.skin, quantise=True))
-    fill(img, h["neck"], skin * 0.85)
-    hair = _c(_HAIR[f.hair])
-    fill(img, h["hair_back"], hair)
-    fill(img, h["face"], skin)
+    bg = _BG_FLAT[(np.asarray(f.bg_hue) * _N_BG).astype(int) % _N_BG]
+    img = np.empty((n, 3, res, res), np.float32)
+    img[:] = _c(bg)
 
-    w = _Window(f, res, full=_full_window)
-    win = w.get(img)
-    ft = _features(f, _Coords(f, w.X, w.Y), eye_scale=_MAX_EYE_SCALE, eye_round=1.0)
-    _paint(win, _alpha(ft["cheeks"], pix) * 0.35, np.float32([0.95, 0.45, 0.45]))
-    fill(win, ft["eyes"], np.float32(1.0))
-    _paint(win, _alpha(ft["iris"], pix), _OUTLINE)
-    _paint(win, _alpha(np.maximum(ft["glint"], ft["iris"]), pix), np.float32(1.0))
-    _paint(win, _alpha(ft["mouth"], pix), np.float32([0.62, 0.10, 0.14]))
+    w = _Window(f, res, image=_BODY_BOX, full=full)
+    win, c = w.get(img), w.coords
+    fill(win, _sd_ellipse(c.dx, c.dy - 1.85 * c.s, 1.50 * c.s, 0.80 * c.s), _c(_SHIRT[f.shirt]))
     w.put(img, win)
 
-    fill(img, h["hair_front"], hair)
+    w = _Window(f, res, local=_HEAD_BOX, full=full)
+    win = w.get(img)
+    h = _head(f, w.coords)
+    skin = _c(_skin_colour(f.skin, quantise=True))
+    fill(win, h["neck"], skin * 0.85)
+    hair = _c(_HAIR[f.hair])
+    fill(win, h["hair_back"], hair)
+    fill(win, h["face"], skin)
+    w.put(img, win)
+
+    w2 = _Window(f, res, local=_FEATURE_BOX, full=full)
+    win2 = w2.get(img)
+    ft = _features(f, w2.coords, eye_scale=_MAX_EYE_SCALE, eye_round=1.0, iris_frac=0.52)
+    _paint(win2, _alpha(ft["cheeks"], pix) * 0.35, _k([0.95, 0.45, 0.45]))
+    fill(win2, ft["eyes"], np.float32(1.0), width=0.6 * ow)   # thin: the white must show at 32 px
+    _paint(win2, _alpha(ft["iris"], pix), _OUTLINE)
+    _paint(win2, _alpha(np.maximum(ft["glint"], ft["iris"]), pix), np.float32(1.0))
+    _paint(win2, _alpha(ft["mouth"], pix), _k([0.62, 0.10, 0.14]))
+    w2.put(img, win2)
+
+    win = w.get(img)
+    fill(win, h["hair_front"], hair)
+    w.put(img, win)
     return _to_uint8(img)
 
 

@@ -8,7 +8,8 @@ for matched pairs (source of z_i vs variant of z_i) and mismatched pairs (z_i vs
 - ``mismatched``: mean over all i != j;
 - ``ratio`` = matched / mismatched: scale-free, 1.0 = no structure kept, 0 = all of it;
 - ``mean_rank``: for each variant image, the rank of its true source among the n
-  sources by distance (1 = best, (n + 1) / 2 = chance); ``top1`` the fraction ranked first.
+  sources by distance (1 = best, (n + 1) / 2 = chance); ``top1`` the fraction ranked first;
+- ``separation``: (mismatched - matched) / pooled std of the two distance populations (d').
 
 Descriptors (:data:`STRUCTURE_METHODS`, by short name):
 
@@ -144,7 +145,8 @@ def structure_distance_matrix(src: torch.Tensor, tgt: torch.Tensor, method: str 
 def structure_scores(src: torch.Tensor, tgt: torch.Tensor, *, method: str = "edges+ssm") -> dict:
     """Scores of paired image sets: ``src[i]`` and ``tgt[i]`` come from the same latent and noise.
 
-    Returns ``{"matched", "matched_std", "mismatched", "ratio", "mean_rank", "top1", "n", "method"}``.
+    Returns ``{"matched", "matched_std", "mismatched", "ratio", "mean_rank", "top1", "separation",
+    "n", "method"}``.
     """
     n = src.shape[0]
     if n < 4:
@@ -155,6 +157,7 @@ def structure_scores(src: torch.Tensor, tgt: torch.Tensor, *, method: str = "edg
     off = d[~torch.eye(n, dtype=torch.bool, device=d.device)]
     rank = (d < diag[None, :]).sum(0).double() + 1          # column j: variant j vs all sources
     mismatched = off.mean().item()
+    pooled = ((diag.var() + off.var()) / 2).sqrt().item()
     return {
         "matched": diag.mean().item(),
         "matched_std": diag.std().item(),
@@ -162,6 +165,7 @@ def structure_scores(src: torch.Tensor, tgt: torch.Tensor, *, method: str = "edg
         "ratio": diag.mean().item() / max(mismatched, 1e-12),
         "mean_rank": rank.mean().item(),
         "top1": (rank == 1).double().mean().item(),
+        "separation": (mismatched - diag.mean().item()) / max(pooled, 1e-12),
         "n": int(n),
         "method": method,
     }
@@ -226,8 +230,8 @@ def structure_distance(G_src, G_tgt, *, n: int = 256, seed: int = 0, batch: int 
                        method: str = "edges+ssm") -> dict:
     """How much of the source's structure the variant keeps, for the same latents and noise.
 
-    Returns ``{"matched", "matched_std", "mismatched", "ratio", "mean_rank", "top1", "n",
-    "method"}`` (see the module docstring). ``ratio`` ~ 1 for unrelated generators.
+    Returns ``{"matched", "matched_std", "mismatched", "ratio", "mean_rank", "top1", "separation",
+    "n", "method"}`` (see the module docstring). ``ratio`` ~ 1 for unrelated generators.
     """
     _method(method)
     src, tgt = sample_pairs(G_src, G_tgt, n=n, seed=seed, batch=batch, device=device,

@@ -178,8 +178,10 @@ class ModulatedConv2d(nn.Module):
       modulated weight (batch x out x in x k x k);
     - unfused (NVlabs' training path): scale the input by the styles, one shared-weight
       convolution, scale the output by the demodulation coefficients.
-    ``fused=None`` picks fused in eval mode and unfused in training mode (as NVlabs);
-    1x1 convolutions (ToRGB) always use a batched matrix product.
+    ``fused=None`` picks fused for CUDA tensors in eval mode and unfused otherwise
+    (NVlabs' choice on GPUs; on CPU the unfused order measured faster in both modes);
+    1x1 convolutions (ToRGB) always use a batched matrix product. Both orders agree
+    to float rounding (tests/networks compares them with a naive reference).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, style_dim: int,
@@ -212,7 +214,7 @@ class ModulatedConv2d(nn.Module):
             out = torch.bmm(weight.view(1, self.out_channels, c) * coef, x.reshape(n, c, h * w))
             return out.view(n, self.out_channels, h, w)
 
-        fused = (not self.training) if self.fused is None else self.fused
+        fused = (x.is_cuda and not self.training) if self.fused is None else self.fused
         if fused:
             coef = s[:, None, :] if d is None else s[:, None, :] * d[:, :, None]         # (N, O, I)
             xg = x.reshape(1, n * c, h, w)

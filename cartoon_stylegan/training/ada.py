@@ -129,7 +129,8 @@ class AugmentPipe(torch.nn.Module):
         self.hue, self.saturation = float(hue), float(saturation)
         self.brightness_std, self.contrast_std = float(brightness_std), float(contrast_std)
         self.hue_max, self.saturation_std = float(hue_max), float(saturation_std)
-        self.register_buffer("filter", torch.tensor(_SYM6, dtype=torch.float32), persistent=False)
+        # Normalised to unit DC gain (upsample2d/downsample2d then keep the signal level).
+        self.register_buffer("filter", ops.setup_filter(_SYM6), persistent=False)
 
     # -- random helpers: every draw goes through the caller's generator -------------------
     @staticmethod

@@ -548,9 +548,8 @@ class _Loop:
         o, acc = self.opts, self.acc
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=round(self.total_nimg / 1000, 3), initial=round(self.nimg / 1000, 3), unit="kimg",
-                   disable=not self.main, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg "
-                   "[{elapsed}<{remaining}{postfix}]")
+        bar = tqdm(total=self.total_nimg, initial=self.nimg, unit="kimg", unit_scale=1e-3, disable=not self.main,
+                   dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]")
         if self.step == 0:
             self.emit_samples()
         sums: dict[str, float] = {}
@@ -576,7 +575,7 @@ class _Loop:
                 for k, v in zip(names, vals):
                     sums[k] = sums.get(k, 0.0) + v
                     counts[k] = counts.get(k, 0) + 1
-                bar.update(round(self.nimg / 1000 - bar.n, 3))
+                bar.update(self.nimg - prev_nimg)
                 if self.main and self.step % o.log_every == 0:
                     spk = train_time / max((self.nimg - tick_nimg) / 1000, 1e-9)
                     bar.set_postfix_str(f"G {vals[names.index('Loss/G')]:.3f} D {vals[names.index('Loss/D')]:.3f} "

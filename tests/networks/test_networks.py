@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cartoon_stylegan.networks import Discriminator, Generator
+from cartoon_stylegan.networks.layers import ModulatedConv2d
 
 TINY_G = dict(size=16, style_dim=32, n_mlp=2, channel_max=16)
 TINY_D = dict(size=16, channel_max=16)
@@ -224,10 +225,14 @@ def naive_discriminator(d, img):
     return naive_linear(d.final_linear[1], naive_linear(d.final_linear[0], x))
 
 
-@pytest.mark.parametrize("train_mode", [False, True], ids=["fused", "unfused"])
-def test_generator_matches_naive_reference(train_mode):
+@pytest.mark.parametrize("fused", [True, False, None], ids=["fused", "unfused", "auto"])
+@pytest.mark.parametrize("train_mode", [False, True], ids=["eval", "train"])
+def test_generator_matches_naive_reference(fused, train_mode):
     g = tiny_g()
     g.train(train_mode)
+    for m in g.modules():
+        if isinstance(m, ModulatedConv2d):
+            m.fused = fused
     z = torch.randn(3, 32)
     noise = g.make_noise(3)
     with torch.no_grad():

@@ -1,0 +1,22 @@
+#!/bin/bash
+# Stage 'eval': FID / KID / precision-recall and structure distance of each variant.
+#   sbatch slurm/eval.sh [CONFIG] [key=value ...] [--force]
+# Every #SBATCH line below is a default; the same option on the sbatch command line wins
+# (e.g. sbatch --nodes=2 --gpus-per-node=8 --time=4:00:00 slurm/eval.sh ...). See slurm/README.md.
+#SBATCH --job-name=eval
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=04:00:00
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=slurm-logs/%x-%j.out
+
+# SLURM runs a copy of this file: find the repository from the submitted path (or CARTOON_REPO)
+if [[ -n ${SLURM_JOB_ID:-} && -z ${CARTOON_REPO:-} ]]; then
+    CARTOON_REPO=$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | sed -n 's|.* Command=\(/[^ ]*\)/slurm/[^/ ]*\.sh.*|\1|p')
+fi
+source "${CARTOON_REPO:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}/slurm/common.sh" || exit 1
+cs_run eval -- "$@"

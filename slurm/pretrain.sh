@@ -1,0 +1,23 @@
+#!/bin/bash
+# Stage 'pretrain': StyleGAN2 on the source domain; one accelerate launcher per node, DDP over all GPUs.
+#   sbatch slurm/pretrain.sh [CONFIG] [key=value ...] [--force]
+#   multi-node: sbatch --nodes=4 slurm/pretrain.sh CONFIG  (the pipeline runs srun, one launcher per node)
+# Every #SBATCH line below is a default; the same option on the sbatch command line wins
+# (e.g. sbatch --nodes=2 --gpus-per-node=8 --time=4:00:00 slurm/pretrain.sh ...). See slurm/README.md.
+#SBATCH --job-name=pretrain
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=4
+#SBATCH --cpus-per-task=32
+#SBATCH --time=48:00:00
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=slurm-logs/%x-%j.out
+
+# SLURM runs a copy of this file: find the repository from the submitted path (or CARTOON_REPO)
+if [[ -n ${SLURM_JOB_ID:-} && -z ${CARTOON_REPO:-} ]]; then
+    CARTOON_REPO=$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | sed -n 's|.* Command=\(/[^ ]*\)/slurm/[^/ ]*\.sh.*|\1|p')
+fi
+source "${CARTOON_REPO:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}/slurm/common.sh" || exit 1
+cs_run pretrain -- "$@"

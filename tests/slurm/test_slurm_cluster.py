@@ -1,0 +1,338 @@
+"""On a real SLURM cluster: job states, afterok chains, USR1 + requeue, two nodes, srun launchers.
+
+Start one with `tests/slurm/local_cluster.sh start --nodes 2` (root; installs Debian's SLURM
+when missing). Without a cluster every test here skips, saying why. Jobs ask for 1 CPU and
+no GPU; every wait has a timeout and every test checks the job's final state (`sbatch
+--wait` returns 0 for a job that never ran).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import slurm
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[2]
+JOB_ARGS = ["--cpus-per-task=1", "--gpus-per-node=0", "--time=00:10:00"]
+
+
+def _idle_nodes() -> tuple[list[str], str]:
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return [], "SLURM client tools (sbatch, sinfo) are not installed"
+    if not os.environ.get("SLURM_CONF") and not Path("/etc/slurm/slurm.conf").exists():
+        return [], "no slurm.conf (start a cluster: tests/slurm/local_cluster.sh start --nodes 2)"
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return [], "sinfo timed out: no reachable slurmctld"
+    if proc.returncode != 0:
+        return [], f"sinfo failed: {proc.stderr.strip()}"
+    nodes = sorted({ln.split()[0] for ln in proc.stdout.splitlines()
+                    if len(ln.split()) == 2 and ln.split()[1] in ("idle", "mix")})
+    if not nodes:
+        return [], "sinfo shows no idle node (tests/slurm/local_cluster.sh status)"
+    return nodes, ""
+
+
+@pytest.fixture(scope="module")
+def cluster() -> list[str]:
+    nodes, why = _idle_nodes()
+    if not nodes:
+        pytest.skip(why)
+    return nodes
+
+
+@pytest.fixture
+def two_nodes(cluster) -> list[str]:
+    if len(cluster) < 2:
+        pytest.skip(f"needs 2 idle nodes, sinfo shows {len(cluster)} "
+                    "(tests/slurm/local_cluster.sh stop; ... start --nodes 2)")
+    return cluster
+
+
+def _script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/bash\n" + textwrap.dedent(body).lstrip())
+    path.chmod(0o755)
+    return path
+
+
+def _py(path: Path, body: str) -> Path:
+    path.write_text(textwrap.dedent(body).lstrip())
+    return path
+
+
+def _sbatch(*args: str) -> str:
+    proc = subprocess.run(["sbatch", "--parsable", *JOB_ARGS, *args], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return slurm.parse_parsable(proc.stdout)
+
+
+def _wait_files(*paths: Path, timeout: float = 60, job: str | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        if time.monotonic() > deadline:
+            state = slurm.job_state(job) if job else "?"
+            pytest.fail(f"timed out waiting for {[str(p) for p in paths if not p.exists()]} (job state {state})")
+        time.sleep(0.2)
+
+
+@pytest.fixture(autouse=True)
+def _job_env(monkeypatch):
+    """Jobs get this environment (sbatch --export=ALL): let them import the repo's pipeline.
+    Afterwards, cancel whatever a failing test left in the queue (jobs named cs-test)."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    yield
+    subprocess.run(["scancel", "--name=cs-test"], capture_output=True, timeout=30)
+
+
+# --------------------------------------------------------------------------- basics
+
+def test_trivial_job_completes_and_state_outlives_squeue(cluster, tmp_path):
+    out = tmp_path / "out.txt"
+    script = _script(tmp_path / "hello.sh", 'echo "hello from job $SLURM_JOB_ID on $SLURMD_NODENAME"\n')
+    proc = subprocess.run(["sbatch", "--wait", "--parsable", "--job-name=cs-test", *JOB_ARGS, f"--output={out}",
+                           str(script)], capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    job = slurm.parse_parsable(proc.stdout)
+    assert slurm.job_state(job) == "COMPLETED"  # --wait alone would also return 0 for a job that never ran
+    assert f"hello from job {job} on " in out.read_text()
+    deadline = time.monotonic() + 40  # MinJobAge=5 on the local cluster: squeue forgets the job
+    while subprocess.run(["squeue", "-h", "-j", job], capture_output=True).returncode == 0:
+        if time.monotonic() > deadline:
+            pytest.skip("squeue still knows the job after 40 s (MinJobAge is large here)")
+        time.sleep(0.5)
+    assert slurm.job_state(job) == "COMPLETED"  # from sacct or the jobcomp file
+
+
+def test_chain_runs_in_order_and_failed_parent_cancels_child(cluster, tmp_path):
+    scripts, marks = tmp_path / "scripts", tmp_path / "marks"
+    scripts.mkdir()
+    marks.mkdir()
+    _script(scripts / "first.sh", f'echo "$@" > {marks}/first; sleep 1; date +%s.%N >> {marks}/first\n')
+    _script(scripts / "second.sh", f'date +%s.%N > {marks}/second; exit 1\n')
+    _script(scripts / "third.sh", f'touch {marks}/third\n')
+    lines: list[str] = []
+    jobs = slurm.submit(["first", "second", "third"], config_path=tmp_path / "cfg.yaml", overrides=["a.b=1"],
+                        script_dir=scripts, log_dir=tmp_path / "logs", extra_sbatch_args=JOB_ARGS,
+                        state_dir_for=lambda s: tmp_path / "state" / s, out=lines.append)
+    assert jobs is not None and len(jobs) == 3 and len(lines) == 4
+    first, second, third = (j.job_id for j in jobs)
+    assert slurm.wait_for_job(first, timeout=60, poll=0.5) == "COMPLETED"
+    assert slurm.wait_for_job(second, timeout=60, poll=0.5) == "FAILED"
+    # kill-on-invalid-dep: cancelled, not PENDING (DependencyNeverSatisfied) forever
+    assert slurm.wait_for_job(third, timeout=60, poll=0.5) == "CANCELLED"
+    assert not (marks / "third").exists()
+    args_line, first_end = (marks / "first").read_text().split("\n")[:2]
+    assert args_line == f"{tmp_path / 'cfg.yaml'} a.b=1"           # config + overrides reach the script
+    assert float((marks / "second").read_text()) > float(first_end)  # afterok: second started after first ended
+    rec = json.loads((tmp_path / "state" / "second" / slurm.JOB_RECORD).read_text())
+    assert rec["job_id"] == second and rec["after"] == first and rec["cmd"][0] == "sbatch"
+    assert (tmp_path / "logs" / f"first-{first}.out").exists()
+
+
+# --------------------------------------------------------------------------- signal + requeue
+
+REQUEUE_JOB = """
+    import os, signal, sys, time
+    from pathlib import Path
+    from pipeline import slurm
+
+    d = Path(sys.argv[1])
+    restart = slurm.slurm_layout().restart_count
+    (d / f"run{restart}").write_text(os.environ.get("SLURM_RESTART_COUNT", "unset"))
+    if restart >= 1:
+        print("second run: nothing left to do", flush=True)
+        sys.exit(0)
+    stop = []
+    signal.signal(signal.SIGUSR1, lambda *a: stop.append(1))
+    (d / "ready").touch()
+    deadline = time.monotonic() + 60
+    while not stop and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print("trap: got USR1" if stop else "no signal", flush=True)
+    ok = slurm.requeue_self("test: stopped on USR1")
+    print(f"requeue_self -> {ok}", flush=True)
+    time.sleep(0 if not ok else 30)   # a granted requeue ends this run right away
+    sys.exit(3)
+"""
+
+
+def _requeue_job(tmp_path: Path, *sbatch_args: str) -> tuple[str, Path, Path]:
+    d = tmp_path / "rq"
+    d.mkdir()
+    job_py = _py(tmp_path / "job.py", REQUEUE_JOB)
+    script = _script(tmp_path / "rq.sh", f'echo "start restart=${{SLURM_RESTART_COUNT:-0}}"\n'
+                                         f'exec {sys.executable} {job_py} {d}\n')
+    out = tmp_path / "rq.out"
+    job = _sbatch("--job-name=cs-test", "--open-mode=append", f"--output={out}", *sbatch_args, str(script))
+    return job, d, out
+
+
+def test_usr1_trap_requeues_and_second_run_sees_restart_count(cluster, tmp_path):
+    job, d, out = _requeue_job(tmp_path, "--requeue")
+    _wait_files(d / "ready", job=job)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
+    # requeue: the job waits cred_expire (10 s on the local cluster) before it starts again
+    assert slurm.wait_for_job(job, timeout=120, poll=0.5) == "COMPLETED"
+    assert (d / "run1").read_text() == "1"  # SLURM_RESTART_COUNT=1 in the second run
+    log = out.read_text()
+    assert "start restart=0" in log and "trap: got USR1" in log and "start restart=1" in log
+    assert f"requeueing job {job} (restart 1): test: stopped on USR1" in log
+    assert "second run: nothing left to do" in log
+
+
+def test_requeue_refused_without_requeue_flag(cluster, tmp_path):
+    job, d, out = _requeue_job(tmp_path, "--no-requeue")
+    _wait_files(d / "ready", job=job)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
+    assert slurm.wait_for_job(job, timeout=60, poll=0.5) == "FAILED"  # exit 3: a stopped stage is not done
+    log = out.read_text()
+    assert "does not allow requeue" in log and "requeue_self -> False" in log
+    assert not (d / "run1").exists()
+
+
+# --------------------------------------------------------------------------- two nodes
+
+def test_two_node_job_runs_one_task_per_node(two_nodes, tmp_path):
+    out = tmp_path / "out.txt"
+    script = _script(tmp_path / "two.sh", """
+        scontrol show hostnames "$SLURM_JOB_NODELIST" | sed 's/^/host /'
+        srun --nodes=2 --ntasks-per-node=1 bash -c 'echo "task $SLURM_NODEID $SLURMD_NODENAME $SLURM_PROCID"'
+    """)
+    job = _sbatch("--job-name=cs-test", "--nodes=2", f"--output={out}", str(script))
+    assert slurm.wait_for_job(job, timeout=60, poll=0.5) == "COMPLETED"
+    lines = out.read_text().splitlines()
+    hosts = [ln.split()[1] for ln in lines if ln.startswith("host ")]
+    tasks = sorted(tuple(ln.split()[1:]) for ln in lines if ln.startswith("task "))
+    assert len(hosts) == 2 and slurm.expand_hostlist(",".join(hosts)) == hosts
+    assert [t[0] for t in tasks] == ["0", "1"]              # distinct SLURM_NODEID
+    assert sorted(t[1] for t in tasks) == sorted(hosts)     # one task on each node
+
+
+FAKE_LAUNCHER = """
+    # Stands in for `accelerate launch`: records how it was started, runs one 'rank' child
+    # that stops on SIGUSR1, and exits with the child's status (like the real launcher).
+    import json, os, subprocess, sys
+    d = sys.argv[sys.argv.index("--out") + 1]
+    node = os.environ["SLURM_NODEID"]
+    sigign = int([ln for ln in open("/proc/self/status") if ln.startswith("SigIgn")][0].split()[1], 16)
+    json.dump({"argv": sys.argv[1:], "node": node, "host": os.environ.get("SLURMD_NODENAME"),
+               "use_cpu": os.environ.get("ACCELERATE_USE_CPU"), "usr1_ignored": bool(sigign & (1 << 9))},
+              open(f"{d}/launcher-{node}.json", "w"))
+    rank = subprocess.Popen([sys.executable, "-c", '''
+import os, signal, sys, time
+d, node = sys.argv[1], sys.argv[2]
+stop = []
+signal.signal(signal.SIGUSR1, lambda *a: stop.append(1))
+open(f"{d}/ready-{node}", "w").close()
+deadline = time.monotonic() + 60
+while not stop and time.monotonic() < deadline:
+    time.sleep(0.05)
+open(f"{d}/rank-{node}.txt", "w").write("stopped" if stop else "timeout")
+time.sleep(0.5)  # "writing a checkpoint"
+''', d, node])
+    rc = rank.wait()
+    open(f"{d}/launcher-{node}.exit", "w").write(str(rc))
+    sys.exit(rc)
+"""
+
+BATCH_SHELL = """
+    # The pipeline's part in the batch shell: build the srun command, run it, pass USR1 on.
+    import dataclasses, json, signal, subprocess, sys
+    from pipeline import slurm
+    d, launcher = sys.argv[1], sys.argv[2:]
+    lay = slurm.slurm_layout()
+    json.dump(dataclasses.asdict(lay), open(f"{d}/layout.json", "w"))
+    cmd = slurm.srun_accelerate_command(["-m", "pipeline.worker", "--out", d], cpu=True, launcher=launcher)
+    proc = subprocess.Popen(cmd)
+    signal.signal(signal.SIGUSR1, lambda *a: proc.send_signal(signal.SIGUSR1))
+    rc = proc.wait()
+    print(f"srun exited {rc}", flush=True)
+    sys.exit(rc)
+"""
+
+
+def test_srun_command_starts_one_launcher_per_node_and_forwards_usr1(two_nodes, tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    launcher = _py(tmp_path / "fake_launcher.py", FAKE_LAUNCHER)
+    batch = _py(tmp_path / "batch.py", BATCH_SHELL)
+    script = _script(tmp_path / "job.sh", f"exec {sys.executable} {batch} {d} {sys.executable} {launcher}\n")
+    out = tmp_path / "out.txt"
+    job = _sbatch("--job-name=cs-test", "--nodes=2", f"--output={out}", str(script))
+    _wait_files(d / "ready-0", d / "ready-1", job=job)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
+    state = slurm.wait_for_job(job, timeout=60, poll=0.5)
+    assert state == "COMPLETED", out.read_text()
+
+    lay = json.loads((d / "layout.json").read_text())
+    names = subprocess.run(["scontrol", "show", "hostnames", ",".join(lay["node_list"])],
+                           capture_output=True, text=True, timeout=30).stdout.split()
+    assert lay["node_list"] == names and lay["head"] == names[0] and lay["nodes"] == 2
+    assert lay["port"] == 20000 + int(job) % 20000
+    launchers = sorted(d.glob("launcher-*.json"))
+    assert [p.name for p in launchers] == ["launcher-0.json", "launcher-1.json"]  # exactly one per node
+    seen = [json.loads(p.read_text()) for p in launchers]
+    assert sorted(s["host"] for s in seen) == sorted(names)
+    for s in seen:
+        argv = s["argv"]
+        opt = {k: argv[argv.index(k) + 1] for k in ("--num_machines", "--num_processes", "--main_process_ip",
+                                                    "--main_process_port", "--machine_rank")}
+        assert opt == {"--num_machines": "2", "--num_processes": "2", "--main_process_ip": names[0],
+                       "--main_process_port": str(lay["port"]), "--machine_rank": s["node"]}
+        assert "--multi_gpu" in argv and argv[-4:-2] == ["-m", "pipeline.worker"]
+        assert s["use_cpu"] == "1" and s["usr1_ignored"]
+    for node in ("0", "1"):  # USR1: the ranks stopped cleanly, the launchers survived it
+        assert (d / f"rank-{node}.txt").read_text() == "stopped"
+        assert (d / f"launcher-{node}.exit").read_text() == "0"
+    assert "srun exited 0" in out.read_text()
+
+
+DDP_PROBE = """
+    # One rank of a real 2-node CPU job under accelerate: all-reduce and report.
+    import json, sys, torch
+    from accelerate import Accelerator
+    acc = Accelerator(cpu=True)
+    t = torch.tensor([float(acc.process_index + 1)])
+    total = acc.reduce(t, reduction="sum").item()
+    json.dump({"rank": acc.process_index, "world": acc.num_processes, "sum": total,
+               "backend": str(torch.distributed.get_backend()) if acc.num_processes > 1 else None},
+              open(f"{sys.argv[1]}/rank-{acc.process_index}.json", "w"))
+"""
+
+REAL_BATCH = """
+    import subprocess, sys
+    from pipeline import slurm
+    cmd = slurm.srun_accelerate_command([sys.argv[2], sys.argv[1]], cpu=True, extra_env={"GLOO_SOCKET_IFNAME": "lo"})
+    sys.exit(subprocess.run(cmd).returncode)
+"""
+
+
+@pytest.mark.slow
+def test_real_accelerate_two_node_gloo(two_nodes, tmp_path):
+    pytest.importorskip("accelerate")
+    d = tmp_path / "ddp"
+    d.mkdir()
+    probe = _py(tmp_path / "probe.py", DDP_PROBE)
+    batch = _py(tmp_path / "batch.py", REAL_BATCH)
+    out = tmp_path / "out.txt"
+    job = _sbatch("--job-name=cs-test", "--nodes=2", f"--output={out}",
+                  str(_script(tmp_path / "job.sh", f"exec {sys.executable} {batch} {d} {probe}\n")))
+    state = slurm.wait_for_job(job, timeout=240, poll=1)
+    assert state == "COMPLETED", out.read_text()[-3000:]
+    ranks = sorted(json.loads(p.read_text())["rank"] for p in d.glob("rank-*.json"))
+    assert ranks == [0, 1]
+    for p in d.glob("rank-*.json"):
+        r = json.loads(p.read_text())
+        assert r["world"] == 2 and r["sum"] == 3.0 and r["backend"] == "gloo"
