@@ -288,7 +288,7 @@ def encode(array: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
     buf = io.BytesIO()
     im = Image.fromarray(array, "RGB")
     if fmt == "png":
-        im.save(buf, format="PNG", compress_level=6)
+        im.save(buf, format="PNG", compress_level=1)   # 2x faster than 6, ~6% larger
     elif fmt in ("jpg", "jpeg"):
         im.save(buf, format="JPEG", quality=int(quality), subsampling=0 if quality >= 90 else 2)
     else:

@@ -100,10 +100,6 @@ class Factors:
         i = np.atleast_1d(np.arange(len(self))[i])
         return Factors(**{f.name: getattr(self, f.name)[i] for f in fields(self)})
 
-    @staticmethod
-    def concat(parts) -> "Factors":
-        return Factors(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Factors)})
-
 
 def _one_sample(seed: int, stream: int, index: int) -> tuple:
     rng = np.random.default_rng([seed, stream, index])
@@ -182,11 +178,15 @@ def _grid(res: int) -> np.ndarray:
     return (np.arange(res, dtype=np.float32) + 0.5) * (2.0 / res) - 1.0
 
 
+def _body(c: _Coords):
+    """Signed distance of the shoulders: an upright ellipse under the head (image units)."""
+    return _sd_ellipse(c.dx, c.dy - 1.85 * c.s, 1.50 * c.s, 0.80 * c.s)
+
+
 def _head(f: Factors, c: _Coords) -> dict:
-    """Signed distances (image units) of the big parts: body, neck, hair, face."""
+    """Signed distances (image units) of the head parts: neck, hair (back, front), face."""
     s, lx, ly = c.s, c.lx, c.ly
     out = {
-        "body": _sd_ellipse(c.dx, c.dy - 1.85 * s, 1.50 * s, 0.80 * s),   # upright, under the head
         "neck": _sd_box(lx, ly - 1.00, 0.30, 0.45, 0.10) * s,
         "face": _sd_ellipse(lx, ly, 0.78, 1.0) * s,
     }
@@ -360,7 +360,7 @@ def draw_faces(f: Factors, res: int, *, _full_window: bool = False) -> np.ndarra
 
     w = _Window(f, res, image=_BODY_BOX, full=full)
     win, c = w.get(img), w.coords
-    body = _sd_ellipse(c.dx, c.dy - 1.85 * c.s, 1.50 * c.s, 0.80 * c.s)
+    body = _body(c)
     shade = 0.75 + 0.30 * sphere(c.dx / c.s, c.dy / c.s - 1.85, 1.6, 0.9)
     _paint(win, _alpha(body, pix, soft), _c(_SHIRT[f.shirt]) * shade[:, None])
     w.put(img, win)
@@ -433,7 +433,7 @@ def draw_cartoons(f: Factors, res: int, *, _full_window: bool = False) -> np.nda
 
     w = _Window(f, res, image=_BODY_BOX, full=full)
     win, c = w.get(img), w.coords
-    fill(win, _sd_ellipse(c.dx, c.dy - 1.85 * c.s, 1.50 * c.s, 0.80 * c.s), _c(_SHIRT[f.shirt]))
+    fill(win, _body(c), _c(_SHIRT[f.shirt]))
     w.put(img, win)
 
     w = _Window(f, res, local=_HEAD_BOX, full=full)

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import tarfile
-import warnings
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Callable, Sequence
@@ -328,8 +327,7 @@ def compute_metrics(fake, real, *, metrics: Sequence[str] = ("fid", "kid", "pr")
         kwargs.update(cache=True, cache_root=os.fspath(cache_dir), input2_cache_name=f"real-{_safe(key)}-n{n_real}")
 
     ctx = torch.cuda.device(device) if device.type == "cuda" and device.index is not None else _nullctx()
-    with ctx, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.jit.load.*is deprecated", category=FutureWarning)
+    with ctx:
         raw = torch_fidelity.calculate_metrics(**kwargs)
 
     out: dict[str, float] = {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 
 import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
@@ -87,7 +88,9 @@ class InceptionTFOffline(FeatureExtractorBase):
         if feature_extractor_internal_dtype not in (None, "float32"):
             raise ValueError(f"{FEATURE_EXTRACTOR_NAME} runs in float32 only")
         path = feature_extractor_weights_path or default_weights_path()
-        self.net = torch.jit.load(path, map_location="cpu")
+        with warnings.catch_warnings():   # torch >= 2.10 flags TorchScript as deprecated; the file is TorchScript
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
+            self.net = torch.jit.load(path, map_location="cpu")
         self.requires_grad_(False)
         self.eval()
 

@@ -199,17 +199,20 @@ def _upfirdn2d_ref(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, fli
 
 def _resample(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_filter):
     """upfirdn2d with a 2-D filter `f` ([h, w], already scaled) as one depthwise convolution."""
-    c = x.shape[1]
+    c, h, w = x.shape[1:]
     fh, fw = f.shape
+    if ((upy * (h - 1) < -pady0 or upy * h <= -pady1)
+            or (upx * (w - 1) < -padx0 or upx * w <= -padx1)):
+        return _resample_explicit(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_filter)
     if upx == 1 and upy == 1:
         # conv2d correlates: weight = the flipped filter for a true convolution.
         if not flip_filter:
             f = f.flip([0, 1])
+        weight = f.reshape(1, 1, fh, fw).expand(c, 1, fh, fw).contiguous()
         (sy, py, oy), (sx, px, ox) = (_conv_axis(x.shape[2], fh, downy, pady0, pady1),
                                       _conv_axis(x.shape[3], fw, downx, padx0, padx1))
         if sy != slice(None) or sx != slice(None):
             x = x[:, :, sy, sx]
-        weight = f.reshape(1, 1, fh, fw).expand(c, 1, fh, fw).contiguous()
         y = F.conv2d(x, weight, stride=(downy, downx), padding=(py, px), groups=c)
         if oy != slice(None) or ox != slice(None):
             y = y[:, :, oy, ox]
@@ -230,6 +233,18 @@ def _resample(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_fil
     if downx > 1 or downy > 1:
         y = y[:, :, ::downy, ::downx]
     return y
+
+
+def _resample_explicit(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_filter):
+    """The definition step by step, for the degenerate case where a crop removes every
+    input sample on some axis (the output is all zeros, but stays in the graph)."""
+    n, c, h, w = x.shape
+    fh, fw = f.shape
+    x = F.pad(x.reshape(n, c, h, 1, w, 1), [0, upx - 1, 0, 0, 0, upy - 1]).reshape(n, c, h * upy, w * upx)
+    x = F.pad(x, [max(padx0, 0), max(padx1, 0), max(pady0, 0), max(pady1, 0)])
+    x = x[:, :, max(-pady0, 0):x.shape[2] - max(-pady1, 0), max(-padx0, 0):x.shape[3] - max(-padx1, 0)]
+    weight = (f if flip_filter else f.flip([0, 1])).reshape(1, 1, fh, fw).expand(c, 1, fh, fw).contiguous()
+    return F.conv2d(x, weight, stride=(downy, downx), groups=c)
 
 
 def _conv_axis(n, k, down, p0, p1):

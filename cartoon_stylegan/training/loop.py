@@ -273,6 +273,7 @@ class _Loop:
 
         # Freezing happens once, before Accelerate wraps anything.
         self.g_names, self.d_names = self.freeze.apply(G, D)
+        self.mapping_trainable = any(G.layer_resolution(n) == "mapping" for n in self.g_names)
         G.train().to(self.device)
         D.train().to(self.device)
         G_ema.eval().requires_grad_(False).to(self.device)
@@ -430,6 +431,16 @@ class _Loop:
         return G_call(z1, input_is="z", noise_mode=noise_mode, noise=noise, mix_latents=z2, mix_index=crossover,
                       wplus_prefix=self._source_prefix(z1, z2, crossover), wplus_prefix_len=self.n_prefix, **ret)
 
+    @torch.no_grad()
+    def _wplus_constant(self, z1, z2, crossover) -> torch.Tensor:
+        """The W+ `_generate` would feed G, computed without a graph."""
+        G = self.G_raw
+        wplus = G.make_wplus(G.mapping(z1), G.mapping(z2) if z2 is not None else None, crossover)
+        prefix = self._source_prefix(z1, z2, crossover)
+        if prefix is not None:
+            wplus = torch.cat([prefix[:, :self.n_prefix], wplus[:, self.n_prefix:]], 1)
+        return wplus.contiguous()
+
     def _augment(self, images):
         if self.ada is None:
             return images
@@ -505,9 +516,14 @@ class _Loop:
             z1, z2, cross = self._draw_latents(m, host)
             noise = self._draw_noise(m)
             with acc.autocast():
-                img, extras = self._generate(self.G, z1, z2, cross, noise, return_latents=True)
+                if self.mapping_trainable:  # W+ comes out of the mapping network with its graph
+                    img, extras = self._generate(self.G, z1, z2, cross, noise, return_latents=True)
+                    wplus = extras["latents"]
+                else:  # frozen mapping: W+ is a constant, make it a leaf to differentiate against
+                    wplus = self._wplus_constant(z1, z2, cross).requires_grad_(True)
+                    img = self.G(wplus, input_is="wplus", noise=noise)
             pl_noise = torch.randn(img.shape, generator=self.gen, device=self.device, dtype=img.dtype)
-            penalty, self.pl_mean, lengths = g_path_regularize(img, extras["latents"], self.pl_mean,
+            penalty, self.pl_mean, lengths = g_path_regularize(img, wplus, self.pl_mean,
                                                                decay=o.pl_decay, noise=pl_noise)
             self.opt_g.zero_grad(set_to_none=True)
             acc.backward(penalty * (o.pl_weight * o.pl_every) + 0 * img.float()[:, 0, 0, 0].sum())

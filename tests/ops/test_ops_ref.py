@@ -143,6 +143,8 @@ def _filter(kind, gen):
     (2, 2, (3, 2, 2, 3), "1d_long", False, 2), # separable passes
     (1, 2, (5, 4), "1d_long", True, 1),
     (2, 1, 0, "none", False, 3),               # f=None: identity filter
+    (1, 1, (-9, 11, -7, 9), "1d3", False, 1),  # crops remove the whole input: zeros
+    (2, 1, (1, 0, 6, -12), "1d3", False, 1),   # ... after upsampling
 ])
 def test_upfirdn2d_matches_definition(up, down, padding, fkind, flip, gain):
     gen = torch.Generator().manual_seed(hash((str(up), str(down), str(padding), fkind)) % 2**31)
@@ -163,7 +165,7 @@ def test_upfirdn2d_random_sweep():
         up = (rng.choice([1, 2, 4]), rng.choice([1, 2, 4])) if rng.random() < 0.5 else rng.choice([1, 2, 4])
         down = (rng.choice([1, 2, 4]), rng.choice([1, 2, 4])) if rng.random() < 0.5 else rng.choice([1, 2, 4])
         form = rng.choice(["int", "pair", "quad"])
-        rp = lambda: rng.randint(-3, 5)  # noqa: E731
+        rp = lambda: rng.randint(-6, 7)  # noqa: E731
         padding = {"int": rp(), "pair": (rp(), rp()), "quad": (rp(), rp(), rp(), rp())}[form]
         f = _filter(rng.choice(["1d", "1d3", "1d_long", "2d", "2d_rect"]), gen)
         fw, fh = (f.shape[0], f.shape[0]) if f.ndim == 1 else (f.shape[1], f.shape[0])
@@ -269,7 +271,8 @@ def test_setup_filter():
     assert taps.tolist() == [1, 3, 3, 1]  # input untouched
     assert setup_filter([1] * 8).shape == (8,)  # NVlabs: 1-D stays separable from 8 taps
     assert setup_filter([1, 2, 1], separable=True).shape == (3,)
-    torch.testing.assert_close(setup_filter([1, 2], normalize=False, flip_filter=True), torch.tensor([[1., 2], [2, 4]]).flip([0, 1]))
+    torch.testing.assert_close(setup_filter([1, 2], normalize=False, flip_filter=True),
+                               torch.tensor([[4.0, 2], [2, 1]]))
     torch.testing.assert_close(setup_filter([1, 1], gain=4), torch.full((2, 2), 1.0))
     torch.testing.assert_close(setup_filter([1, 1], gain=4, separable=True), torch.full((2,), 1.0))
     torch.testing.assert_close(setup_filter(None), torch.ones(1, 1))
@@ -311,6 +314,7 @@ def test_upfirdn2d_rejects_bad_arguments():
     ((4, 1), (1, 2), (1, 0, 0, 2), "1d3"),
     (1, 1, (5, 4, 6, 5), "1d_long"),    # separable passes
     (2, 1, (7, 6, 5, 4), "1d"),         # zeros beyond the transposed conv's reach
+    (2, 1, (-9, 11, 0, 1), "1d3"),      # a crop removes the whole input
 ])
 def test_upfirdn2d_first_and_second_order_gradients(up, down, padding, fkind):
     gen = torch.Generator().manual_seed(3)
@@ -395,7 +399,8 @@ def test_bias_act_leaves_inputs_untouched_and_accepts_views():
     base = torch.randn(4, 6, 5, dtype=D, generator=gen)
     for x in (base.transpose(0, 1), base[:, ::2], base.contiguous()):
         keep = x.clone()
-        for act, gain in (("lrelu", None), ("lrelu", 1.0), ("relu", 1.0), ("relu", 2.0), ("linear", 1.0), ("linear", 3.0)):
+        for act, gain in (("lrelu", None), ("lrelu", 1.0), ("relu", 1.0), ("relu", 2.0),
+                          ("linear", 1.0), ("linear", 3.0)):
             d = 1 if x.shape[1] == 4 else 0
             bb = torch.randn(x.shape[d], dtype=D, generator=gen)
             got = fused_bias_act(x, bb, dim=d, act=act, gain=gain)
@@ -522,8 +527,10 @@ def test_cuda_dispatch_gets_normalised_arguments(monkeypatch):
     assert cf.shape == (1, 1) and rest == [1, 2, 2, 1, 1, 1, 2, 2, True, 2.0]
 
     # impl="ref" never reaches the kernels; acts without a kernel stay on the reference.
-    torch.testing.assert_close(fused_bias_act(x, b, impl="ref"), naive_bias_act(x, b, 1, "lrelu", 0.2, math.sqrt(2), None))
-    torch.testing.assert_close(fused_bias_act(x, b, act="swish", impl="cuda"), naive_bias_act(x, b, 1, "swish", 0, math.sqrt(2), None))
+    s2 = math.sqrt(2)
+    torch.testing.assert_close(fused_bias_act(x, b, impl="ref"), naive_bias_act(x, b, 1, "lrelu", 0.2, s2, None))
+    torch.testing.assert_close(fused_bias_act(x, b, act="swish", impl="cuda"),
+                               naive_bias_act(x, b, 1, "swish", 0, s2, None))
     assert not calls
     assert seen_impl[-2:] == ["ref", "cuda"]
 

@@ -78,12 +78,16 @@ def _sbatch(*args: str) -> str:
     return slurm.parse_parsable(proc.stdout)
 
 
-def _wait_files(*paths: Path, timeout: float = 60, job: str | None = None) -> None:
+def _wait_files(*paths: Path, job: str, log: Path, timeout: float = 60) -> None:
+    """Wait for files a running job writes; fail early, with its log, when the job ends first."""
     deadline = time.monotonic() + timeout
+    n = 0
     while not all(p.exists() for p in paths):
-        if time.monotonic() > deadline:
-            state = slurm.job_state(job) if job else "?"
-            pytest.fail(f"timed out waiting for {[str(p) for p in paths if not p.exists()]} (job state {state})")
+        n += 1
+        state = slurm.job_state(job) if n % 10 == 0 else "RUNNING"
+        if time.monotonic() > deadline or state in slurm.TERMINAL_STATES:
+            text = log.read_text()[-3000:] if log.exists() else "(no log)"
+            pytest.fail(f"waiting for {[p.name for p in paths if not p.exists()]}: job {job} is {state}\n{text}")
         time.sleep(0.2)
 
 
@@ -181,7 +185,7 @@ def _requeue_job(tmp_path: Path, *sbatch_args: str) -> tuple[str, Path, Path]:
 
 def test_usr1_trap_requeues_and_second_run_sees_restart_count(cluster, tmp_path):
     job, d, out = _requeue_job(tmp_path, "--requeue")
-    _wait_files(d / "ready", job=job)
+    _wait_files(d / "ready", job=job, log=out)
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
     # requeue: the job waits cred_expire (10 s on the local cluster) before it starts again
     assert slurm.wait_for_job(job, timeout=120, poll=0.5) == "COMPLETED"
@@ -194,7 +198,7 @@ def test_usr1_trap_requeues_and_second_run_sees_restart_count(cluster, tmp_path)
 
 def test_requeue_refused_without_requeue_flag(cluster, tmp_path):
     job, d, out = _requeue_job(tmp_path, "--no-requeue")
-    _wait_files(d / "ready", job=job)
+    _wait_files(d / "ready", job=job, log=out)
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
     assert slurm.wait_for_job(job, timeout=60, poll=0.5) == "FAILED"  # exit 3: a stopped stage is not done
     log = out.read_text()
@@ -230,21 +234,23 @@ FAKE_LAUNCHER = """
     json.dump({"argv": sys.argv[1:], "node": node, "host": os.environ.get("SLURMD_NODENAME"),
                "use_cpu": os.environ.get("ACCELERATE_USE_CPU"), "usr1_ignored": bool(sigign & (1 << 9))},
               open(f"{d}/launcher-{node}.json", "w"))
-    rank = subprocess.Popen([sys.executable, "-c", '''
-import os, signal, sys, time
-d, node = sys.argv[1], sys.argv[2]
-stop = []
-signal.signal(signal.SIGUSR1, lambda *a: stop.append(1))
-open(f"{d}/ready-{node}", "w").close()
-deadline = time.monotonic() + 60
-while not stop and time.monotonic() < deadline:
-    time.sleep(0.05)
-open(f"{d}/rank-{node}.txt", "w").write("stopped" if stop else "timeout")
-time.sleep(0.5)  # "writing a checkpoint"
-''', d, node])
+    rank = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "fake_rank.py"), d, node])
     rc = rank.wait()
     open(f"{d}/launcher-{node}.exit", "w").write(str(rc))
     sys.exit(rc)
+"""
+
+FAKE_RANK = """
+    import signal, sys, time
+    d, node = sys.argv[1], sys.argv[2]
+    stop = []
+    signal.signal(signal.SIGUSR1, lambda *a: stop.append(1))
+    open(f"{d}/ready-{node}", "w").close()
+    deadline = time.monotonic() + 60
+    while not stop and time.monotonic() < deadline:
+        time.sleep(0.05)
+    open(f"{d}/rank-{node}.txt", "w").write("stopped" if stop else "timeout")
+    time.sleep(0.5)  # "writing a checkpoint"
 """
 
 BATCH_SHELL = """
@@ -267,11 +273,12 @@ def test_srun_command_starts_one_launcher_per_node_and_forwards_usr1(two_nodes, 
     d = tmp_path / "run"
     d.mkdir()
     launcher = _py(tmp_path / "fake_launcher.py", FAKE_LAUNCHER)
+    _py(tmp_path / "fake_rank.py", FAKE_RANK)
     batch = _py(tmp_path / "batch.py", BATCH_SHELL)
     script = _script(tmp_path / "job.sh", f"exec {sys.executable} {batch} {d} {sys.executable} {launcher}\n")
     out = tmp_path / "out.txt"
     job = _sbatch("--job-name=cs-test", "--nodes=2", f"--output={out}", str(script))
-    _wait_files(d / "ready-0", d / "ready-1", job=job)
+    _wait_files(d / "ready-0", d / "ready-1", job=job, log=out)
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
     state = slurm.wait_for_job(job, timeout=60, poll=0.5)
     assert state == "COMPLETED", out.read_text()
@@ -309,6 +316,8 @@ DDP_PROBE = """
     json.dump({"rank": acc.process_index, "world": acc.num_processes, "sum": total,
                "backend": str(torch.distributed.get_backend()) if acc.num_processes > 1 else None},
               open(f"{sys.argv[1]}/rank-{acc.process_index}.json", "w"))
+    acc.wait_for_everyone()
+    acc.end_training()  # destroys the process group: without it a gloo rank can abort at exit
 """
 
 REAL_BATCH = """

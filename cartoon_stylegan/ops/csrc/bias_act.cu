@@ -162,11 +162,8 @@ cudaError_t launch_typed(const BiasActParams& p, bool vectorized, cudaStream_t s
     const int64_t work = (p.n + vec - 1) / vec;
     // Enough blocks to fill the machine several times over; the loop covers the rest.
     const int64_t blocks = work < 1 ? 1 : ((work + threads - 1) / threads < (1 << 20) ? (work + threads - 1) / threads : (1 << 20));
-    if (vectorized)
-        bias_act_kernel<T, ACT, MODE, kVec><<<(unsigned)blocks, threads, 0, stream>>>(p);
-    else
-        bias_act_kernel<T, ACT, MODE, 1><<<(unsigned)blocks, threads, 0, stream>>>(p);
-    return cudaGetLastError();
+    void (*kernel)(const BiasActParams) = vectorized ? bias_act_kernel<T, ACT, MODE, kVec> : bias_act_kernel<T, ACT, MODE, 1>;
+    return CSG_LAUNCH(kernel, dim3((unsigned)blocks), dim3(threads), stream, p);
 }
 
 template <typename T>

@@ -7,9 +7,11 @@
 // module and no Python headers.
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
+#ifndef CSG_EMULATE_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -22,6 +24,17 @@ namespace cartoon_stylegan {
 namespace {
 
 constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+
+#ifdef CSG_EMULATE_CUDA
+// Test-only build (see emulate.h): CPU tensors stand in for CUDA ones.
+struct DeviceGuard { explicit DeviceGuard(c10::Device) {} };
+cudaStream_t current_stream() { return nullptr; }
+bool on_device(const at::Tensor& t) { return t.is_cpu(); }
+#else
+using DeviceGuard = c10::cuda::CUDAGuard;
+cudaStream_t current_stream() { return current_stream(); }
+bool on_device(const at::Tensor& t) { return t.is_cuda(); }
+#endif
 
 DType kernel_dtype(const at::Tensor& t, const char* op)
 {
@@ -61,9 +74,9 @@ void check_launch(cudaError_t err, const char* op)
 at::Tensor bias_act(const at::Tensor& x_in, const std::optional<at::Tensor>& b_in, int64_t dim, int64_t act,
                     double alpha, double gain, double clamp)
 {
-    TORCH_CHECK(x_in.is_cuda(), "cartoon_stylegan::bias_act: x must be a CUDA tensor, got ", x_in.device());
+    TORCH_CHECK(on_device(x_in), "cartoon_stylegan::bias_act: x must be a CUDA tensor, got ", x_in.device());
     TORCH_CHECK(act >= kLinear && act <= kSigmoid, "cartoon_stylegan::bias_act: unknown activation id ", act);
-    const c10::cuda::CUDAGuard guard(x_in.device());
+    const DeviceGuard guard(x_in.device());
     const DType dtype = kernel_dtype(x_in, "bias_act");
     const at::Tensor x = dense(x_in);
     at::Tensor y = at::empty_like(x);  // a dense input keeps its strides
@@ -96,7 +109,7 @@ at::Tensor bias_act(const at::Tensor& x_in, const std::optional<at::Tensor>& b_i
     p.act = (int)act;
     p.mode = 0;
     const bool vec = aligned16(p.x) && aligned16(p.out);
-    check_launch(launch_bias_act(p, dtype, vec, c10::cuda::getCurrentCUDAStream()), "bias_act");
+    check_launch(launch_bias_act(p, dtype, vec, current_stream()), "bias_act");
     return y;
 }
 
@@ -105,13 +118,13 @@ at::Tensor bias_act(const at::Tensor& x_in, const std::optional<at::Tensor>& b_i
 at::Tensor bias_act_grad(const at::Tensor& g_in, const at::Tensor& y_in, const std::optional<at::Tensor>& dy_in,
                          int64_t act, double alpha, double gain, double clamp)
 {
-    TORCH_CHECK(g_in.is_cuda() && y_in.is_cuda(), "cartoon_stylegan::bias_act_grad: tensors must be on CUDA");
+    TORCH_CHECK(on_device(g_in) && on_device(y_in), "cartoon_stylegan::bias_act_grad: tensors must be on CUDA");
     TORCH_CHECK(g_in.sizes() == y_in.sizes(), "cartoon_stylegan::bias_act_grad: gradient ", g_in.sizes(),
                 " and output ", y_in.sizes(), " differ in shape");
     TORCH_CHECK(g_in.scalar_type() == y_in.scalar_type() && g_in.device() == y_in.device(),
                 "cartoon_stylegan::bias_act_grad: gradient and output differ in dtype or device");
     TORCH_CHECK(act >= kLinear && act <= kSigmoid, "cartoon_stylegan::bias_act_grad: unknown activation id ", act);
-    const c10::cuda::CUDAGuard guard(y_in.device());
+    const DeviceGuard guard(y_in.device());
     const DType dtype = kernel_dtype(y_in, "bias_act_grad");
     const at::Tensor y = dense(y_in);
     const auto like_y = [&](const at::Tensor& t) {
@@ -145,7 +158,7 @@ at::Tensor bias_act_grad(const at::Tensor& g_in, const at::Tensor& y_in, const s
     p.act = (int)act;
     p.mode = second ? 2 : 1;
     const bool vec = aligned16(p.x) && aligned16(p.y) && aligned16(p.out) && (!second || aligned16(p.dy));
-    check_launch(launch_bias_act(p, dtype, vec, c10::cuda::getCurrentCUDAStream()), "bias_act_grad");
+    check_launch(launch_bias_act(p, dtype, vec, current_stream()), "bias_act_grad");
     return out;
 }
 
@@ -178,7 +191,7 @@ void run_upfirdn2d(const at::Tensor& x, const at::Tensor& f, const FilterView& f
     // The NHWC thread mapping pays off once a warp's 32 channels are mostly real ones.
     p.channels_last = (cl && p.channels >= 16) ? 1 : 0;
     int path = 0;
-    check_launch(launch_upfirdn2d(p, kernel_dtype(x, "upfirdn2d"), c10::cuda::getCurrentCUDAStream(), &path),
+    check_launch(launch_upfirdn2d(p, kernel_dtype(x, "upfirdn2d"), current_stream(), &path),
                  "upfirdn2d");
 }
 
@@ -193,7 +206,7 @@ int64_t out_size(int64_t in, int64_t up, int64_t pad0, int64_t pad1, int64_t tap
 at::Tensor upfirdn2d(const at::Tensor& x_in, const at::Tensor& f_in, int64_t upx, int64_t upy, int64_t downx,
                      int64_t downy, int64_t padx0, int64_t padx1, int64_t pady0, int64_t pady1, bool flip, double gain)
 {
-    TORCH_CHECK(x_in.is_cuda(), "cartoon_stylegan::upfirdn2d: x must be a CUDA tensor, got ", x_in.device());
+    TORCH_CHECK(on_device(x_in), "cartoon_stylegan::upfirdn2d: x must be a CUDA tensor, got ", x_in.device());
     TORCH_CHECK(x_in.dim() == 4, "cartoon_stylegan::upfirdn2d: x must be 4-D (N, C, H, W), got ", x_in.sizes());
     TORCH_CHECK(f_in.device() == x_in.device(), "cartoon_stylegan::upfirdn2d: filter is on ", f_in.device(),
                 ", input on ", x_in.device());
@@ -206,7 +219,7 @@ at::Tensor upfirdn2d(const at::Tensor& x_in, const at::Tensor& f_in, int64_t upx
     TORCH_CHECK(std::max({x_in.size(2) * upy, x_in.size(3) * upx, std::abs(padx0), std::abs(padx1),
                           std::abs(pady0), std::abs(pady1), f_in.size(0), f_in.size(-1)}) < kIntMax / 4,
                 "cartoon_stylegan::upfirdn2d: spatial size, padding or filter too large");
-    const c10::cuda::CUDAGuard guard(x_in.device());
+    const DeviceGuard guard(x_in.device());
     (void)kernel_dtype(x_in, "upfirdn2d");
 
     const bool cl = is_channels_last(x_in);
@@ -236,7 +249,13 @@ at::Tensor upfirdn2d(const at::Tensor& x_in, const at::Tensor& f_in, int64_t upx
 }  // namespace
 }  // namespace cartoon_stylegan
 
-TORCH_LIBRARY_IMPL(cartoon_stylegan, CUDA, m)
+#ifdef CSG_EMULATE_CUDA
+#define CSG_DISPATCH_KEY CPU
+#else
+#define CSG_DISPATCH_KEY CUDA
+#endif
+
+TORCH_LIBRARY_IMPL(cartoon_stylegan, CSG_DISPATCH_KEY, m)
 {
     m.impl("bias_act", &cartoon_stylegan::bias_act);
     m.impl("bias_act_grad", &cartoon_stylegan::bias_act_grad);

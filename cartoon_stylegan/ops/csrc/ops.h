@@ -5,7 +5,16 @@
 #pragma once
 
 #include <cstdint>
+
+#ifdef CSG_EMULATE_CUDA
+#include "emulate.h"  // test-only: the kernels run on the CPU (see emulate.h)
+#define CSG_LAUNCH(kernel, grid, block, stream, ...) ::csg_emulate::launch(kernel, grid, block, __VA_ARGS__)
+#else
 #include <cuda_runtime_api.h>
+// Launches a __global__ function (pointer) and returns the launch error.
+#define CSG_LAUNCH(kernel, grid, block, stream, ...) \
+    ((kernel)<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__), cudaGetLastError())
+#endif
 
 namespace cartoon_stylegan {
 

@@ -252,8 +252,8 @@ cudaError_t launch_tile(const Upfirdn2dParams& p, cudaStream_t stream)
     const int64_t planes = p.batch * ((p.channels + CB - 1) / CB);
     if (tiles_y > 65535) return cudaErrorInvalidConfiguration;
     dim3 grid(clamp_grid(tiles_x, 0x7fffffff), clamp_grid(tiles_y, 65535), clamp_grid(planes, 65535));
-    upfirdn2d_tile_kernel<T, UP, DN, FP, PX, RY, CB, TXS, TYS><<<grid, C::kThreads, 0, stream>>>(p, ox_start, oy_start);
-    return cudaGetLastError();
+    void (*kernel)(const Upfirdn2dParams, const int, const int) = upfirdn2d_tile_kernel<T, UP, DN, FP, PX, RY, CB, TXS, TYS>;
+    return CSG_LAUNCH(kernel, grid, dim3(C::kThreads), stream, p, ox_start, oy_start);
 }
 
 // The instantiated configurations. NCHW: a warp spans 32 x positions, 8 warps span y.
@@ -286,8 +286,8 @@ cudaError_t launch_general(const Upfirdn2dParams& p, cudaStream_t stream)
         grid = dim3(clamp_grid((p.out_w + 31) / 32, 0x7fffffff), clamp_grid((p.out_h + 7) / 8, 65535),
                     clamp_grid(p.batch * p.channels, 65535));
     if ((p.channels_last ? (p.out_w + 7) / 8 : (p.out_h + 7) / 8) > 65535) return cudaErrorInvalidConfiguration;
-    upfirdn2d_general_kernel<T><<<grid, block, 0, stream>>>(p);
-    return cudaGetLastError();
+    void (*kernel)(const Upfirdn2dParams) = upfirdn2d_general_kernel<T>;
+    return CSG_LAUNCH(kernel, grid, block, stream, p);
 }
 
 template <typename T>

@@ -1,0 +1,460 @@
+"""Build the CUDA kernels in ``csrc/`` into a per-user cache, once, and load them.
+
+Cache layout (``CARTOON_STYLEGAN_CACHE`` overrides the root; the default is
+``$XDG_CACHE_HOME/cartoon_stylegan``, else ``~/.cache/cartoon_stylegan``)::
+
+    <root>/ops/<key>.lock                      the builders' file lock
+    <root>/ops/<key>-sm90/                     one finished build per target set
+        cartoon_stylegan_ops_<key12>.so
+        build.json                             what it was built from and for
+
+``key`` hashes everything the binary depends on except the GPU: the sources, the torch
+version, the CUDA version torch was built with, the compiler flags and ``BUILD_VERSION``.
+The GPU architectures are in the directory name, so an ahead-of-time build for several
+architectures (``build_ops``) serves every GPU it covers, and a compute node without nvcc
+can load what a login node built. The toolkit's own version is recorded, not hashed, for
+the same reason.
+
+Concurrency: builders take an exclusive ``fcntl.flock`` on ``<key>.lock`` (released by the
+kernel when a process dies, so a crashed rank never leaves a stale lock); the others
+block, then find the finished build and load it. A build happens in a temporary
+directory that is renamed into place only once complete, so a reader never sees half a
+build, even one that does not take the lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+log = logging.getLogger("cartoon_stylegan.ops")
+
+BUILD_VERSION = 1
+SOURCE_SUFFIXES = (".cu", ".cpp", ".h", ".cuh")
+# GPU targets of an ahead-of-time build when no GPU is visible and TORCH_CUDA_ARCH_LIST is
+# unset: Ampere, Ada, Hopper (SASS), plus PTX of the newest for later GPUs.
+DEFAULT_ARCHES = ("8.0", "8.6", "8.9", "9.0")
+CXX_FLAGS = ("-O3",)
+CUDA_FLAGS = ("-O3", "-lineinfo")
+
+
+class BuildError(RuntimeError):
+    """The kernels cannot be built or loaded. ``reason`` says why, ``fix`` what to do."""
+
+    def __init__(self, reason: str, fix: str = "", detail: str = ""):
+        self.reason = reason
+        self.fix = fix
+        self.detail = detail
+        msg = reason + (f"; {fix}" if fix else "")
+        if detail:
+            msg += "\n" + detail
+        super().__init__(msg)
+
+
+# ------------------------------------------------------------------------------ sources, key
+
+
+def csrc_dir() -> Path:
+    return Path(__file__).resolve().parent / "csrc"
+
+
+def source_files() -> list[Path]:
+    """Every file that goes into the build, in a stable order."""
+    return sorted(p for p in csrc_dir().iterdir() if p.suffix in SOURCE_SUFFIXES)
+
+
+def compiled_sources(files: Sequence[Path]) -> list[Path]:
+    return [p for p in files if p.suffix in (".cu", ".cpp")]
+
+
+def build_key(files: Sequence[Path] | None = None) -> str:
+    """Hash of what the binary depends on, the GPU architectures excepted."""
+    h = hashlib.sha256()
+    for p in files if files is not None else source_files():
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    for part in (
+        f"build={BUILD_VERSION}",
+        f"torch={torch.__version__}",
+        f"cuda={torch.version.cuda}",
+        f"abi={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        f"machine={platform.machine()}",
+        "cxx=" + " ".join(CXX_FLAGS),
+        "nvcc=" + " ".join(CUDA_FLAGS),
+    ):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    root = os.environ.get("CARTOON_STYLEGAN_CACHE")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "cartoon_stylegan")
+    return Path(root) / "ops"
+
+
+# ------------------------------------------------------------------------------ architectures
+
+
+def normalize_arch(arch: str) -> str:
+    """'90', 'sm_90', '9.0' -> '9.0'."""
+    a = arch.strip().lower().replace("sm_", "").replace("compute_", "").replace("+ptx", "")
+    if "." not in a:
+        if not a.isdigit() or len(a) < 2:
+            raise ValueError(f"GPU architecture {arch!r} is not like '9.0' or 'sm_90'")
+        a = f"{a[:-1]}.{a[-1]}"
+    major, minor = a.split(".")
+    return f"{int(major)}.{minor}"
+
+
+def device_arches() -> list[str]:
+    """Compute capabilities of the visible GPUs, e.g. ['9.0']."""
+    caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+    return sorted(f"{major}.{minor}" for major, minor in caps)
+
+
+def arch_tag(arches: Sequence[str], ptx: bool) -> str:
+    tag = "-".join("sm" + a.replace(".", "") for a in sorted(arches, key=_arch_order))
+    return tag + ("-ptx" if ptx else "")
+
+
+def _arch_order(a: str) -> tuple[int, str]:
+    major, minor = a.split(".")
+    return int(major), minor
+
+
+def gencode_flags(arches: Sequence[str], ptx: bool) -> list[str]:
+    ordered = sorted(arches, key=_arch_order)
+    flags = []
+    for a in ordered:
+        n = a.replace(".", "")
+        flags.append(f"-gencode=arch=compute_{n},code=sm_{n}")
+    if ptx:
+        n = ordered[-1].replace(".", "")
+        flags.append(f"-gencode=arch=compute_{n},code=compute_{n}")
+    return flags
+
+
+def default_build_arches() -> tuple[list[str], bool]:
+    """Targets of an ahead-of-time build: the visible GPUs, else TORCH_CUDA_ARCH_LIST, else
+    DEFAULT_ARCHES (+ PTX)."""
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return device_arches(), False
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if env:
+        items = [s for s in re.split(r"[;\s,]+", env) if s]
+        return sorted({normalize_arch(s) for s in items}, key=_arch_order), any("+ptx" in s.lower() for s in items)
+    return list(DEFAULT_ARCHES), True
+
+
+# ------------------------------------------------------------------------------ finding builds
+
+
+def library_name(key: str) -> str:
+    return f"cartoon_stylegan_ops_{key[:12]}"
+
+
+def read_build_info(build_dir: Path) -> dict | None:
+    try:
+        info = json.loads((build_dir / "build.json").read_text())
+    except (OSError, ValueError):
+        return None
+    lib = build_dir / info.get("library", "")
+    return info if lib.is_file() else None
+
+
+def find_build(key: str, need: Sequence[str], root: Path | None = None) -> Path | None:
+    """A finished build for ``key`` whose SASS covers every architecture in ``need``;
+    the one with the fewest extra targets first."""
+    root = root or cache_root()
+    if not root.is_dir():
+        return None
+    found = []
+    for d in root.glob(f"{key}-*"):
+        if not d.is_dir() or d.name.startswith("tmp"):
+            continue
+        info = read_build_info(d)
+        if info is None:
+            continue
+        if set(need) <= set(info.get("arches", [])):
+            found.append((len(info["arches"]), d.name, d))
+    return min(found)[2] if found else None
+
+
+# ------------------------------------------------------------------------------ locking
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, on_wait: Callable[[], None] | None = None, timeout: float | None = None) -> Iterator[None]:
+    """Exclusive ``flock`` on ``path``; works across processes and across threads (each
+    call opens its own file description). ``on_wait`` runs once if the lock is busy."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"waited {timeout:.0f} s for the build lock {path}") from None
+                    time.sleep(0.2)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {platform.node()}\n".encode())
+        except OSError:
+            pass
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def build_once(final_dir: Path, lock_path: Path, build: Callable[[Path], None],
+               find: Callable[[], Path | None] | None = None,
+               on_wait: Callable[[], None] | None = None) -> Path:
+    """Return a finished build directory, building it at most once across processes.
+
+    ``find`` looks for an existing finished build (default: ``final_dir`` if complete);
+    ``build(tmp_dir)`` fills a fresh temporary directory, which is then renamed to
+    ``final_dir`` atomically.
+    """
+    def existing() -> Path | None:
+        if find is not None:
+            return find()
+        return final_dir if read_build_info(final_dir) is not None else None
+
+    done = existing()
+    if done is not None:
+        return done
+    with file_lock(lock_path, on_wait=on_wait):
+        done = existing()  # another process finished while we waited
+        if done is not None:
+            return done
+        tmp = final_dir.parent / f"tmp-{final_dir.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            build(tmp)
+            try:
+                os.rename(tmp, final_dir)
+            except OSError:
+                # Someone built without the lock (e.g. a filesystem without flock).
+                if read_build_info(final_dir) is None:
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final_dir
+
+
+# ------------------------------------------------------------------------------ toolchain
+
+
+def _cpp_extension():
+    import torch.utils.cpp_extension as cpp_extension  # noqa: PLC0415 (heavy; only when building)
+
+    return cpp_extension
+
+
+def toolchain() -> dict:
+    """Checks that a build can run; returns the toolkit paths. Raises BuildError saying why not."""
+    if torch.version.cuda is None:
+        raise BuildError(f"PyTorch {torch.__version__} is a CPU-only build",
+                         "install a CUDA build of PyTorch to use the CUDA kernels")
+    cpp_extension = _cpp_extension()
+    if not cpp_extension.is_ninja_available():
+        raise BuildError("ninja is not installed", "pip install ninja")
+    cuda_home = cpp_extension.CUDA_HOME
+    if not cuda_home:
+        raise BuildError("no CUDA toolkit found (CUDA_HOME/CUDA_PATH unset and no nvcc on PATH)",
+                         f"install the CUDA toolkit {torch.version.cuda} (nvcc) and set CUDA_HOME")
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    if not os.path.exists(nvcc):
+        raise BuildError(f"nvcc not found at {nvcc}", "set CUDA_HOME to the CUDA toolkit's directory")
+    try:
+        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+        dry = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BuildError(f"running {nvcc} failed: {e}", "check the CUDA toolkit installation") from e
+    m = re.search(r"release (\d+\.\d+)", version)
+    release = m.group(1) if m else "unknown"
+    # nvcc's own idea of its root: CUDA_HOME can be a wrapper's directory (/usr/local/bin/nvcc).
+    top = re.search(r"^#\$ TOP=(.*)$", dry.stdout + dry.stderr, re.M)
+    roots = [Path(top.group(1)).resolve()] if top else []
+    roots.append(Path(cuda_home))
+    include = [str(r / "include") for r in roots if (r / "include" / "cuda_runtime_api.h").is_file()]
+    libdirs = [str(r / sub) for r in roots for sub in ("lib64", "lib")
+               if (r / sub).is_dir() and any((r / sub).glob("libcudart*"))]
+    if not include:
+        raise BuildError(f"the CUDA toolkit at {cuda_home} has no include/cuda_runtime_api.h",
+                         "install the full CUDA toolkit (headers) and set CUDA_HOME")
+    return {"cuda_home": cuda_home, "nvcc": nvcc, "release": release,
+            "include": list(dict.fromkeys(include)), "libdirs": list(dict.fromkeys(libdirs))}
+
+
+def supported_arches(nvcc: str) -> set[str] | None:
+    try:
+        out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = {normalize_arch(m) for m in re.findall(r"compute_(\d+)", out)}
+    return found or None
+
+
+def _tail(text: str, lines: int = 25) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+# ------------------------------------------------------------------------------ build, load
+
+_load_lock = threading.Lock()
+_loaded: dict[str, Path] = {}
+
+
+def _compile(tmp: Path, key: str, arches: list[str], ptx: bool, tc: dict, verbose: bool) -> None:
+    """Copy the sources into ``tmp`` and build the library there (this also loads it)."""
+    files = source_files()
+    for p in files:
+        shutil.copy2(p, tmp / p.name)
+    cpp_extension = _cpp_extension()
+    cuda_flags = list(CUDA_FLAGS) + gencode_flags(arches, ptx)
+    ldflags = [f"-L{d}" for d in tc["libdirs"]]
+    try:
+        cpp_extension.load(
+            name=library_name(key),
+            sources=[str(tmp / p.name) for p in compiled_sources(files)],
+            extra_cflags=list(CXX_FLAGS),
+            extra_cuda_cflags=cuda_flags,
+            extra_ldflags=ldflags,
+            extra_include_paths=[str(tmp)] + tc["include"],
+            build_directory=str(tmp),
+            verbose=verbose,
+            with_cuda=True,
+            is_python_module=False,
+        )
+    except Exception as e:  # compiler errors arrive as RuntimeError with the build log
+        raise BuildError("compiling the CUDA kernels failed",
+                         "see the compiler output below; `python -m pipeline build-ops` rebuilds verbosely",
+                         _tail(str(e))) from e
+    lib = tmp / f"{library_name(key)}.so"
+    if not lib.is_file():
+        raise BuildError(f"the build finished without producing {lib.name}", "rerun with verbose=True")
+    for junk in list(tmp.glob("*.o")) + list(tmp.glob("*.cuda.o")):
+        junk.unlink(missing_ok=True)
+    info = {
+        "library": lib.name,
+        "key": key,
+        "arches": sorted(arches, key=_arch_order),
+        "ptx": ptx,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "nvcc_release": tc["release"],
+        "python": sys.version.split()[0],
+        "built_by": f"{os.getpid()}@{platform.node()}",
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    (tmp / "build.json").write_text(json.dumps(info, indent=2) + "\n")
+    _loaded[str(lib)] = lib
+
+
+def load_library(build_dir: Path) -> Path:
+    """Load a finished build (registers the CUDA kernels of the cartoon_stylegan ops)."""
+    from . import cuda_impl  # noqa: F401,PLC0415  (defines the operator schemas first)
+
+    info = read_build_info(build_dir)
+    if info is None:
+        raise BuildError(f"{build_dir} is not a finished build", "delete it and rebuild")
+    lib = build_dir / info["library"]
+    with _load_lock:
+        if any(p.name == lib.name for p in _loaded.values()):
+            return lib  # loaded already (possibly from its temporary build path)
+        try:
+            torch.ops.load_library(str(lib))
+        except Exception as e:  # OSError (missing symbols, wrong arch) or a registration error
+            raise BuildError(f"loading {lib} failed: {e}",
+                             f"delete {build_dir} to force a rebuild") from e
+        _loaded[str(lib)] = lib
+    return lib
+
+
+def ensure_built(arches: Sequence[str] | None = None, ptx: bool | None = None, verbose: bool = False,
+                 root: Path | None = None) -> Path:
+    """Find or build (once, under the lock) a build covering ``arches``; return its directory.
+
+    Runtime use passes the visible GPUs' architectures; the build then targets exactly
+    those. Raises BuildError with the reason when that is not possible.
+    """
+    from . import cuda_impl  # noqa: F401,PLC0415  (a load during the build needs the schemas)
+
+    root = root or cache_root()
+    if arches is None:
+        arches, default_ptx = default_build_arches()
+        ptx = default_ptx if ptx is None else ptx
+    arches = sorted({normalize_arch(a) for a in arches}, key=_arch_order)
+    ptx = bool(ptx)
+    if not arches:
+        raise BuildError("no GPU architecture to build for", "pass arches or set TORCH_CUDA_ARCH_LIST")
+    key = build_key()
+    found = find_build(key, arches, root)
+    if found is not None:
+        return found
+
+    tc = toolchain()
+    ok = supported_arches(tc["nvcc"])
+    if ok is not None and not set(arches) <= ok:
+        raise BuildError(f"nvcc {tc['release']} cannot compile for {sorted(set(arches) - ok)}",
+                         "install a CUDA toolkit that supports this GPU")
+    final = root / f"{key}-{arch_tag(arches, ptx)}"
+
+    def announce_wait() -> None:
+        log.warning("cartoon_stylegan.ops: another process is building the CUDA kernels (%s); waiting",
+                    root / f"{key}.lock")
+
+    def build(tmp: Path) -> None:
+        t0 = time.time()
+        print(f"cartoon_stylegan.ops: building the CUDA kernels for {', '.join('sm_' + a.replace('.', '') for a in arches)}"
+              f" into {final} (first use only; about a minute) ...", file=sys.stderr, flush=True)
+        _compile(tmp, key, arches, ptx, tc, verbose)
+        print(f"cartoon_stylegan.ops: built in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    try:
+        return build_once(final, root / f"{key}.lock", build,
+                          find=lambda: find_build(key, arches, root), on_wait=announce_wait)
+    except OSError as e:
+        raise BuildError(f"cannot write the kernel cache {root}: {e}",
+                         "set CARTOON_STYLEGAN_CACHE to a writable directory") from e
+
+
+def build_ops(verbose: bool = True, arches: Sequence[str] | None = None, ptx: bool | None = None) -> Path:
+    """Ahead-of-time build for ``python -m pipeline build-ops``; returns the build directory.
+
+    Without ``arches``: the visible GPUs, else ``TORCH_CUDA_ARCH_LIST``, else
+    sm_80/86/89/90 + PTX. Loads the result as a check that it links.
+    """
+    path = ensure_built(arches, ptx=ptx, verbose=verbose)
+    load_library(path)
+    return path
