@@ -130,7 +130,7 @@ def row_labels(resolutions: Sequence[int], kind: str) -> list[str]:
 def swap_grid(G_src, G_tgt, *, seeds: Sequence[int], resolutions: Sequence[int] | None = None,
               kind: str = "weight", truncation: float = 0.7, mapping: str = "source",
               noise_mode: str = "const", blend_width: float = 0.0, truncation_n: int = 4096,
-              upscale: int | None = None, pad: int = 2) -> tuple[np.ndarray, list[str]]:
+              upscale: int | None = None, pad: int = 2, tgt_prefix_len: int = 0) -> tuple[np.ndarray, list[str]]:
     """A labelled grid: one column per seed; rows source, target, then the swap at each ``r``.
 
     Args:
@@ -143,6 +143,8 @@ def swap_grid(G_src, G_tgt, *, seeds: Sequence[int], resolutions: Sequence[int] 
         noise_mode: ``"const"`` (each generator's stored noise), ``"random"`` (one seeded
             draw shared by every row) or ``"none"``.
         upscale: integer nearest-neighbour zoom of each tile; default ``max(1, 64 // size)``.
+        tgt_prefix_len: FreezeSG variants: the target row's first W+ entries come from the
+            source mapping network (as the variant was trained and is sampled).
 
     Returns ``(uint8 HWC image, row labels)``; labels are drawn in a left margin.
     """
@@ -177,8 +179,11 @@ def swap_grid(G_src, G_tgt, *, seeds: Sequence[int], resolutions: Sequence[int] 
         nz = None if noise is None else [t.to(_device_of(G)) for t in noise]
         return G.synthesis(wp.to(_device_of(G)), noise_mode=mode, noise=nz).cpu()
 
-    rows = [run(G_src, _wplus(G_src, z, truncation, truncation_n)),
-            run(G_tgt, _wplus(G_tgt, z, truncation, truncation_n))]
+    wp_src = _wplus(G_src, z, truncation, truncation_n)
+    wp_tgt = _wplus(G_tgt, z, truncation, truncation_n)
+    if tgt_prefix_len:
+        wp_tgt = torch.cat([wp_src[:, :tgt_prefix_len].to(wp_tgt.device), wp_tgt[:, tgt_prefix_len:]], 1)
+    rows = [run(G_src, wp_src), run(G_tgt, wp_tgt)]
     G_map = G_src if mapping == "source" else G_tgt
     wp = _wplus(G_map, z, truncation, truncation_n)
     for r in resolutions:

@@ -206,12 +206,10 @@ ACCELERATE = (sys.executable, "-m", "accelerate.commands.launch")
 # ranks, install their own handler or inherit the ignore. A SIGUSR1 that only reaches this
 # shell is passed on to the ranks. The shell waits for the launcher (SLURM without cgroups
 # does not reap what a task leaves behind) and exits with its status.
-_TASK_TEMPLATE = """{exports}( trap '' USR1; exec {launch} ) &
-pid=$!
-trap 'pkill -USR1 -P "$pid" 2>/dev/null' USR1
-while :; do wait "$pid"; rc=$?; kill -0 "$pid" 2>/dev/null || break; done
-exit "$rc"
-"""
+_TASK_TEMPLATE = ("{exports}( trap '' USR1; exec {launch} ) & pid=$!; "
+                  "trap 'pkill -USR1 -P \"$pid\" 2>/dev/null' USR1; "
+                  "while :; do wait \"$pid\"; rc=$?; kill -0 \"$pid\" 2>/dev/null || break; done; "
+                  "exit \"$rc\"")
 
 
 def srun_accelerate_command(worker_argv: Sequence[str], *, procs_per_node: int | None = None,
@@ -257,7 +255,7 @@ def srun_accelerate_command(worker_argv: Sequence[str], *, procs_per_node: int |
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
             raise ValueError(f"bad environment variable name {k!r}")
     script = _TASK_TEMPLATE.format(
-        exports="".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in exports.items()), launch=launch)
+        exports="".join(f"export {k}={shlex.quote(str(v))}; " for k, v in exports.items()), launch=launch)
     srun = ["srun", f"--nodes={lay.nodes}", f"--ntasks={lay.nodes}", "--ntasks-per-node=1",
             "--kill-on-bad-exit=1"]
     if lay.cpus_per_task:  # not inherited from sbatch by srun (SLURM 22.05 and later)

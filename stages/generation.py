@@ -50,7 +50,7 @@ def run_swap(ctx):
     for name, (G, prefix) in variants.items():
         for kind in sc.kinds:
             grid, labels = swap_grid(G_src, G, seeds=list(range(sc.seeds)), resolutions=resolutions, kind=kind,
-                                     truncation=sc.truncation, mapping=sc.mapping, prefix_len=prefix,
+                                     truncation=sc.truncation, mapping=sc.mapping, tgt_prefix_len=prefix,
                                      blend_width=sc.blend_width)
             path = ctx.paths.stage_dir / f"{name}-{kind}.png"
             ctx.log_image(grid, path, "grids")
@@ -100,7 +100,8 @@ def run_eval(ctx):
                                          batch=ec.batch, prefix_from=G_src if prefix else None,
                                          prefix_len=prefix), target_real)
         s = structure_distance(G_src, G, n=ec.structure_n, seed=cfg.seed + 2, batch=ec.batch, device=dev,
-                               prefix_len=prefix)
+                               tgt_prefix_len=prefix)
+        s = {k: float(v) for k, v in s.items() if isinstance(v, (int, float)) and k != "n"}
         m.update({f"structure_{k}": v for k, v in s.items()})
         ctx.log_metrics({f"{name}/structure_{k}": v for k, v in s.items()})
         vlog = variant_logger(ctx, name)

@@ -358,23 +358,25 @@ def draw_faces(f: Factors, res: int, *, _full_window: bool = False) -> np.ndarra
     vign = 1.0 - 0.05 * (t[None, None, :] ** 2 + t[None, :, None] ** 2)
     img = _c(bg) * (grad * vign)[:, None]
 
-    w = _Window(f, res, image=_BODY_BOX, full=full)
-    win, c = w.get(img), w.coords
-    body = _body(c)
-    shade = 0.75 + 0.30 * sphere(c.dx / c.s, c.dy / c.s - 1.85, 1.6, 0.9)
-    _paint(win, _alpha(body, pix, soft), _c(_SHIRT[f.shirt]) * shade[:, None])
-    w.put(img, win)
-
+    # back to front: drop shadow and neck, shoulders (over the neck's end), hair, face
     w = _Window(f, res, local=_SHADOW_BOX, full=full)
     win, c = w.get(img), w.coords
     h = _head(f, c)
-    # soft drop shadow of the head on the background, away from the light
-    ox, oy = -0.10 * np.cos(la), -0.10 * np.sin(la)
+    ox, oy = -0.10 * np.cos(la), -0.10 * np.sin(la)       # soft shadow away from the light
     shadow = _sd_ellipse(c.lx - ox, c.ly - oy, 0.92, 1.12)
     win *= 1.0 - 0.30 * np.clip(0.5 - shadow / 0.22, 0.0, 1.0)[:, None]
     skin = _c(_skin_colour(f.skin, quantise=False))
     neck_shade = 0.62 + 0.30 * np.clip((c.ly - 0.75) / 0.45, 0, 1)   # under the chin
     _paint(win, _alpha(h["neck"], pix, soft), skin * neck_shade[:, None])
+    w.put(img, win)
+
+    wb = _Window(f, res, image=_BODY_BOX, full=full)
+    winb, cb = wb.get(img), wb.coords
+    shade = 0.75 + 0.30 * sphere(cb.dx / cb.s, cb.dy / cb.s - 1.85, 1.6, 0.9)
+    _paint(winb, _alpha(_body(cb), pix, soft), _c(_SHIRT[f.shirt]) * shade[:, None])
+    wb.put(img, winb)
+
+    win = w.get(img)
     hair = _c(_HAIR[f.hair] * (1 + 0.10 * f.hair_jitter[:, None]))
     hair_shaded = hair * (0.55 + 0.60 * sphere(c.lx, c.ly + 0.10, 1.0, 1.2))[:, None]
     _paint(win, _alpha(h["hair_back"], pix, soft), hair_shaded * 0.85)
@@ -431,16 +433,20 @@ def draw_cartoons(f: Factors, res: int, *, _full_window: bool = False) -> np.nda
     img = np.empty((n, 3, res, res), np.float32)
     img[:] = _c(bg)
 
-    w = _Window(f, res, image=_BODY_BOX, full=full)
-    win, c = w.get(img), w.coords
-    fill(win, _body(c), _c(_SHIRT[f.shirt]))
-    w.put(img, win)
-
+    # back to front: neck, shoulders (over the neck's end), hair, face
     w = _Window(f, res, local=_HEAD_BOX, full=full)
     win = w.get(img)
     h = _head(f, w.coords)
     skin = _c(_skin_colour(f.skin, quantise=True))
     fill(win, h["neck"], skin * 0.85)
+    w.put(img, win)
+
+    wb = _Window(f, res, image=_BODY_BOX, full=full)
+    winb = wb.get(img)
+    fill(winb, _body(wb.coords), _c(_SHIRT[f.shirt]))
+    wb.put(img, winb)
+
+    win = w.get(img)
     hair = _c(_HAIR[f.hair])
     fill(win, h["hair_back"], hair)
     fill(win, h["face"], skin)

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from cartoon_stylegan.imageutil import to_uint8
 
-from .inception import FEATURE_EXTRACTOR_NAME, register
+from .inception import register
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 MANIFEST = "manifest.json"

@@ -43,8 +43,8 @@ class EMA:
     ):
         if ema_kimg < 0:
             raise ValueError(f"ema_kimg must be >= 0, got {ema_kimg}")
-        if rampup is not None and rampup <= 0:
-            raise ValueError(f"ema rampup must be > 0 or None, got {rampup}")
+        if rampup is not None and rampup < 0:
+            raise ValueError(f"ema rampup must be >= 0 or None, got {rampup}")
         self.ema_model = ema_model
         params = dict(ema_model.named_parameters())
         buffers = dict(ema_model.named_buffers())

@@ -7,7 +7,7 @@ once, before the models are wrapped by Accelerate; the optimisers are then built
 the trainable parameters only (`build_optimizers`), so frozen parameters get no
 gradient, no optimiser state and no EMA update, and stay bit-identical.
 
-The modes of the paper:
+The modes of the paper (the variants themselves are configured in stages/finetune.py):
   FreezeD   freeze_d_above=R        D blocks reading inputs larger than R are frozen
                                     (the head, `final_*`, always trains)
   FreezeG   freeze_g_up_to=R        G layers at resolutions <= R are frozen (the const
@@ -24,7 +24,7 @@ from typing import Iterable
 
 import torch
 
-__all__ = ["FreezePlan", "FREEZE_PRESETS", "trainable_parameters", "lazy_ratio", "build_optimizers"]
+__all__ = ["FreezePlan", "trainable_parameters", "lazy_ratio", "build_optimizers"]
 
 
 def _check_res(name, value):
@@ -95,15 +95,6 @@ class FreezePlan:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# Short names for the paper's modes at 256 px (the config layer may build its own plans).
-FREEZE_PRESETS: dict[str, FreezePlan] = {
-    "none": FreezePlan(),
-    "freezeD": FreezePlan(freeze_d_above=32),
-    "freezeG": FreezePlan(freeze_g_up_to=16, freeze_mapping=True),
-    "freezeSG": FreezePlan(freeze_g_up_to=16, freeze_style_up_to=8, freeze_d_above=32, freeze_mapping=True),
-}
 
 
 def trainable_parameters(module: torch.nn.Module, names: Iterable[str]) -> list[torch.nn.Parameter]:

@@ -109,15 +109,15 @@ class LoopOptions:
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
         self.grid_size = tuple(int(g) for g in self.grid_size)
-        assert self.kimg > 0, f"kimg must be > 0, got {self.kimg}"
+        assert self.kimg >= 0, f"kimg must be >= 0, got {self.kimg}"
         assert self.batch >= 1, f"batch must be >= 1, got {self.batch}"
-        assert self.lr_g > 0 and self.lr_d > 0, "learning rates must be > 0"
+        assert self.lr_g >= 0 and self.lr_d >= 0, "learning rates must be >= 0"
         assert len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"bad betas {self.betas}"
         assert self.r1_gamma >= 0 and self.r1_every >= 1, "r1_gamma >= 0, r1_every >= 1"
         assert self.pl_weight >= 0 and self.pl_every >= 1 and self.pl_batch_shrink >= 1, "bad path-length settings"
         assert 0 <= self.mixing_prob <= 1, f"mixing_prob must be in [0, 1], got {self.mixing_prob}"
         assert self.ema_kimg >= 0, "ema_kimg must be >= 0"
-        assert self.ema_rampup is None or self.ema_rampup > 0, "ema_rampup must be > 0 or None"
+        assert self.ema_rampup is None or self.ema_rampup >= 0, "ema_rampup must be >= 0 or None"
         assert 0 <= self.ada_p_init <= 1, "ada_p_init must be in [0, 1]"
         assert self.ada_interval >= 1 and self.ada_kimg > 0, "bad ADA settings"
         assert min(self.tick_kimg, self.sample_kimg, self.snapshot_kimg) > 0, "intervals must be > 0"
@@ -143,12 +143,18 @@ class TrainResult:
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss became NaN/Inf; the run stops without writing a checkpoint."""
+    """A loss became NaN/Inf; the run stops without writing a checkpoint.
 
-    def __init__(self, step: int, names: list[str], last_checkpoint: str | None):
+    step: index of the failing step (0-based: the number of steps completed before it);
+    names: the figures that were not finite, in phase order (D, R1, G, structure, PL);
+    last_checkpoint: the newest resume file, untouched.
+    """
+
+    def __init__(self, step: int, names: list[str], last_checkpoint: str | None, kimg: float | None = None):
         self.step, self.names, self.last_checkpoint = step, names, last_checkpoint
+        at = f" ({kimg:.3f} kimg done before it)" if kimg is not None else ""
         super().__init__(
-            f"non-finite loss at step {step}: {', '.join(names)} "
+            f"non-finite loss at step {step}{at}: {', '.join(names)} "
             f"(no checkpoint written; last good checkpoint: {last_checkpoint or 'none'})"
         )
 
@@ -265,6 +271,8 @@ class _Loop:
 
         if (self.freeze.needs_source or self.structure is not None) and G_source is None:
             raise ValueError("freeze_style_up_to and the structure loss need G_source (the frozen source generator)")
+        if G_ema is G or G_source is G:
+            raise ValueError("G_ema and G_source must be separate modules from G (e.g. copy.deepcopy(G))")
         if G.config != G_ema.config:
             raise ValueError(f"G and G_ema configs differ: {G.config} vs {G_ema.config}")
         self.n_latent = int(G.n_latent)
@@ -587,7 +595,7 @@ class _Loop:
                 train_time += time.perf_counter() - t0
                 if flags[0].item() > 0:
                     bad = [k for k, v in zip(names, vals) if not math.isfinite(v)] or ["(on another process)"]
-                    raise NonFiniteLossError(self.step - 1, bad, self.last_checkpoint)
+                    raise NonFiniteLossError(self.step - 1, bad, self.last_checkpoint, kimg=prev_nimg / 1000)
                 for k, v in zip(names, vals):
                     sums[k] = sums.get(k, 0.0) + v
                     counts[k] = counts.get(k, 0) + 1

@@ -9,7 +9,6 @@ import json
 import math
 import tarfile
 
-import numpy as np
 import pytest
 import torch
 
@@ -150,7 +149,7 @@ def test_compute_metrics_self_near_zero_other_large_and_real_side_cached(tmp_pat
     assert real.reads == 0, "the real side's features should come from the cache"
     assert other["fid"] > 100
     # KID's unbiased estimate of a set against itself is slightly negative (-O(1/n)).
-    assert abs(same["kid_mean"]) < 0.05 * other["kid_mean"]
+    assert abs(same["kid_mean"]) < 0.15 * other["kid_mean"]
     for k in ("precision", "recall"):
         assert 0.0 <= other[k] <= 1.0
     assert other["precision"] < 0.5

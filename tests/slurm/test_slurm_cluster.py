@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -345,3 +345,98 @@ def test_real_accelerate_two_node_gloo(two_nodes, tmp_path):
     for p in d.glob("rank-*.json"):
         r = json.loads(p.read_text())
         assert r["world"] == 2 and r["sum"] == 3.0 and r["backend"] == "gloo"
+
+
+# --------------------------------------------------------------------------- the real pipeline
+
+# The embedded demo, shrunk: 64 images per domain, 8 images per step and process, no MLflow.
+TINY = ["data.source.count=64", "data.target.count=64", "train.batch=8", "train.snapshot_kimg=1",
+        "tracking.enabled=false"]
+
+
+def _tiny(tmp_path: Path, *extra: str) -> list[str]:
+    return [f"run_root={tmp_path / 'runs'}", *TINY, *extra]
+
+
+def _pipeline(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_stage_script_runs_its_stage_and_reports_failure(cluster, tmp_path):
+    out = tmp_path / "shard.out"
+    cmd = ["sbatch", "--wait", "--parsable", *JOB_ARGS, f"--output={out}", str(REPO / "slurm" / "shard.sh"),
+           str(REPO / "configs" / "default.yaml"), *_tiny(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    job = slurm.parse_parsable(proc.stdout)
+    assert proc.returncode == 0 and slurm.job_state(job) == "COMPLETED", out.read_text()[-3000:]
+    log = out.read_text()
+    assert f"[slurm] job {job} (shard) restart 0" in log and "[shard] done" in log
+    assert (tmp_path / "runs" / "default" / "shard" / "source" / "manifest.json").exists()
+    # a config error: the job fails (exit status != 0), it does not "complete"
+    bad = tmp_path / "bad.out"
+    proc = subprocess.run(["sbatch", "--wait", "--parsable", *JOB_ARGS, f"--output={bad}",
+                           str(REPO / "slurm" / "shard.sh"), *_tiny(tmp_path, "shard.max_per_shard=oops")],
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode != 0 and slurm.job_state(slurm.parse_parsable(proc.stdout)) == "FAILED"
+    assert "max_per_shard" in bad.read_text()
+
+
+def _progress(text: str, total: str) -> list[float]:
+    return [float(x) for x in re.findall(rf"(\d+\.\d+)/{re.escape(total)} kimg", text)]
+
+
+@pytest.mark.slow
+def test_submit_then_usr1_mid_training_requeues_and_resumes(cluster, tmp_path):
+    """`pipeline submit shard pretrain`; SIGUSR1 during pretrain: checkpoint, requeue, resume, finish."""
+    kimg = "0.120"  # 15 steps of 8 images
+    args = _tiny(tmp_path, f"train.kimg={kimg}")
+    sub = _pipeline("submit", "shard", "pretrain", *args, *(f"--sbatch-arg={a}" for a in JOB_ARGS))
+    assert sub.returncode == 0, sub.stderr
+    exp = tmp_path / "runs" / "default"
+    shard_job = slurm.read_job_record(exp / "shard")["job_id"]
+    job = slurm.read_job_record(exp / "pretrain")["job_id"]
+    log = exp / "slurm-logs" / f"pretrain-{job}.out"
+    assert slurm.wait_for_job(shard_job, timeout=120, poll=0.5) == "COMPLETED"
+    deadline = time.monotonic() + 240  # until the first training step is done
+    while not [p for p in _progress(log.read_text() if log.exists() else "", kimg) if p > 0]:
+        state = slurm.job_state(job)
+        if state in slurm.TERMINAL_STATES or time.monotonic() > deadline:
+            pytest.fail(f"pretrain job {job} is {state} before its first step:\n"
+                        + (log.read_text()[-3000:] if log.exists() else "(no log)"))
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
+    state = slurm.wait_for_job(job, timeout=400, poll=1)
+    text = log.read_text().replace("\r", "\n")
+    assert state == "COMPLETED", text[-4000:]
+
+    first, second = text.split(f"[slurm] job {job} (pretrain) restart 1 ", 1)
+    m = re.search(r"stopped at [\d.]+ kimg \(step (\d+)\)", first)
+    assert m, first[-3000:]
+    stop_kimg = int(m.group(1)) * 8 / 1000
+    assert f"requeueing job {job} (restart 1)" in first
+    assert stop_kimg < float(kimg)                    # the signal came mid-training
+    assert min(_progress(second, kimg)) == pytest.approx(stop_kimg)  # resumed there: no step trained twice
+    ckpts = sorted(p.name for p in (exp / "pretrain" / "checkpoints").glob("resume-*.pt"))
+    assert ckpts == [f"resume-{int(stop_kimg * 1000):09d}.pt", f"resume-{int(float(kimg) * 1000):09d}.pt"]
+    done = json.loads((exp / "pretrain" / "done.json").read_text())
+    assert done["step"] == 15 and done["kimg"] == pytest.approx(float(kimg))
+    listing = _pipeline("list", *args)
+    assert listing.returncode == 0 and f"job {job} COMPLETED" in listing.stdout, listing.stdout + listing.stderr
+
+
+@pytest.mark.slow
+def test_two_node_pretrain_trains_with_gloo_ddp(two_nodes, tmp_path, monkeypatch):
+    """`STAGES="shard pretrain" sbatch --nodes=2 slurm/pipeline.sh`: shard in the batch shell, then
+    pretrain with one launcher per node and 2 CPU ranks in one gloo process group."""
+    kimg = "0.048"
+    args = _tiny(tmp_path, f"train.kimg={kimg}")
+    out = tmp_path / "pre.out"
+    monkeypatch.setenv("STAGES", "shard pretrain")  # sbatch exports it to the job
+    job = _sbatch("--nodes=2", f"--output={out}", str(REPO / "slurm" / "pipeline.sh"), *args)
+    state = slurm.wait_for_job(job, timeout=500, poll=1)
+    text = out.read_text().replace("\r", "\n")
+    assert state == "COMPLETED", text[-4000:]
+    assert "launching: srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in text
+    done = json.loads((tmp_path / "runs" / "default" / "pretrain" / "done.json").read_text())
+    assert done["step"] == round(float(kimg) * 1000 / (8 * 2))  # 8 images per step on each of 2 ranks

@@ -111,8 +111,7 @@ def _split_srun(cmd):
 
 
 def _launch_line(script):
-    line = next(ln for ln in script.splitlines() if "exec " in ln)
-    inner = line[line.index("exec ") + 5:line.rindex(")")]
+    inner = script[script.index("exec ") + 5:script.index(" ) & pid=$!")]
     return shlex.split(inner)  # "$SLURM_NODEID" stays a literal word here
 
 
@@ -143,7 +142,7 @@ def test_srun_command_cpu_defaults_to_one_process_per_node():
     assert argv[argv.index("--num_processes") + 1] == "2"
     assert argv[argv.index("--mixed_precision") + 1] == "no"
     assert "--cpu" not in argv     # `--cpu` with several processes would start only one
-    assert "export ACCELERATE_USE_CPU=1" in script and "export FOO='a b'" in script
+    assert "export ACCELERATE_USE_CPU=1;" in script and "export FOO='a b';" in script
 
 
 def test_srun_command_single_process_has_no_multi_gpu_and_explicit_procs():

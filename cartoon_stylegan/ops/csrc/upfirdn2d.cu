@@ -36,13 +36,14 @@ __host__ __device__ __forceinline__ int floor_div(int a, int b)  // b > 0
 
 // Correlation tap (ty, tx) of the filter: the filter as given when `flip`, else flipped
 // (upfirdn2d convolves). Zero outside the filter, so templates may over-allocate taps.
-__device__ __forceinline__ float filter_tap(const Upfirdn2dParams& p, int ty, int tx)
+template <typename S>
+__device__ __forceinline__ S filter_tap(const Upfirdn2dParams& p, int ty, int tx)
 {
-    if (ty >= p.fh || tx >= p.fw) return 0.f;
+    if (ty >= p.fh || tx >= p.fw) return S(0);
     const int fy = p.flip ? ty : p.fh - 1 - ty;
     const int fx = p.flip ? tx : p.fw - 1 - tx;
-    if (p.separable) return __ldg(p.f + fy * p.f_sy) * __ldg(p.f + fx * p.f_sx);
-    return __ldg(p.f + fy * p.f_sy + fx * p.f_sx);
+    if (p.separable) return S(__ldg(p.f + fy * p.f_sy)) * S(__ldg(p.f + fx * p.f_sx));
+    return S(__ldg(p.f + fy * p.f_sy + fx * p.f_sx));
 }
 
 //------------------------------------------------------------------------------
@@ -87,7 +88,7 @@ __global__ void __launch_bounds__(256) upfirdn2d_general_kernel(const Upfirdn2dP
             if (iy < 0 || iy >= p.in_h) continue;
             for (int tx = tx0, ix = ix0; tx < p.fw; tx += p.upx, ++ix) {
                 if (ix < 0 || ix >= p.in_w) continue;
-                acc += S(xp[iy * p.sx_h + ix * p.sx_w]) * S(filter_tap(p, ty, tx));
+                acc += S(xp[iy * p.sx_h + ix * p.sx_w]) * filter_tap<S>(p, ty, tx);
             }
         }
         y[n * p.sy_n + c * p.sy_c + (int64_t)oy * p.sy_h + (int64_t)ox * p.sy_w] = T(acc * S(p.gain));
@@ -146,7 +147,7 @@ upfirdn2d_tile_kernel(const Upfirdn2dParams p, const int ox_start, const int oy_
     for (int ty = 0; ty < FP; ++ty)
         #pragma unroll
         for (int tx = 0; tx < FP; ++tx)
-            g[ty][tx] = S(filter_tap(p, ty, tx));
+            g[ty][tx] = filter_tap<S>(p, ty, tx);
 
     // This thread's slot within the block.
     const int cs = threadIdx.x % CB;
