@@ -4,7 +4,8 @@
 
 A step of `cartoon_stylegan.training.loop` is D main (+ R1 every 16 steps) and G main
 (+ path length every 4 steps). Three step kinds are timed (median of `--reps` after a
-warm-up): plain, path-length, and R1 + path-length; the amortised step time is
+warm-up, the implementations interleaved so that load from other processes hits them
+alike): plain, path-length, and R1 + path-length; the amortised step time is
 
     t = t_plain + (t_pl - t_plain) / pl_every + (t_r1pl - t_pl) / r1_every
 
@@ -20,7 +21,8 @@ Rows:
                        and lazy-regularisation schedule (its own Trainer needs CUDA)
 
 Configs: tiny (32 px, channel_max 64, style 128, n_mlp 4, batch 32) and 256 px config-f
-(channel_max 512, style 512, n_mlp 8, batch 4). On CPU the table goes to
+(channel_max 512, style 512, n_mlp 8, batch 4). On CPU the 256 px config warms up with one
+plain step only and skips the naive path (minutes per step) unless --naive-256. On CPU the table goes to
 benchmarks/results/train-cpu.md, on CUDA to train-cuda.md.
 """
 from __future__ import annotations
@@ -76,12 +78,23 @@ def _median_time(fn, reps, device):
     return statistics.median(times)
 
 
-def _amortised(step_fn, reps, device):
-    """step_fn(kind) runs one step of kind 'plain' | 'pl' | 'r1pl'."""
-    for kind in ("plain", "pl", "r1pl"):  # warm-up
-        step_fn(kind)
-    t = {kind: _median_time(lambda k=kind: step_fn(k), reps, device) for kind in ("plain", "pl", "r1pl")}
-    return t["plain"] + (t["pl"] - t["plain"]) / PL_EVERY + (t["r1pl"] - t["pl"]) / R1_EVERY, t
+def _amortised_interleaved(step_fns, reps, device, warmup=("plain", "pl", "r1pl")):
+    """step_fns: {label: step(kind)}. Times every (variant, kind) `reps` times, interleaving the
+    variants so that load from other processes hits them alike; returns {label: (t, parts)}."""
+    kinds = ("plain", "pl", "r1pl")
+    for fn in step_fns.values():  # warm-up
+        for kind in warmup:
+            fn(kind)
+    times = {label: {k: [] for k in kinds} for label in step_fns}
+    for _ in range(reps):
+        for kind in kinds:
+            for label, fn in step_fns.items():
+                times[label][kind].append(_median_time(lambda: fn(kind), 1, device))
+    out = {}
+    for label in step_fns:
+        t = {k: statistics.median(v) for k, v in times[label].items()}
+        out[label] = (t["plain"] + (t["pl"] - t["plain"]) / PL_EVERY + (t["r1pl"] - t["pl"]) / R1_EVERY, t)
+    return out
 
 
 # ----------------------------------------------------------------------------- ours
@@ -223,8 +236,10 @@ def main():
     ap.add_argument("--skip-256", action="store_true", help="only the tiny config")
     ap.add_argument("--no-peer", action="store_true", help="skip the lucidrains peer")
     ap.add_argument("--no-naive", action="store_true", help="skip the rosinality CPU path rows")
+    ap.add_argument("--naive-256", action="store_true", help="on CPU also run the naive path at 256 px (slow)")
     ap.add_argument("--peer-dir", default="/tmp/peer", help="folder stylegan2_pytorch was pip-installed into")
     ap.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is present")
+    ap.add_argument("--note", default="", help="free text for the table header (e.g. machine load)")
     ap.add_argument("--out", default=None, help="markdown table path (default benchmarks/results/train-<dev>.md)")
     args = ap.parse_args()
 
@@ -243,38 +258,42 @@ def main():
         if args.skip_256 and cfg["size"] == 256:
             continue
         reps = args.reps_256 if cfg["size"] == 256 else args.reps
-        variants = [("ours", None)]
-        if not args.no_naive:
-            variants.append(("rosinality CPU path (naive upfirdn2d)", "naive"))
+        fns, params = {}, {}
+        fns["ours"], params["ours"] = _our_step_fn(cfg, device, accelerator)
+        big = cfg["size"] >= 256
+        if not args.no_naive and (not big or not on_cpu or args.naive_256):
+            label = "rosinality CPU path (naive upfirdn2d)"
+            step, params[label] = _our_step_fn(cfg, device, accelerator)
+
+            def naive_step(kind, step=step):
+                with _naive_ops():
+                    step(kind)
+            fns[label] = naive_step
         if peer is not None and cfg["size"] <= 64:
-            variants.append(("lucidrains stylegan2_pytorch 1.9.0", "peer"))
-        for label, kind in variants:
-            if kind == "peer":
-                step, n_params = _peer_step_fn(peer, cfg, device)
-                ctx = contextlib.nullcontext()
-            else:
-                step, n_params = _our_step_fn(cfg, device, accelerator)
-                ctx = _naive_ops() if kind == "naive" else contextlib.nullcontext()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            with ctx:
-                t, parts = _amortised(step, reps, device)
-            mem = (torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else float("nan")
-            row = dict(config=name, impl=label, batch=cfg["batch"], params=n_params, img_s=cfg["batch"] / t,
+            label = "lucidrains stylegan2_pytorch 1.9.0"
+            fns[label], params[label] = _peer_step_fn(peer, cfg, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        results = _amortised_interleaved(fns, reps, device, warmup=("plain",) if big and on_cpu else
+                                         ("plain", "pl", "r1pl"))
+        mem = (torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else float("nan")
+        for label, (t, parts) in results.items():
+            row = dict(config=name, impl=label, batch=cfg["batch"], params=params[label], img_s=cfg["batch"] / t,
                        sec_kimg=1000 * t / cfg["batch"], plain=parts["plain"], pl=parts["pl"], r1pl=parts["r1pl"],
                        mem=mem)
             rows.append(row)
             print(f"{name:13s} {label:40s} {row['img_s']:9.2f} img/s {row['sec_kimg']:10.1f} s/kimg "
                   f"(plain {parts['plain']*1e3:.0f} ms, +pl {parts['pl']*1e3:.0f} ms, +r1+pl {parts['r1pl']*1e3:.0f} ms)",
                   flush=True)
+        del fns
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     lines = [
         f"# Training-step throughput ({device.type})",
         "",
         f"`python benchmarks/train.py` on {dev_name}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} CPU threads, {time.strftime('%Y-%m-%d')}. One step = D main + G main, "
-        f"R1 every {R1_EVERY} and path length every {PL_EVERY} steps amortised (median of the timed step kinds).",
+        f"{torch.get_num_threads()} CPU threads, {time.strftime('%Y-%m-%d')}. {args.note} One step = D main + G main, "
+        f"R1 every {R1_EVERY} and path length every {PL_EVERY} steps amortised (median of the timed step kinds, implementations interleaved).",
         "",
         "| config | implementation | batch | params (G+D) | img/s | sec/kimg | plain step ms | +PL ms | +R1+PL ms |"
         + (" peak MiB |" if device.type == "cuda" else ""),

@@ -258,7 +258,7 @@ def srun_accelerate_command(worker_argv: Sequence[str], *, procs_per_node: int |
         exports="".join(f"export {k}={shlex.quote(str(v))}; " for k, v in exports.items()), launch=launch)
     srun = ["srun", f"--nodes={lay.nodes}", f"--ntasks={lay.nodes}", "--ntasks-per-node=1",
             "--kill-on-bad-exit=1"]
-    if lay.cpus_per_task:  # not inherited from sbatch by srun (SLURM 22.05 and later)
+    if lay.cpus_per_task:  # srun does not inherit it from sbatch in some versions (22.05 among them)
         srun.append(f"--cpus-per-task={lay.cpus_per_task}")
     return [*srun, *srun_args, "bash", "-c", script]
 

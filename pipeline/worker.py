@@ -33,13 +33,16 @@ def main(argv=None) -> int:
         result = dag.load_stage_module(args.stage).run(ctx)
         out, rc = {"status": "done", "result": result}, 0
     except dag.StageStopped as e:
-        out, rc = {"status": "stopped", "message": str(e)}, dag.EXIT_STOPPED
+        # exit 0: a non-zero rank would make the launcher (and srun --kill-on-bad-exit) kill the
+        # other ranks, maybe while rank 0 still writes; "stopped" travels in result.json
+        out, rc = {"status": "stopped", "message": str(e)}, 0
     except Exception as e:  # noqa: BLE001
         traceback.print_exc()
         out, rc = {"status": "failed", "error": f"{type(e).__name__}: {e}"}, dag.EXIT_FAILED
     if acc.is_main_process:
         write_json(paths.result_file, {**out, "world_size": acc.num_processes})
-    acc.wait_for_everyone() if rc == 0 else None
+    if rc == 0:
+        acc.wait_for_everyone()
     acc.end_training()
     return rc
 

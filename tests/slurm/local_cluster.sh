@@ -31,7 +31,8 @@ PACKAGES=(slurmctld slurmd slurm-client munge)
 log() { echo "[local_cluster] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+# a live process (a zombie, exited but not yet reaped, counts as gone)
+alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
 pid_of() { [[ -s "$1" ]] && cat "$1" || true; }
 
 ensure_installed() {

@@ -45,11 +45,15 @@ def _idle_nodes() -> tuple[list[str], str]:
     return nodes, ""
 
 
+_UP: list[str] = []  # set once a test found the cluster: only then is there anything to clean up
+
+
 @pytest.fixture(scope="module")
 def cluster() -> list[str]:
     nodes, why = _idle_nodes()
     if not nodes:
         pytest.skip(why)
+    _UP[:] = nodes
     return nodes
 
 
@@ -92,12 +96,21 @@ def _wait_files(*paths: Path, job: str, log: Path, timeout: float = 60) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _job_env(monkeypatch):
+def _job_env(monkeypatch, tmp_path):
     """Jobs get this environment (sbatch --export=ALL): let them import the repo's pipeline.
-    Afterwards, cancel whatever a failing test left in the queue (jobs named cs-test)."""
+    Afterwards, cancel whatever a failing test left in the queue: the jobs that mention tmp_path."""
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     yield
-    subprocess.run(["scancel", "--name=cs-test"], capture_output=True, timeout=30)
+    if not _UP:
+        return
+    try:
+        ids = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True, timeout=30).stdout.split()
+        for job in ids:
+            info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30)
+            if str(tmp_path) in info.stdout:
+                subprocess.run(["scancel", job], capture_output=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 # --------------------------------------------------------------------------- basics
@@ -389,7 +402,7 @@ def _progress(text: str, total: str) -> list[float]:
 @pytest.mark.slow
 def test_submit_then_usr1_mid_training_requeues_and_resumes(cluster, tmp_path):
     """`pipeline submit shard pretrain`; SIGUSR1 during pretrain: checkpoint, requeue, resume, finish."""
-    kimg = "0.120"  # 15 steps of 8 images
+    kimg = "0.240"  # 30 steps of 8 images: ~0.25 s each on an idle 2-core machine
     args = _tiny(tmp_path, f"train.kimg={kimg}")
     sub = _pipeline("submit", "shard", "pretrain", *args, *(f"--sbatch-arg={a}" for a in JOB_ARGS))
     assert sub.returncode == 0, sub.stderr
@@ -404,9 +417,12 @@ def test_submit_then_usr1_mid_training_requeues_and_resumes(cluster, tmp_path):
         if state in slurm.TERMINAL_STATES or time.monotonic() > deadline:
             pytest.fail(f"pretrain job {job} is {state} before its first step:\n"
                         + (log.read_text()[-3000:] if log.exists() else "(no log)"))
-        time.sleep(0.5)
-    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
-    state = slurm.wait_for_job(job, timeout=400, poll=1)
+        time.sleep(0.2)
+    sig = subprocess.run(["scancel", "--batch", "--signal=USR1", job], capture_output=True, text=True, timeout=30)
+    if sig.returncode != 0 and slurm.job_state(job) == "COMPLETED":
+        pytest.skip("pretrain finished before the signal: this machine is too fast for the tiny run")
+    assert sig.returncode == 0, sig.stderr
+    state = slurm.wait_for_job(job, timeout=600, poll=1)
     text = log.read_text().replace("\r", "\n")
     assert state == "COMPLETED", text[-4000:]
 
@@ -420,7 +436,7 @@ def test_submit_then_usr1_mid_training_requeues_and_resumes(cluster, tmp_path):
     ckpts = sorted(p.name for p in (exp / "pretrain" / "checkpoints").glob("resume-*.pt"))
     assert ckpts == [f"resume-{int(stop_kimg * 1000):09d}.pt", f"resume-{int(float(kimg) * 1000):09d}.pt"]
     done = json.loads((exp / "pretrain" / "done.json").read_text())
-    assert done["step"] == 15 and done["kimg"] == pytest.approx(float(kimg))
+    assert done["step"] == 30 and done["kimg"] == pytest.approx(float(kimg))
     listing = _pipeline("list", *args)
     assert listing.returncode == 0 and f"job {job} COMPLETED" in listing.stdout, listing.stdout + listing.stderr
 

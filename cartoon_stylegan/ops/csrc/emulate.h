@@ -1,15 +1,21 @@
-// Test-only CUDA emulation: compiles the kernel sources as plain C++ and runs every CUDA
-// thread of a block as a std::thread, with __syncthreads() as a std::barrier.
+// Test-only CUDA emulation: compiles the kernel sources as plain C++ and runs each block's
+// CUDA threads as fibers (ucontext) on the calling CPU thread.
 //
 // Used by tests/ops/test_ops_cuda_build.py (macro CSG_EMULATE_CUDA) to execute the real
 // kernels -- index arithmetic, shared-memory tiling, polyphase alignment, both thread
 // mappings -- on machines without a GPU. Never part of a real build.
+//
+// Scheduling: the fibers of a block run round-robin, each until its next __syncthreads()
+// or its end, so every barrier phase of every thread completes before the next phase of
+// any thread starts -- exactly the guarantee CUDA gives, and no more: a missing barrier
+// shows up as a wrong result, deterministically.
 #pragma once
 
-#include <barrier>
+#include <ucontext.h>
+
 #include <cmath>
 #include <cstdint>
-#include <thread>
+#include <functional>
 #include <vector>
 
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
@@ -30,40 +36,70 @@ struct dim3 {
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__ static  // one copy per kernel instantiation; launches run one at a time
+#define __shared__ static  // one copy per kernel instantiation; blocks run one at a time
 
 namespace csg_emulate {
-inline thread_local dim3 thread_idx, block_idx;
-inline dim3 block_dim, grid_dim;
-inline std::barrier<>* block_barrier = nullptr;
+
+struct Fiber {
+    ucontext_t ctx;
+    std::vector<char> stack;
+    bool done = false;
+};
+
+inline dim3 thread_idx, block_idx, block_dim, grid_dim;
+inline ucontext_t scheduler;
+inline std::vector<Fiber> fibers;
+inline unsigned current = 0;
+inline const std::function<void()>* body = nullptr;
+
+inline void trampoline()
+{
+    (*body)();
+    fibers[current].done = true;  // returning resumes uc_link (the scheduler)
+}
+
+inline void sync_threads() { swapcontext(&fibers[current].ctx, &scheduler); }
 
 template <typename Kernel, typename... Args>
 cudaError_t launch(Kernel kernel, dim3 grid, dim3 block, Args... args)
 {
     const unsigned nt = block.x * block.y * block.z;
     if (nt == 0 || nt > 1024 || grid.y > 65535 || grid.z > 65535) return cudaErrorInvalidConfiguration;
-    std::barrier<> bar(nt);
-    block_barrier = &bar;
+    const std::function<void()> run = [&] { kernel(args...); };
+    body = &run;
     block_dim = block;
     grid_dim = grid;
-    std::vector<std::thread> threads;
-    threads.reserve(nt);
-    for (unsigned t = 0; t < nt; ++t) {
-        threads.emplace_back([&, t] {
-            thread_idx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-            for (unsigned bz = 0; bz < grid.z; ++bz)
-                for (unsigned by = 0; by < grid.y; ++by)
-                    for (unsigned bx = 0; bx < grid.x; ++bx) {
-                        block_idx = dim3(bx, by, bz);
-                        kernel(args...);
-                        bar.arrive_and_wait();  // the block is done before its shared memory is reused
+    fibers.resize(nt);
+    for (auto& f : fibers)
+        if (f.stack.size() < (1 << 16)) f.stack.resize(1 << 16);
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                block_idx = dim3(bx, by, bz);
+                for (unsigned t = 0; t < nt; ++t) {
+                    Fiber& f = fibers[t];
+                    f.done = false;
+                    getcontext(&f.ctx);
+                    f.ctx.uc_stack.ss_sp = f.stack.data();
+                    f.ctx.uc_stack.ss_size = f.stack.size();
+                    f.ctx.uc_link = &scheduler;
+                    makecontext(&f.ctx, trampoline, 0);
+                }
+                for (bool pending = true; pending;) {  // one barrier phase per round
+                    pending = false;
+                    for (unsigned t = 0; t < nt; ++t) {
+                        if (fibers[t].done) continue;
+                        current = t;
+                        thread_idx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+                        swapcontext(&scheduler, &fibers[t].ctx);
+                        pending = pending || !fibers[t].done;
                     }
-        });
-    }
-    for (auto& th : threads) th.join();
-    block_barrier = nullptr;
+                }
+            }
+    body = nullptr;
     return cudaSuccess;
 }
+
 }  // namespace csg_emulate
 
 #define threadIdx (::csg_emulate::thread_idx)
@@ -71,5 +107,5 @@ cudaError_t launch(Kernel kernel, dim3 grid, dim3 block, Args... args)
 #define blockDim (::csg_emulate::block_dim)
 #define gridDim (::csg_emulate::grid_dim)
 
-inline void __syncthreads() { ::csg_emulate::block_barrier->arrive_and_wait(); }
+inline void __syncthreads() { ::csg_emulate::sync_threads(); }
 template <typename T> inline T __ldg(const T* p) { return *p; }
