@@ -154,6 +154,18 @@ def _naive_ops():
         net_layers.upfirdn2d = saved
 
 
+@torch.no_grad()
+def _naive_check(cfg, device):
+    """Both upfirdn2d paths must give the same generator output (same weights, const noise)."""
+    torch.manual_seed(0)
+    G = Generator(cfg["size"], style_dim=cfg["style_dim"], n_mlp=cfg["n_mlp"], channel_max=cfg["channel_max"]).to(device)
+    z = torch.randn(2, cfg["style_dim"], device=device)
+    ref = G(z, noise_mode="const")
+    with _naive_ops():
+        naive = G(z, noise_mode="const")
+    return (ref - naive).abs().max().item()
+
+
 # ----------------------------------------------------------------------------- lucidrains peer
 
 def _import_peer(target):
@@ -262,6 +274,7 @@ def main():
         fns["ours"], params["ours"] = _our_step_fn(cfg, device, accelerator)
         big = cfg["size"] >= 256
         if not args.no_naive and (not big or not on_cpu or args.naive_256):
+            notes.append(f"{name}: generator output, naive vs our upfirdn2d: max |diff| = {_naive_check(cfg, device):.1e}")
             label = "rosinality CPU path (naive upfirdn2d)"
             step, params[label] = _our_step_fn(cfg, device, accelerator)
 

@@ -74,7 +74,8 @@ def _fallback_message(err) -> str:
            f"reference implementation instead.")
     if fix:
         msg += f" To fix: {fix}."
-    msg += f" Set {ENV_IMPL}=ref to choose the reference explicitly (no warning), or {ENV_IMPL}=cuda to make this an error."
+    msg += (f" Set {ENV_IMPL}=ref to choose the reference explicitly (no warning), "
+            f"or {ENV_IMPL}=cuda to make this an error.")
     if detail:
         msg += "\n" + detail
     return msg

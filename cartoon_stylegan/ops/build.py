@@ -24,6 +24,7 @@ build, even one that does not take the lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -51,6 +52,7 @@ SOURCE_SUFFIXES = (".cu", ".cpp", ".h", ".cuh")
 DEFAULT_ARCHES = ("8.0", "8.6", "8.9", "9.0")
 CXX_FLAGS = ("-O3",)
 CUDA_FLAGS = ("-O3", "-lineinfo")
+LOCK_TIMEOUT_S = 3600  # a build takes minutes; only a hung one holds the lock this long
 
 
 class BuildError(RuntimeError):
@@ -199,6 +201,9 @@ def find_build(key: str, need: Sequence[str], root: Path | None = None) -> Path 
 # ------------------------------------------------------------------------------ locking
 
 
+_NO_LOCKING = {errno.ENOLCK, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}
+
+
 @contextlib.contextmanager
 def file_lock(path: Path, on_wait: Callable[[], None] | None = None, timeout: float | None = None) -> Iterator[None]:
     """Exclusive ``flock`` on ``path``; works across processes and across threads (each
@@ -220,6 +225,12 @@ def file_lock(path: Path, on_wait: Callable[[], None] | None = None, timeout: fl
                     if deadline is not None and time.monotonic() > deadline:
                         raise TimeoutError(f"waited {timeout:.0f} s for the build lock {path}") from None
                     time.sleep(0.2)
+        except OSError as e:
+            if e.errno not in _NO_LOCKING:
+                raise
+            # e.g. Lustre mounted without -o flock: go on unlocked; the atomic rename still
+            # keeps builds whole, at worst two ranks build the same thing.
+            log.warning("cartoon_stylegan.ops: %s does not support file locks (%s); building without one", path, e)
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()} {platform.node()}\n".encode())
@@ -234,7 +245,7 @@ def file_lock(path: Path, on_wait: Callable[[], None] | None = None, timeout: fl
 
 def build_once(final_dir: Path, lock_path: Path, build: Callable[[Path], None],
                find: Callable[[], Path | None] | None = None,
-               on_wait: Callable[[], None] | None = None) -> Path:
+               on_wait: Callable[[], None] | None = None, timeout: float | None = None) -> Path:
     """Return a finished build directory, building it at most once across processes.
 
     ``find`` looks for an existing finished build (default: ``final_dir`` if complete);
@@ -249,7 +260,7 @@ def build_once(final_dir: Path, lock_path: Path, build: Callable[[Path], None],
     done = existing()
     if done is not None:
         return done
-    with file_lock(lock_path, on_wait=on_wait):
+    with file_lock(lock_path, on_wait=on_wait, timeout=timeout):
         done = existing()  # another process finished while we waited
         if done is not None:
             return done
@@ -436,14 +447,19 @@ def ensure_built(arches: Sequence[str] | None = None, ptx: bool | None = None, v
 
     def build(tmp: Path) -> None:
         t0 = time.time()
-        print(f"cartoon_stylegan.ops: building the CUDA kernels for {', '.join('sm_' + a.replace('.', '') for a in arches)}"
-              f" into {final} (first use only; about a minute) ...", file=sys.stderr, flush=True)
+        targets = ", ".join("sm_" + a.replace(".", "") for a in arches)
+        print(f"cartoon_stylegan.ops: building the CUDA kernels for {targets} into {final} "
+              "(first use only; about a minute) ...", file=sys.stderr, flush=True)
         _compile(tmp, key, arches, ptx, tc, verbose)
         print(f"cartoon_stylegan.ops: built in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
     try:
         return build_once(final, root / f"{key}.lock", build,
-                          find=lambda: find_build(key, arches, root), on_wait=announce_wait)
+                          find=lambda: find_build(key, arches, root), on_wait=announce_wait,
+                          timeout=LOCK_TIMEOUT_S)
+    except TimeoutError as e:
+        raise BuildError(f"another process has been building the kernels for over {LOCK_TIMEOUT_S // 60} min ({e})",
+                         "check for a hung build (its pid is in the lock file)") from e
     except OSError as e:
         raise BuildError(f"cannot write the kernel cache {root}: {e}",
                          "set CARTOON_STYLEGAN_CACHE to a writable directory") from e

@@ -406,3 +406,17 @@ def test_file_lock_timeout(tmp_path):
         holder_done.wait(10)
         t.join()
     assert errors and "build lock" in str(errors[0])
+
+
+def test_file_lock_without_flock_support_goes_on(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def unsupported(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    log = []
+    assert build.build_once(tmp_path / "k-sm90", tmp_path / "k.lock", fake_builder(log, delay=0)) == tmp_path / "k-sm90"
+    assert len(log) == 2
+    assert "does not support file locks" in caplog.text

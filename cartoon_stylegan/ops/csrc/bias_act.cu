@@ -161,8 +161,10 @@ cudaError_t launch_typed(const BiasActParams& p, bool vectorized, cudaStream_t s
     const int vec = vectorized ? kVec : 1;
     const int64_t work = (p.n + vec - 1) / vec;
     // Enough blocks to fill the machine several times over; the loop covers the rest.
-    const int64_t blocks = work < 1 ? 1 : ((work + threads - 1) / threads < (1 << 20) ? (work + threads - 1) / threads : (1 << 20));
-    void (*kernel)(const BiasActParams) = vectorized ? bias_act_kernel<T, ACT, MODE, kVec> : bias_act_kernel<T, ACT, MODE, 1>;
+    int64_t blocks = (work + threads - 1) / threads;
+    blocks = blocks < 1 ? 1 : (blocks > (1 << 20) ? (1 << 20) : blocks);
+    void (*kernel)(const BiasActParams) =
+        vectorized ? bias_act_kernel<T, ACT, MODE, kVec> : bias_act_kernel<T, ACT, MODE, 1>;
     return CSG_LAUNCH(kernel, dim3((unsigned)blocks), dim3(threads), stream, p);
 }
 

@@ -253,7 +253,8 @@ cudaError_t launch_tile(const Upfirdn2dParams& p, cudaStream_t stream)
     const int64_t planes = p.batch * ((p.channels + CB - 1) / CB);
     if (tiles_y > 65535) return cudaErrorInvalidConfiguration;
     dim3 grid(clamp_grid(tiles_x, 0x7fffffff), clamp_grid(tiles_y, 65535), clamp_grid(planes, 65535));
-    void (*kernel)(const Upfirdn2dParams, const int, const int) = upfirdn2d_tile_kernel<T, UP, DN, FP, PX, RY, CB, TXS, TYS>;
+    void (*kernel)(const Upfirdn2dParams, const int, const int) =
+        upfirdn2d_tile_kernel<T, UP, DN, FP, PX, RY, CB, TXS, TYS>;
     return CSG_LAUNCH(kernel, grid, dim3(C::kThreads), stream, p, ox_start, oy_start);
 }
 
