@@ -10,11 +10,13 @@ the shard list in the same order (shuffled with ``(seed, epoch)`` when
 - **sample split** (fewer shards than slots, e.g. 1 shard and 2 ranks): every slot
   reads every shard in that order and keeps sample ``j`` of the epoch's stream when
   ``j % #slots == k``; the slots' samples are disjoint again, at the price of each
-  slot reading (not decoding) all the bytes, which is what small data sets afford.
+  slot reading (not decoding) all the bytes, which only happens when there are
+  few shards, i.e. a small data set.
 
 Either way the slots of one epoch partition the data set: no two ranks or workers
-ever hold the same sample in an epoch, which resampling with per-rank seeds would
-not guarantee. Rank and world size are arguments (the launcher owns the
+hold the same sample in an epoch (resampling with per-rank seeds would not
+guarantee that), and any number of shards works with any number of readers as
+long as there are at least as many samples as readers. Rank and world size are arguments (the launcher owns the
 environment); the worker id comes from ``torch.utils.data.get_worker_info()``.
 
 Each slot then shuffles through a buffer seeded by ``(seed, rank, worker)``, flips

@@ -73,3 +73,14 @@ def test_extends(tmp_path):
     p.write_text(f"extends: {DEFAULT_CONFIG}\nexperiment: child\ntrain: {{kimg: 1}}\n")
     cfg = load_config(p)
     assert cfg.experiment == "child" and cfg.train.kimg == 1 and cfg.train.batch == 32
+
+
+@pytest.mark.parametrize("path", sorted(p.name if p.parent.name == "configs" else f"finetune/{p.name}"
+                                        for p in __import__("pathlib").Path(__file__).resolve().parents[2]
+                                        .joinpath("configs").glob("**/*.yaml")
+                                        if p.parent.name in ("configs", "finetune")))
+def test_shipped_configs_are_valid(path):
+    from pipeline.config import DEFAULT_CONFIG
+
+    cfg = load_config(DEFAULT_CONFIG.parent / path)
+    assert cfg.experiment
