@@ -3,7 +3,7 @@
     python benchmarks/train.py [--reps 3] [--skip-256] [--no-peer] [--out PATH]
 
 A step of `cartoon_stylegan.training.loop` is D main (+ R1 every 16 steps) and G main
-(+ path length every 4 steps). Three step kinds are timed (median of `--reps` after a
+(+ path length every 4 steps). Three step kinds are timed (best of `--reps` after a
 warm-up, the implementations interleaved so that load from other processes hits them
 alike): plain, path-length, and R1 + path-length; the amortised step time is
 
@@ -67,7 +67,7 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _median_time(fn, reps, device):
+def _time(fn, reps, device):
     times = []
     for _ in range(reps):
         _sync(device)
@@ -89,10 +89,10 @@ def _amortised_interleaved(step_fns, reps, device, warmup=("plain", "pl", "r1pl"
     for _ in range(reps):
         for kind in kinds:
             for label, fn in step_fns.items():
-                times[label][kind].append(_median_time(lambda: fn(kind), 1, device))
+                times[label][kind].append(_time(lambda: fn(kind), 1, device))
     out = {}
     for label in step_fns:
-        t = {k: statistics.median(v) for k, v in times[label].items()}
+        t = {k: min(v) for k, v in times[label].items()}  # best of reps: least disturbed by other load
         out[label] = (t["plain"] + (t["pl"] - t["plain"]) / PL_EVERY + (t["r1pl"] - t["pl"]) / R1_EVERY, t)
     return out
 
@@ -243,7 +243,7 @@ def _peer_step_fn(peer, cfg, device):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per step kind (median)")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per step kind (best of)")
     ap.add_argument("--reps-256", type=int, default=1, help="repetitions at 256 px")
     ap.add_argument("--skip-256", action="store_true", help="only the tiny config")
     ap.add_argument("--no-peer", action="store_true", help="skip the lucidrains peer")
@@ -273,6 +273,9 @@ def main():
         fns, params = {}, {}
         fns["ours"], params["ours"] = _our_step_fn(cfg, device, accelerator)
         big = cfg["size"] >= 256
+        if big and on_cpu and not args.naive_256:
+            notes.append(f"{name}: the naive path and the peer are not run at 256 px on CPU (minutes per step); "
+                         "--naive-256 adds the naive path")
         if not args.no_naive and (not big or not on_cpu or args.naive_256):
             notes.append(f"{name}: generator output, naive vs our upfirdn2d: max |diff| = {_naive_check(cfg, device):.1e}")
             label = "rosinality CPU path (naive upfirdn2d)"
@@ -306,7 +309,7 @@ def main():
         "",
         f"`python benchmarks/train.py` on {dev_name}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} CPU threads, {time.strftime('%Y-%m-%d')}. {args.note} One step = D main + G main, "
-        f"R1 every {R1_EVERY} and path length every {PL_EVERY} steps amortised (median of the timed step kinds, implementations interleaved).",
+        f"R1 every {R1_EVERY} and path length every {PL_EVERY} steps amortised (best of the timed repetitions of each step kind, implementations interleaved).",
         "",
         "| config | implementation | batch | params (G+D) | img/s | sec/kimg | plain step ms | +PL ms | +R1+PL ms |"
         + (" peak MiB |" if device.type == "cuda" else ""),

@@ -17,6 +17,8 @@ class EvalConfig:
     truncation: float = spec(1.0, min=0.0, max=1.0, help="truncation psi when sampling")
     structure_n: int = spec(256, min=4, help="latents for the structure distance")
     untrained_baseline: bool = spec(True, help="also score an untrained generator against the source shards")
+    source_vs_target: bool = spec(False, help="also score the source generator against the target shards "
+                                  "(how far from cartoons fine-tuning started)")
 
 
 def run(ctx):

@@ -93,6 +93,7 @@ def run_eval(ctx):
     if ec.untrained_baseline:
         G0 = fresh_models(cfg, cfg.seed + 12345)["g_ema"].eval().to(dev)
         score("untrained", GeneratorDataset(G0, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch), source_real)
+    if ec.source_vs_target:
         score("source_vs_target", GeneratorDataset(G_src, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch),
               target_real)
     for name, (G, prefix) in variants.items():
