@@ -37,7 +37,7 @@ class FreezePlan:
     """What to freeze; every field None/False = train everything."""
 
     freeze_d_above: int | None = None  # D blocks whose input resolution is > this are frozen
-    freeze_g_up_to: int | None = None  # G layers at resolution <= this are frozen
+    freeze_g_up_to: int | None = None  # G layers at resolution <= this are frozen, and the mapping network
     freeze_style_up_to: int | None = None  # W+ entries of layers <= this come from G_source's mapping
     freeze_mapping: bool = False  # freeze the mapping network (style.*)
 
@@ -54,8 +54,8 @@ class FreezePlan:
 
     def is_g_frozen(self, G, name: str) -> bool:
         res = G.layer_resolution(name)
-        if res == "mapping":
-            return self.freeze_mapping
+        if res == "mapping":  # FreezeG freezes the mapping network too (as the reference code)
+            return self.freeze_mapping or self.freeze_g_up_to is not None
         return self.freeze_g_up_to is not None and res <= self.freeze_g_up_to
 
     def is_d_frozen(self, D, name: str) -> bool:

@@ -599,7 +599,8 @@ class _Loop:
                 for k, v in zip(names, vals):
                     sums[k] = sums.get(k, 0.0) + v
                     counts[k] = counts.get(k, 0) + 1
-                bar.update(self.nimg - prev_nimg)
+                # clamp: the last batch may overshoot the budget, and tqdm cannot format n > total
+                bar.update(min(self.nimg, self.total_nimg) - min(prev_nimg, self.total_nimg))
                 if self.main and self.step % o.log_every == 0:
                     spk = train_time / max((self.nimg - tick_nimg) / 1000, 1e-9)
                     bar.set_postfix_str(f"G {vals[names.index('Loss/G')]:.3f} D {vals[names.index('Loss/D')]:.3f} "

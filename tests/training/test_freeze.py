@@ -30,7 +30,7 @@ def _nets(seed=0):
 #  D: convs.0 fromRGB and convs.1 read 32 px, convs.2 16 px, convs.3 8 px; final_* head).
 def _g_prefixes(plan):
     frozen = []
-    if plan.freeze_mapping:
+    if plan.freeze_mapping or plan.freeze_g_up_to:
         frozen.append("style.")
     up = plan.freeze_g_up_to or 0
     if up >= 4:
