@@ -42,8 +42,11 @@ def cmd_run(args, items) -> int:
             st = dag.STAGES[name]
             print(f"  {name:9s} {dag.status(cfg, name):10s} needs: {', '.join(st.needs) or '-':10s} makes: {st.makes}")
         return 0
-    for name in order:  # validate that every stage in the plan exists in code before compute starts
-        dag.load_stage_module(name)
+    for name in order:  # everything the plan needs is checked before the first second of compute
+        module = dag.load_stage_module(name)
+        check = getattr(module, "preflight", None)
+        if check is not None and dag.status(cfg, name) != "done":
+            check(cfg)
     from pipeline import launch, tracking
 
     tracker = parent = None

@@ -49,6 +49,13 @@ class InitConfig:
     path: Optional[str] = spec(None, help="checkpoint to start from (transfer: weights only)")
     format: Literal["native", "rosinality"] = spec("native", help="native (our transfer file) or rosinality (.pt of stylegan2-pytorch)")
 
+    def preflight(self, key: str):
+        from pathlib import Path
+
+        if self.path and not Path(self.path).is_file():
+            raise ConfigError(f"{key}.init.path: {self.path!r} is not a file (expected a "
+                              f"{self.format} checkpoint)")
+
 
 @dataclass
 class LoopConfig:

@@ -92,6 +92,10 @@ class FinetuneConfig(LoopConfig):
                                   f"must be between 8 and data.resolution ({res})")
 
 
+def preflight(cfg):
+    cfg.finetune.init.preflight("finetune")
+
+
 def run(ctx):
     from stages import training_common as tc
 

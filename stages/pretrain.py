@@ -12,6 +12,10 @@ class PretrainConfig(LoopConfig):
     init: InitConfig = spec(factory=InitConfig, help="start from these weights (kimg 0: import only)")
 
 
+def preflight(cfg):
+    cfg.train.init.preflight("train")
+
+
 def run(ctx):
     from stages import training_common as tc
 

@@ -16,6 +16,19 @@ class ShardConfig:
     min_size: int = spec(0, min=0, help="skip inputs whose shorter side is below this (pixels)")
 
 
+def preflight(cfg):
+    """Both inputs exist and are of a kind we read (before any stage starts)."""
+    from cartoon_stylegan.data.sources import check_spec
+    from pipeline.config import ConfigError
+
+    for name in ("source", "target"):
+        ds = getattr(cfg.data, name)
+        try:
+            check_spec(ds.input, ds.count)
+        except ValueError as e:
+            raise ConfigError(f"data.{name}.input: {e}") from None
+
+
 def run(ctx):
     import numpy as np
 

@@ -97,8 +97,9 @@ def structure_loss(source_outputs: Sequence[torch.Tensor], target_outputs: Seque
 class StructureLoss:
     """The fine-tuning structure loss of Cartoon-StyleGAN, as a setting of the loop.
 
-    up_to:  highest block resolution compared (4 -> the 4x4 block only; 16 -> 4, 8, 16;
-            the paper uses the first 3 blocks, i.e. 16 at 256 px).
+    up_to:  highest block resolution compared; the blocks from 8 px up to it take part
+            (the 4x4 input block has no upsampling yet). The paper (and the reference code's
+            3 layers) uses 8, 16 and 32 px at 256 px: up_to=32.
     weight: lambda, multiplies the loss before it is added to the generator loss.
     on:     "rgb" compares the per-block RGB skip outputs, "features" the feature maps.
     """
@@ -108,8 +109,8 @@ class StructureLoss:
     on: str = "rgb"
 
     def __post_init__(self):
-        if self.up_to < 4 or self.up_to & (self.up_to - 1):
-            raise ValueError(f"StructureLoss.up_to must be a power of two >= 4, got {self.up_to}")
+        if self.up_to < 8 or self.up_to & (self.up_to - 1):
+            raise ValueError(f"StructureLoss.up_to must be a power of two >= 8, got {self.up_to}")
         if self.weight < 0 or not math.isfinite(self.weight):
             raise ValueError(f"StructureLoss.weight must be finite and >= 0, got {self.weight}")
         if self.on not in ("rgb", "features"):
@@ -117,8 +118,8 @@ class StructureLoss:
 
     @property
     def n_blocks(self) -> int:
-        """Number of synthesis blocks compared (4 px is block 1)."""
-        return int(math.log2(self.up_to)) - 1
+        """Number of synthesis blocks compared (8 px is the first)."""
+        return int(math.log2(self.up_to)) - 2
 
     @property
     def extras_key(self) -> str:
@@ -128,7 +129,7 @@ class StructureLoss:
     def __call__(self, source_extras: dict, target_extras: dict) -> torch.Tensor:
         """Unweighted loss from the extras dicts of one synthesis pass of each generator."""
         key, n = self.extras_key, self.n_blocks
-        src, tgt = list(source_extras[key])[:n], list(target_extras[key])[:n]
+        src, tgt = list(source_extras[key])[1:n + 1], list(target_extras[key])[1:n + 1]  # [0] is 4 px
         if len(src) < n or len(tgt) < n:
             raise ValueError(f"StructureLoss(up_to={self.up_to}) needs {n} blocks, got {len(src)} / {len(tgt)}")
         return structure_loss([s.detach() for s in src], tgt)
