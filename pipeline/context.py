@@ -17,6 +17,7 @@ class StageContext:
         self.accelerator = accelerator
         self.is_main = is_main
         self._stop_flag = stop_flag or (lambda: False)
+        self.trained = {}  # label -> {"g", "d", "g_ema"}: the networks this process trained (debug hooks)
 
     # -- output
     def say(self, msg: str):

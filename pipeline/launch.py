@@ -117,13 +117,14 @@ def execute(cfg, name: str, fp: str, previous: dict, *, tracker, parent):
     try:
         with StopRequest(paths.stop_file) as stop:
             if needs_launcher(cfg, stage):
-                result = _run_launched(cfg, name, logger, paths)
+                result, world_size = _run_launched(cfg, name, logger, paths)
             else:
                 acc = make_accelerator(cfg) if stage.distributed else None
                 ctx = StageContext(cfg, name, logger, accelerator=acc, stop_flag=lambda: stop.requested)
                 result = dag.load_stage_module(name).run(ctx)
+                world_size = acc.num_processes if acc is not None else 1
         status = "FINISHED"
-        write_json(paths.result_file, {"status": "done", "result": result})
+        write_json(paths.result_file, {"status": "done", "result": result, "world_size": world_size})
         return result
     except dag.StageStopped:
         status = "KILLED"
@@ -151,6 +152,9 @@ def _run_launched(cfg, name, logger, paths):
         cmd = [sys.executable, "-m", "accelerate.commands.launch"]
         if cfg.launch.accelerate_config:
             cmd += ["--config_file", cfg.launch.accelerate_config]
+        if cpu:  # oversubscribed OpenMP threads make CPU DDP many times slower: share the cores
+            threads = max(1, (os.cpu_count() or 1) // cfg.launch.num_processes)
+            cmd += ["--num_cpu_threads_per_process", str(threads)]
         cmd += ["--multi_gpu", "--num_processes", str(cfg.launch.num_processes), "--num_machines", "1",
                 "--main_process_port", str(cfg.launch.main_process_port or _free_port()),
                 "--mixed_precision", "no" if cpu else cfg.launch.mixed_precision]
@@ -169,4 +173,4 @@ def _run_launched(cfg, name, logger, paths):
     if rc != 0 or out.get("status") != "done":
         raise RuntimeError(f"launched workers exited with code {rc}"
                            + (f": {out['error']}" if out.get("error") else " (see the output above)"))
-    return out.get("result")
+    return out.get("result"), out.get("world_size")

@@ -6,14 +6,38 @@ Accelerator and runs the stage, rank 0 logs into the given run and writes result
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import sys
 import traceback
+from pathlib import Path
 
 from pipeline import dag, tracking
 from pipeline.artifacts import StagePaths, write_json
 from pipeline.config import load_config
 from pipeline.context import StageContext
 from pipeline.launch import make_accelerator
+
+
+DEBUG_DUMP_ENV = "CARTOON_STYLEGAN_DEBUG_DUMP"
+
+
+def _debug_dump(ctx, acc) -> None:
+    """With CARTOON_STYLEGAN_DEBUG_DUMP=<dir>, each rank writes <dir>/rank<k>.json: its rank, the world
+    size and a SHA-256 of every network it trained (the e2e DDP test checks that the ranks agree)."""
+    out_dir = os.environ.get(DEBUG_DUMP_ENV)
+    if not out_dir:
+        return
+    hashes = {}
+    for label, nets in ctx.trained.items():
+        for key, net in nets.items():
+            h = hashlib.sha256()
+            for name, t in sorted(net.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            hashes[f"{label}/{key}"] = h.hexdigest()
+    write_json(Path(out_dir) / f"rank{acc.process_index}.json",
+               {"rank": acc.process_index, "world_size": acc.num_processes, "hashes": hashes})
 
 
 def main(argv=None) -> int:
@@ -32,6 +56,7 @@ def main(argv=None) -> int:
     try:
         result = dag.load_stage_module(args.stage).run(ctx)
         out, rc = {"status": "done", "result": result}, 0
+        _debug_dump(ctx, acc)
     except dag.StageStopped as e:
         # exit 0: a non-zero rank would make the launcher (and srun --kill-on-bad-exit) kill the
         # other ranks, maybe while rank 0 still writes; "stopped" travels in result.json

@@ -96,7 +96,7 @@ def run_training(ctx, *, section, data_name, variant):
     import torch
 
     from cartoon_stylegan.data import make_loader
-    from cartoon_stylegan.training import FreezePlan, StructureLoss, train
+    from cartoon_stylegan.training import FreezePlan, StructureLoss, find_latest_resume, train
 
     cfg, acc = ctx.cfg, ctx.accelerator
     name, v = variant if variant else (None, None)
@@ -159,6 +159,9 @@ def run_training(ctx, *, section, data_name, variant):
     def report_image(tag, array, step):
         ctx.log_image(array, samples_dir / f"{tag}-{step:08d}.png", "samples", logger=logger)
 
+    latest = find_latest_resume(ckpt_dir)
+    if latest is not None:
+        ctx.say(f"[{label}] resuming from {latest}")
     t0 = time.time()
     result = train(acc, G=nets["g"], D=nets["d"], G_ema=nets["g_ema"], data=data, opts=opts, ckpt_dir=ckpt_dir,
                    report=report, report_image=report_image, G_source=G_source, freeze=freeze,
@@ -166,9 +169,11 @@ def run_training(ctx, *, section, data_name, variant):
     if result.status == "stopped":
         raise dag.StageStopped(f"{label} stopped at {result.kimg:.2f} kimg (step {result.step}); "
                                f"checkpoint {result.last_checkpoint}")
+    ctx.trained[label] = nets
     minutes = (time.time() - t0) / 60
     out = {"kimg": result.kimg, "step": result.step, "network": str(ctx.paths.final_network(name)),
-           "minutes_this_attempt": round(minutes, 2)}
+           "minutes_this_attempt": round(minutes, 2), "start_step": result.start_step,
+           "resumed_from": result.resumed_from}
     if ctx.is_main:
         ctx.log_metrics({"train/minutes": minutes}, result.step, logger=logger)
         if result.last_checkpoint and samples_dir.exists():

@@ -100,6 +100,8 @@ def _job_env(monkeypatch, tmp_path):
     """Jobs get this environment (sbatch --export=ALL): let them import the repo's pipeline.
     Afterwards, cancel whatever a failing test left in the queue: the jobs that mention tmp_path."""
     monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow: sqlite:///<run_root>/mlflow.db
+    monkeypatch.delenv("STAGES", raising=False)
     yield
     if not _UP:
         return
@@ -362,8 +364,21 @@ def test_real_accelerate_two_node_gloo(two_nodes, tmp_path):
 
 # --------------------------------------------------------------------------- the real pipeline
 
-# The embedded demo, shrunk: 64 images per domain, 8 images per step and process, no MLflow.
-TINY = ["data.source.count=64", "data.target.count=64", "train.batch=8", "train.snapshot_kimg=1",
+# The embedded demo, shrunk to seconds: 16 px, a 16-channel G/D, 128/64 images, 8 images per step
+# and process, two fine-tuning variants (one with the structure loss: up_to 16 = the resolution),
+# a 2-seed swap grid and an eval on 32 images (Inception on CPU is most of its time). No MLflow
+# unless a test turns it on (later overrides win).
+VARIANTS = ("freezed", "freezesg_structure")
+DAG = ("shard", "pretrain", "finetune", "swap", "eval")
+TINY = ["data.resolution=16", "data.source.count=128", "data.target.count=64", "shard.workers=1",
+        "model.channel_max=16", "model.style_dim=32", "model.n_mlp=2",
+        "train.kimg=0.128", "train.batch=8", "train.tick_kimg=0.032", "train.sample_kimg=1",
+        "train.snapshot_kimg=1", "train.grid=[4,2]",
+        "finetune.kimg=0.064", "finetune.batch=8", "finetune.tick_kimg=0.032", "finetune.sample_kimg=1",
+        "finetune.snapshot_kimg=1", "finetune.grid=[4,2]", f"finetune.run_variants=[{','.join(VARIANTS)}]",
+        "swap.seeds=2",
+        "eval.n_samples=32", "eval.n_real=32", "eval.kid_subset_size=16", "eval.structure_n=16", "eval.batch=32",
+        "eval.untrained_baseline=false",
         "tracking.enabled=false"]
 
 
@@ -374,6 +389,27 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
 def _pipeline(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def _tail(path: Path | str, n: int = 4000) -> str:
+    p = Path(path)
+    return p.read_text(errors="replace").replace("\r", "\n")[-n:] if p.exists() else f"(no log at {p})"
+
+
+def _mlflow(run_root: Path, experiment: str = "default"):
+    """(client, every run of the experiment) from the pipeline's default store, sqlite:///<run_root>/mlflow.db."""
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment!r} in {run_root / 'mlflow.db'}"
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def _stage_runs(runs, stage: str) -> list:
+    """The stage-level runs of a stage (its variant runs carry the same stage tag and a variant tag)."""
+    return [r for r in runs if r.data.tags.get("stage") == stage and "variant" not in r.data.tags]
 
 
 def test_stage_script_runs_its_stage_and_reports_failure(cluster, tmp_path):
@@ -395,15 +431,110 @@ def test_stage_script_runs_its_stage_and_reports_failure(cluster, tmp_path):
     assert "max_per_shard" in bad.read_text()
 
 
+@pytest.mark.slow
+def test_finetune_script_trains_selected_variants_into_one_mlflow_stage_run(cluster, tmp_path):
+    """`sbatch --wait slurm/finetune.sh CONFIG ...` after a local shard + pretrain: every selected
+    variant trained to network-final.pt, one FINISHED MLflow stage run with a nested run per variant."""
+    args = _tiny(tmp_path, "tracking.enabled=true")
+    pre = _pipeline("run", "pretrain", *args, timeout=300)  # shard + pretrain, here, same config
+    assert pre.returncode == 0, (pre.stdout + pre.stderr)[-4000:]
+    out = tmp_path / "finetune.out"
+    cmd = ["sbatch", "--wait", "--parsable", *JOB_ARGS, f"--output={out}", str(REPO / "slurm" / "finetune.sh"),
+           str(REPO / "configs" / "default.yaml"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr + _tail(out)
+    job = slurm.parse_parsable(proc.stdout)
+    assert slurm.job_state(job) == "COMPLETED", _tail(out)  # --wait alone returns 0 for a job that never ran
+    log = out.read_text()
+    assert f"[slurm] job {job} (finetune) restart 0" in log
+    assert "[pretrain] up to date" in log and "[finetune] running (never run)" in log and "[finetune] done" in log
+
+    exp = tmp_path / "runs" / "default"
+    for v in VARIANTS:
+        assert (exp / "finetune" / v / "checkpoints" / "network-final.pt").is_file(), v
+        done = json.loads((exp / "finetune" / v / "done.json").read_text())
+        assert done["kimg"] == pytest.approx(0.064) and done["step"] == 8
+    assert sorted(p.name for p in (exp / "finetune").iterdir() if p.is_dir()) == sorted(VARIANTS)  # only those
+    state = json.loads((exp / "finetune" / "stage.json").read_text())
+    assert state["status"] == "done" and sorted(state["result"]) == sorted(VARIANTS)
+
+    client, runs = _mlflow(tmp_path / "runs")
+    stage = _stage_runs(runs, "finetune")
+    assert len(stage) == 1, [(r.info.run_name, r.data.tags) for r in runs]
+    run = stage[0]
+    assert run.info.run_id == state["mlflow_run_id"] and run.info.status == "FINISHED"
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.info.run_name == "run finetune" and parent.info.status == "FINISHED"  # the job's pipeline run
+    kids = {r.data.tags.get("variant"): r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id}
+    assert sorted(kids) == sorted(VARIANTS)
+    for v, r in kids.items():
+        assert r.info.status == "FINISHED" and r.data.tags["stage"] == "finetune", v
+        assert r.data.params["variant.name"] == v
+        assert r.data.metrics["Progress/kimg"] == pytest.approx(0.064), v
+        assert json.loads((exp / "finetune" / v / "mlflow_run.json").read_text())["run_id"] == r.info.run_id
+    assert "Loss/structure" in kids["freezesg_structure"].data.metrics
+    assert "Loss/structure" not in kids["freezed"].data.metrics
+
+
+@pytest.mark.slow
+def test_submit_all_runs_the_whole_dag_as_a_chain_of_jobs(cluster, tmp_path):
+    """`pipeline submit all`: five jobs, each afterok the one before, all COMPLETED, in order;
+    `pipeline list` shows every stage done with its job; eval/metrics.json and the swap grids exist."""
+    args = _tiny(tmp_path, "tracking.enabled=true")
+    sub = _pipeline("submit", "all", *args, *(f"--sbatch-arg={a}" for a in JOB_ARGS))
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    exp = tmp_path / "runs" / "default"
+    recs = {s: slurm.read_job_record(exp / s) for s in DAG}
+    assert all(recs.values()), recs
+    jobs = {s: r["job_id"] for s, r in recs.items()}
+    assert [r["after"] for r in recs.values()] == [None, *list(jobs.values())[:-1]]  # one chain, in DAG order
+    assert len(set(jobs.values())) == len(DAG) and sub.stdout.count("submitted ") == len(DAG)
+
+    deadline = time.monotonic() + 480
+    for s in DAG:  # in order: a failed stage's children are cancelled, so the first failure is the cause
+        state = slurm.wait_for_job(jobs[s], timeout=max(1.0, deadline - time.monotonic()), poll=1)
+        assert state == "COMPLETED", f"{s} job {jobs[s]} is {state}:\n{_tail(recs[s]['log'])}"
+    for s in DAG:
+        log = Path(recs[s]["log"]).read_text()
+        assert f"[slurm] job {jobs[s]} ({s}) restart 0" in log and f"[{s}] done" in log, _tail(recs[s]["log"])
+    states = {s: json.loads((exp / s / "stage.json").read_text()) for s in DAG}
+    for prev, cur in zip(DAG, DAG[1:]):  # afterok: each stage started after the one before had finished
+        assert states[cur]["started"] >= states[prev]["finished"], (prev, cur)
+
+    listing = _pipeline("list", *args)
+    assert listing.returncode == 0, listing.stdout + listing.stderr
+    rows = {ln.split()[0]: ln for ln in listing.stdout.splitlines() if ln.split() and ln.split()[0] in DAG}
+    assert sorted(rows) == sorted(DAG), listing.stdout
+    for s in DAG:
+        assert rows[s].split()[1] == "done" and rows[s].rstrip().endswith(f"job {jobs[s]} COMPLETED"), listing.stdout
+
+    metrics = json.loads((exp / "eval" / "metrics.json").read_text())
+    assert {"source", *VARIANTS} <= set(metrics)
+    for name in ("source", *VARIANTS):
+        assert {"fid", "kid_mean", "precision", "recall"} <= set(metrics[name]), (name, metrics[name])
+    for v in VARIANTS:
+        assert "structure_ratio" in metrics[v]
+        for kind in ("weight", "activation"):
+            assert (exp / "swap" / f"{v}-{kind}.png").is_file()
+        assert (exp / "finetune" / v / "checkpoints" / "network-final.pt").is_file()
+
+    _, runs = _mlflow(tmp_path / "runs")  # one pipeline run per job, one stage run per stage, all finished
+    parents = sorted((r.info.run_name, r.info.status) for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parents == sorted((f"run {s}", "FINISHED") for s in DAG), parents
+    for s in DAG:
+        assert [r.info.status for r in _stage_runs(runs, s)] == ["FINISHED"], s
+
+
 def _progress(text: str, total: str) -> list[float]:
     return [float(x) for x in re.findall(rf"(\d+\.\d+)/{re.escape(total)} kimg", text)]
 
 
 @pytest.mark.slow
 def test_submit_then_usr1_mid_training_requeues_and_resumes(cluster, tmp_path):
-    """`pipeline submit shard pretrain`; SIGUSR1 during pretrain: checkpoint, requeue, resume, finish."""
-    kimg = "0.240"  # 30 steps of 8 images: ~0.25 s each on an idle 2-core machine
-    args = _tiny(tmp_path, f"train.kimg={kimg}")
+    """`pipeline submit shard pretrain`; SIGUSR1 during pretrain: checkpoint, requeue, resume, finish,
+    in the same MLflow stage run, every step logged exactly once."""
+    kimg, steps = "0.240", 30  # 30 steps of 8 images; tick = 1 step: one MLflow report per step
+    args = _tiny(tmp_path, f"train.kimg={kimg}", "train.tick_kimg=0.008", "tracking.enabled=true")
     sub = _pipeline("submit", "shard", "pretrain", *args, *(f"--sbatch-arg={a}" for a in JOB_ARGS))
     assert sub.returncode == 0, sub.stderr
     exp = tmp_path / "runs" / "default"
@@ -415,9 +546,8 @@ def test_submit_then_usr1_mid_training_requeues_and_resumes(cluster, tmp_path):
     while not [p for p in _progress(log.read_text() if log.exists() else "", kimg) if p > 0]:
         state = slurm.job_state(job)
         if state in slurm.TERMINAL_STATES or time.monotonic() > deadline:
-            pytest.fail(f"pretrain job {job} is {state} before its first step:\n"
-                        + (log.read_text()[-3000:] if log.exists() else "(no log)"))
-        time.sleep(0.2)
+            pytest.fail(f"pretrain job {job} is {state} before its first step:\n" + _tail(log, 3000))
+        time.sleep(0.1)
     sig = subprocess.run(["scancel", "--batch", "--signal=USR1", job], capture_output=True, text=True, timeout=30)
     if sig.returncode != 0 and slurm.job_state(job) == "COMPLETED":
         pytest.skip("pretrain finished before the signal: this machine is too fast for the tiny run")
@@ -429,16 +559,40 @@ def test_submit_then_usr1_mid_training_requeues_and_resumes(cluster, tmp_path):
     first, second = text.split(f"[slurm] job {job} (pretrain) restart 1 ", 1)
     m = re.search(r"stopped at [\d.]+ kimg \(step (\d+)\)", first)
     assert m, first[-3000:]
-    stop_kimg = int(m.group(1)) * 8 / 1000
+    stop_step = int(m.group(1))
+    stop_kimg = stop_step * 8 / 1000
     assert f"requeueing job {job} (restart 1)" in first
-    assert stop_kimg < float(kimg)                    # the signal came mid-training
+    assert 0 < stop_step < steps                      # the signal came mid-training
     assert min(_progress(second, kimg)) == pytest.approx(stop_kimg)  # resumed there: no step trained twice
     ckpts = sorted(p.name for p in (exp / "pretrain" / "checkpoints").glob("resume-*.pt"))
-    assert ckpts == [f"resume-{int(stop_kimg * 1000):09d}.pt", f"resume-{int(float(kimg) * 1000):09d}.pt"]
+    assert ckpts == [f"resume-{stop_step * 8:09d}.pt", f"resume-{steps * 8:09d}.pt"]
     done = json.loads((exp / "pretrain" / "done.json").read_text())
-    assert done["step"] == 30 and done["kimg"] == pytest.approx(float(kimg))
+    assert done["step"] == steps and done["kimg"] == pytest.approx(float(kimg))
     listing = _pipeline("list", *args)
     assert listing.returncode == 0 and f"job {job} COMPLETED" in listing.stdout, listing.stdout + listing.stderr
+
+    # MLflow: the requeued job continued the stage run of the first attempt (same id), and its
+    # metrics hold every step 1..30 exactly once, in order, up to the whole budget
+    client, runs = _mlflow(tmp_path / "runs")
+    state = json.loads((exp / "pretrain" / "stage.json").read_text())
+    run_id = state["mlflow_run_id"]
+    assert [r.info.run_id for r in _stage_runs(runs, "pretrain")] == [run_id]  # one run, not one per attempt
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert "continuing MLflow run" not in first and f"[pretrain] continuing MLflow run {run_id}" in second
+    attempts = sorted((r for r in runs if r.info.run_name == "run pretrain"), key=lambda r: r.info.start_time)
+    assert [r.info.status for r in attempts] == ["KILLED", "FINISHED"]  # one pipeline run per attempt
+    assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == attempts[0].info.run_id  # made by attempt 1
+    hist = sorted(client.get_metric_history(run_id, "Progress/kimg"), key=lambda x: (x.timestamp, x.step))
+    assert [x.step for x in hist] == list(range(1, steps + 1)), [x.step for x in hist]
+    assert [x.value for x in hist] == pytest.approx([s * 8 / 1000 for s in range(1, steps + 1)])
+    assert hist[-1].value == pytest.approx(float(kimg))
+    losses = sorted(x.step for x in client.get_metric_history(run_id, "Loss/G"))
+    assert losses == list(range(1, steps + 1))
+    # steps 1..stop_step were logged by the first attempt (before its pipeline run ended), the rest by
+    # the requeued one (after its pipeline run started)
+    end_1, start_2 = attempts[0].info.end_time, attempts[1].info.start_time
+    assert all(x.timestamp <= end_1 for x in hist if x.step <= stop_step), (end_1, hist)
+    assert all(x.timestamp >= start_2 for x in hist if x.step > stop_step), (start_2, hist)
 
 
 @pytest.mark.slow

@@ -1,0 +1,145 @@
+"""`python -m pipeline run all` end to end on a reduced default config, then list / rerun / compare.
+
+One real run of the whole DAG (shard -> pretrain -> finetune (4 variants) -> swap, eval) through
+the CLI in a subprocess, with the real sqlite MLflow store; the tests below read its outputs.
+"""
+from __future__ import annotations
+
+import math
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from e2e_helpers import TINY_DATA_MODEL, assert_png, cli, mlflow_runs, read_json, stage_runs, stage_state
+
+pytestmark = pytest.mark.slow
+
+EXP = "e2e-all"
+STAGES = ["shard", "pretrain", "finetune", "swap", "eval"]
+VARIANTS = ["freezed", "freezeg", "freezesg", "freezesg_structure"]  # configs/default.yaml
+TRAIN_KIMG, FINETUNE_KIMG, BATCH = 0.256, 0.064, 8
+ARGS = [
+    f"experiment={EXP}", *TINY_DATA_MODEL,
+    f"train.kimg={TRAIN_KIMG}", f"train.batch={BATCH}", "train.tick_kimg=0.1", "train.sample_kimg=0.1",
+    "train.snapshot_kimg=0.1", "train.grid=[4,2]",
+    f"finetune.kimg={FINETUNE_KIMG}", f"finetune.batch={BATCH}", "finetune.tick_kimg=0.032",
+    "finetune.sample_kimg=0.064", "finetune.snapshot_kimg=0.064", "finetune.grid=[4,2]",
+    "eval.n_samples=32", "eval.n_real=32", "eval.kid_subset_size=16", "eval.structure_n=16", "eval.batch=16",
+    "swap.seeds=3",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run-all")
+    t0 = time.monotonic()
+    proc = cli("run", "all", *ARGS, run_root=root, timeout=900)
+    return SimpleNamespace(root=root, exp=root / EXP, out=proc.stdout, seconds=time.monotonic() - t0)
+
+
+def test_run_all_writes_every_output(run):
+    exp = run.exp
+    for name, count in (("source", 128), ("target", 64)):
+        man = read_json(exp / "shard" / name / "manifest.json")
+        assert man["count"] == count and man["resolution"] == 16 and not man["skipped"]
+        assert sum(s["count"] for s in man["shards"]) == count
+        for s in man["shards"]:
+            assert (exp / "shard" / name / s["file"]).is_file()
+    for stage in STAGES:
+        st = stage_state(run.root, EXP, stage)
+        assert st["status"] == "done", (stage, st)
+        assert read_json(exp / stage / "result.json")["status"] == "done"
+        assert f"[{stage}] done in" in run.out
+
+    pre = stage_state(run.root, EXP, "pretrain")["result"]
+    assert (exp / "pretrain" / "checkpoints" / "network-final.pt").is_file()
+    assert pre["kimg"] == pytest.approx(TRAIN_KIMG) and pre["start_step"] == 0 and pre["resumed_from"] is None
+    fin = stage_state(run.root, EXP, "finetune")["result"]
+    assert sorted(fin) == sorted(VARIANTS)
+    for v in VARIANTS:
+        assert (exp / "finetune" / v / "checkpoints" / "network-final.pt").is_file()
+        assert fin[v]["kimg"] == pytest.approx(FINETUNE_KIMG)
+        for kind in ("weight", "activation"):
+            assert_png(exp / "swap" / f"{v}-{kind}.png")
+
+    metrics = read_json(exp / "eval" / "metrics.json")
+    assert set(metrics) == {"source", "untrained", *VARIANTS}
+    for label, m in metrics.items():
+        assert math.isfinite(m["fid"]) and m["fid"] >= 0, (label, m)
+        assert m["n_fake"] == 32 and m["n_real"] == 32
+    for v in VARIANTS:
+        assert "structure_ratio" in metrics[v]
+    print(f"\n[e2e] run all took {run.seconds:.0f} s")
+
+
+def test_list_shows_every_stage_done(run):
+    out = cli("list", *ARGS, run_root=run.root).stdout
+    rows = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.split() and ln.split()[0] in STAGES}
+    assert rows == {s: "done" for s in STAGES}, out
+
+
+def test_mlflow_parent_stage_and_variant_runs(run):
+    client, runs = mlflow_runs(run.root, EXP)
+    by_id = {r.info.run_id: r for r in runs}
+    stage_run = {}
+    for stage in STAGES:
+        mine = stage_runs(runs, stage)
+        assert len(mine) == 1, (stage, [r.info.run_id for r in mine])
+        r = stage_run[stage] = mine[0]
+        st = stage_state(run.root, EXP, stage)
+        assert r.info.run_id == st["mlflow_run_id"] and r.data.tags["fingerprint"] == st["fingerprint"]
+        assert r.info.status == "FINISHED" and r.info.run_name == stage
+    parents = {r.data.tags["mlflow.parentRunId"] for r in stage_run.values()}
+    assert len(parents) == 1
+    parent = by_id[parents.pop()]
+    assert "mlflow.parentRunId" not in parent.data.tags
+    assert parent.info.run_name == "run all" and parent.info.status == "FINISHED"
+
+    pre = stage_run["pretrain"].data.metrics
+    assert "Loss/G" in pre and "Loss/D" in pre and pre["Progress/kimg"] == pytest.approx(TRAIN_KIMG)
+    assert stage_run["shard"].data.metrics["source/written"] == 128
+    ev = stage_run["eval"].data.metrics
+    for label in ("source", "untrained", *VARIANTS):
+        assert math.isfinite(ev[f"{label}/fid"]), label
+
+    metrics = read_json(run.exp / "eval" / "metrics.json")
+    variant_runs = [r for r in runs if "variant" in r.data.tags]
+    assert sorted(r.data.tags["variant"] for r in variant_runs) == sorted(VARIANTS)
+    for r in variant_runs:
+        v = r.data.tags["variant"]
+        assert r.data.tags["stage"] == "finetune"
+        assert r.data.tags["mlflow.parentRunId"] == stage_run["finetune"].info.run_id
+        assert r.info.status == "FINISHED"
+        m = r.data.metrics
+        assert m["eval/fid"] == pytest.approx(metrics[v]["fid"])
+        assert "eval/structure_ratio" in m and "train/minutes" in m and "Loss/G" in m
+        assert read_json(run.exp / "finetune" / v / "mlflow_run.json")["run_id"] == r.info.run_id
+
+
+def test_second_run_all_skips_every_stage(run):
+    final = run.exp / "pretrain" / "checkpoints" / "network-final.pt"
+    before = final.stat().st_mtime_ns
+    out = cli("run", "all", *ARGS, run_root=run.root).stdout
+    for stage in STAGES:
+        assert f"[{stage}] up to date" in out, out
+        assert f"[{stage}] running" not in out, out
+    assert final.stat().st_mtime_ns == before
+    assert all(stage_state(run.root, EXP, s)["status"] == "done" for s in STAGES)
+
+
+def test_compare_reads_variants_back_from_mlflow(run, tmp_path):
+    png = tmp_path / "compare.png"
+    out = cli("compare", *ARGS, "--out", str(png), run_root=run.root).stdout
+    metrics = read_json(run.exp / "eval" / "metrics.json")
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["variant", "FID"], out
+    for v in VARIANTS:
+        row = next((ln for ln in lines if ln.split() and ln.split()[0] == v), None)
+        assert row is not None, f"no row for {v}:\n{out}"
+        assert float(row.split()[1].rstrip("*")) == pytest.approx(metrics[v]["fid"], abs=1e-3)
+    assert f"bar chart: {png}" in out
+    assert_png(png, min_side=100)
+    # the default output path: <run_root>/<experiment>/compare.png
+    cli("compare", *ARGS, run_root=run.root)
+    assert_png(run.exp / "compare.png", min_side=100)
