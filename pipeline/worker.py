@@ -23,8 +23,8 @@ DEBUG_DUMP_ENV = "CARTOON_STYLEGAN_DEBUG_DUMP"
 
 
 def _debug_dump(ctx, acc) -> None:
-    """With CARTOON_STYLEGAN_DEBUG_DUMP=<dir>, each rank writes <dir>/rank<k>.json: its rank, the world
-    size and a SHA-256 of every network it trained (the e2e DDP test checks that the ranks agree)."""
+    """With CARTOON_STYLEGAN_DEBUG_DUMP=<dir>, each rank writes <dir>/<stage>/rank<k>.json: its rank, the
+    world size and a SHA-256 of every network it trained (tests/e2e/test_ddp.py checks that the ranks agree)."""
     out_dir = os.environ.get(DEBUG_DUMP_ENV)
     if not out_dir:
         return
@@ -36,7 +36,7 @@ def _debug_dump(ctx, acc) -> None:
                 h.update(name.encode())
                 h.update(t.detach().cpu().contiguous().numpy().tobytes())
             hashes[f"{label}/{key}"] = h.hexdigest()
-    write_json(Path(out_dir) / f"rank{acc.process_index}.json",
+    write_json(Path(out_dir) / ctx.stage / f"rank{acc.process_index}.json",
                {"rank": acc.process_index, "world_size": acc.num_processes, "hashes": hashes})
 
 

@@ -1,9 +1,10 @@
-"""Real 2-process DDP on CPU (gloo) through the launcher: `pipeline run pretrain launch.num_processes=2`.
+"""Real 2-process DDP on CPU (gloo) through the launcher: `pipeline run finetune launch.num_processes=2`
+(pretrain, then one FreezeSG variant, each launched).
 
 pipeline/launch.py runs `accelerate launch --multi_gpu --num_processes 2` with ACCELERATE_USE_CPU=1
 (`accelerate launch --cpu --num_processes 2` would silently start one process). Each rank runs
-pipeline/worker.py; with CARTOON_STYLEGAN_DEBUG_DUMP set, each writes rank<k>.json with the
-hashes of the networks it trained.
+pipeline/worker.py; with CARTOON_STYLEGAN_DEBUG_DUMP=<dir> set, each writes <dir>/<stage>/rank<k>.json
+with the hashes of the networks it trained.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import hashlib
 import os
 
 import pytest
+import torch
 
 from e2e_helpers import TINY_DATA_MODEL, cli, mlflow_runs, read_json, stage_runs, stage_state, state_hash
 
@@ -18,52 +20,81 @@ pytestmark = pytest.mark.slow
 
 EXP = "ddp"
 BATCH, WORLD = 8, 2
-STEPS = 16
+STEPS, FT_STEPS = 16, 4
 KIMG = STEPS * BATCH * WORLD / 1000  # the budget counts images over all ranks
-ARGS = [f"experiment={EXP}", *TINY_DATA_MODEL, "data.target.count=16", "launch.num_processes=2",
+FT_KIMG = FT_STEPS * BATCH * WORLD / 1000
+VARIANT = "freezesg"  # frozen G blocks + source styles: DDP over a partly frozen model with G_source
+ARGS = [f"experiment={EXP}", *TINY_DATA_MODEL, "data.target.count=32", "launch.num_processes=2",
         f"train.kimg={KIMG}", f"train.batch={BATCH}", "train.tick_kimg=0.032", "train.sample_kimg=1",
-        "train.snapshot_kimg=0.128", "train.grid=[2,2]"]
+        "train.snapshot_kimg=0.128", "train.grid=[2,2]",
+        f"finetune.kimg={FT_KIMG}", f"finetune.batch={BATCH}", "finetune.tick_kimg=0.032",
+        "finetune.sample_kimg=1", "finetune.snapshot_kimg=1", "finetune.grid=[2,2]",
+        f"finetune.run_variants=[{VARIANT}]"]
+G_UP_TO_8 = ("style.", "input.", "conv1.", "to_rgb1.", "convs.0.", "convs.1.", "to_rgbs.0.")
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     dump = root / "debug-dump"
-    out = cli("run", "pretrain", *ARGS, run_root=root, extra_env={"CARTOON_STYLEGAN_DEBUG_DUMP": str(dump)},
+    out = cli("run", "finetune", *ARGS, run_root=root, extra_env={"CARTOON_STYLEGAN_DEBUG_DUMP": str(dump)},
               timeout=600).stdout
+    (root / "run.log").write_text(out)
     return root, dump, out
+
+
+def _rank_hashes(dump, stage):
+    ranks = [read_json(dump / stage / f"rank{k}.json") for k in range(WORLD)]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == WORLD for r in ranks)
+    return [r["hashes"] for r in ranks]
 
 
 def test_two_ranks_train_identical_weights(ddp_run):
     from cartoon_stylegan import checkpoint
 
     root, dump, out = ddp_run
-    assert "--multi_gpu --num_processes 2" in out
-    assert read_json(root / EXP / "pretrain" / "result.json")["world_size"] == WORLD
+    assert out.count("--multi_gpu --num_processes 2") == 2  # pretrain and finetune, both launched
+    for stage in ("pretrain", "finetune"):
+        assert read_json(root / EXP / stage / "result.json")["world_size"] == WORLD
     res = stage_state(root, EXP, "pretrain")["result"]
     assert res["step"] == STEPS and res["kimg"] == pytest.approx(KIMG)
+    ft = stage_state(root, EXP, "finetune")["result"]
+    assert list(ft) == [VARIANT] and ft[VARIANT]["step"] == FT_STEPS
 
-    ranks = [read_json(dump / f"rank{k}.json") for k in range(WORLD)]
-    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == WORLD for r in ranks)
-    h0, h1 = ranks[0]["hashes"], ranks[1]["hashes"]
+    h0, h1 = _rank_hashes(dump, "pretrain")
     assert set(h0) == {"pretrain/g", "pretrain/d", "pretrain/g_ema"}
-    assert h0 == h1, "the ranks ended with different weights"
+    assert h0 == h1, "the ranks ended pretraining with different weights"
     # and what rank 0 saved is what both ranks hold
-    nets = checkpoint.load_transfer(root / EXP / "pretrain" / "checkpoints" / "network-final.pt")
-    assert {k: state_hash(nets[k]) for k in ("g", "d", "g_ema")} == {
-        k: h0[f"pretrain/{k}"] for k in ("g", "d", "g_ema")}
+    src = checkpoint.load_transfer(root / EXP / "pretrain" / "checkpoints" / "network-final.pt")
+    assert {k: state_hash(src[k]) for k in ("g", "d", "g_ema")} == {k: h0[f"pretrain/{k}"] for k in ("g", "d", "g_ema")}
+
+    f0, f1 = _rank_hashes(dump, "finetune")
+    assert set(f0) == {f"finetune/{VARIANT}/{k}" for k in ("g", "d", "g_ema")}
+    assert f0 == f1, "the ranks ended fine-tuning with different weights"
+    tuned = checkpoint.load_transfer(root / EXP / "finetune" / VARIANT / "checkpoints" / "network-final.pt")
+    assert {k: state_hash(tuned[k]) for k in ("g", "d", "g_ema")} == {
+        k: f0[f"finetune/{VARIANT}/{k}"] for k in ("g", "d", "g_ema")}
+    for key in ("g", "g_ema"):  # frozen under DDP too
+        a, b = dict(src[key].named_parameters()), dict(tuned[key].named_parameters())
+        for n in a:
+            assert torch.equal(a[n], b[n]) == n.startswith(G_UP_TO_8), f"{key}.{n}"
 
 
 def test_mlflow_logs_from_rank_0_only(ddp_run):
     root, _, _ = ddp_run
     client, runs = mlflow_runs(root, EXP)
-    pre = stage_runs(runs, "pretrain")
-    assert len(pre) == 1 and pre[0].info.status == "FINISHED"
-    assert pre[0].info.run_id == stage_state(root, EXP, "pretrain")["mlflow_run_id"]
-    assert len(runs) == 3  # the parent, shard, pretrain
-    for key in ("Loss/G", "Progress/kimg"):
-        steps = [m.step for m in client.get_metric_history(pre[0].info.run_id, key)]
-        assert len(steps) == len(set(steps)) == STEPS * BATCH * WORLD // 32, (key, steps)  # a tick per 32 images
+    assert len(runs) == 5  # the parent, shard, pretrain, finetune and its one variant
+    for stage in ("pretrain", "finetune"):
+        mine = stage_runs(runs, stage)
+        assert len(mine) == 1 and mine[0].info.status == "FINISHED"
+        assert mine[0].info.run_id == stage_state(root, EXP, stage)["mlflow_run_id"]
+    variant = [r for r in runs if r.data.tags.get("variant") == VARIANT]
+    assert len(variant) == 1 and variant[0].info.status == "FINISHED"
+    for run, steps in ((stage_runs(runs, "pretrain")[0], STEPS), (variant[0], FT_STEPS)):
+        for key in ("Loss/G", "Progress/kimg"):
+            logged = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            # one value per tick (every 32 images = 2 steps of 2 x 8), none twice
+            assert sorted(logged) == list(range(2, steps + 1, 2)), (key, logged)
 
 
 def _image_keys(loader, n_batches):
@@ -111,7 +142,7 @@ def test_sigusr1_stops_both_ranks_at_one_step_then_resumes(tmp_path):
     from e2e_helpers import resume_files, start, wait_for
 
     root, exp = tmp_path / "runs", "ddp-stop"
-    steps = 128
+    steps = 64  # the first checkpoint comes at step 8: the signal lands while the ranks train
     args = [f"experiment={exp}", *[a for a in ARGS if not a.startswith(("experiment=", "train.kimg="))],
             f"train.kimg={steps * BATCH * WORLD / 1000}"]
     ckpt_dir = root / exp / "pretrain" / "checkpoints"

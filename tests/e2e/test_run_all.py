@@ -35,6 +35,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run-all")
     t0 = time.monotonic()
     proc = cli("run", "all", *ARGS, run_root=root, timeout=900)
+    (root / "run-all.log").write_text(proc.stdout)
     return SimpleNamespace(root=root, exp=root / EXP, out=proc.stdout, seconds=time.monotonic() - t0)
 
 
