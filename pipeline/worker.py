@@ -28,9 +28,13 @@ def _debug_dump(ctx, acc) -> None:
     out_dir = os.environ.get(DEBUG_DUMP_ENV)
     if not out_dir:
         return
+    import torch
+
     hashes = {}
     for label, nets in ctx.trained.items():
         for key, net in nets.items():
+            if not isinstance(net, torch.nn.Module):  # a loaded checkpoint's "meta"
+                continue
             h = hashlib.sha256()
             for name, t in sorted(net.state_dict().items()):
                 h.update(name.encode())

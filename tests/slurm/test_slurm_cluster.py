@@ -366,7 +366,8 @@ def test_real_accelerate_two_node_gloo(two_nodes, tmp_path):
 
 # The embedded demo, shrunk to seconds: 16 px, a 16-channel G/D, 128/64 images, 8 images per step
 # and process, two fine-tuning variants (one with the structure loss: up_to 16 = the resolution),
-# a 2-seed swap grid and an eval on 32 images (Inception on CPU is most of its time). No MLflow
+# a 2-seed swap grid and an eval on 16 images per model, the minimum (Inception at 299 px on CPU is
+# most of the DAG's time: ~0.2-0.4 s an image on 2 cores). No MLflow
 # unless a test turns it on (later overrides win).
 VARIANTS = ("freezed", "freezesg_structure")
 DAG = ("shard", "pretrain", "finetune", "swap", "eval")
@@ -377,13 +378,22 @@ TINY = ["data.resolution=16", "data.source.count=128", "data.target.count=64", "
         "finetune.kimg=0.064", "finetune.batch=8", "finetune.tick_kimg=0.032", "finetune.sample_kimg=1",
         "finetune.snapshot_kimg=1", "finetune.grid=[4,2]", f"finetune.run_variants=[{','.join(VARIANTS)}]",
         "swap.seeds=2",
-        "eval.n_samples=32", "eval.n_real=32", "eval.kid_subset_size=16", "eval.structure_n=16", "eval.batch=32",
+        "eval.n_samples=16", "eval.n_real=16", "eval.kid_subset_size=8", "eval.structure_n=8", "eval.batch=16",
         "eval.untrained_baseline=false",
         "tracking.enabled=false"]
 
 
 def _tiny(tmp_path: Path, *extra: str) -> list[str]:
     return [f"run_root={tmp_path / 'runs'}", *TINY, *extra]
+
+
+def _config(tmp_path: Path) -> str:
+    """A copy of configs/default.yaml taken when the test starts: an edit of the repository's config
+    while the test's jobs run (they read it at their start) must not make a later job see other values."""
+    cfg = tmp_path / "config.yaml"
+    if not cfg.exists():
+        shutil.copyfile(REPO / "configs" / "default.yaml", cfg)
+    return str(cfg)
 
 
 def _pipeline(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -415,7 +425,7 @@ def _stage_runs(runs, stage: str) -> list:
 def test_stage_script_runs_its_stage_and_reports_failure(cluster, tmp_path):
     out = tmp_path / "shard.out"
     cmd = ["sbatch", "--wait", "--parsable", *JOB_ARGS, f"--output={out}", str(REPO / "slurm" / "shard.sh"),
-           str(REPO / "configs" / "default.yaml"), *_tiny(tmp_path)]
+           _config(tmp_path), *_tiny(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     job = slurm.parse_parsable(proc.stdout)
     assert proc.returncode == 0 and slurm.job_state(job) == "COMPLETED", out.read_text()[-3000:]
@@ -436,11 +446,11 @@ def test_finetune_script_trains_selected_variants_into_one_mlflow_stage_run(clus
     """`sbatch --wait slurm/finetune.sh CONFIG ...` after a local shard + pretrain: every selected
     variant trained to network-final.pt, one FINISHED MLflow stage run with a nested run per variant."""
     args = _tiny(tmp_path, "tracking.enabled=true")
-    pre = _pipeline("run", "pretrain", *args, timeout=300)  # shard + pretrain, here, same config
+    pre = _pipeline("run", "pretrain", "--config", _config(tmp_path), *args, timeout=300)  # shard + pretrain, here
     assert pre.returncode == 0, (pre.stdout + pre.stderr)[-4000:]
     out = tmp_path / "finetune.out"
     cmd = ["sbatch", "--wait", "--parsable", *JOB_ARGS, f"--output={out}", str(REPO / "slurm" / "finetune.sh"),
-           str(REPO / "configs" / "default.yaml"), *args]
+           _config(tmp_path), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr + _tail(out)
     job = slurm.parse_parsable(proc.stdout)
@@ -481,6 +491,7 @@ def test_submit_all_runs_the_whole_dag_as_a_chain_of_jobs(cluster, tmp_path):
     """`pipeline submit all`: five jobs, each afterok the one before, all COMPLETED, in order;
     `pipeline list` shows every stage done with its job; eval/metrics.json and the swap grids exist."""
     args = _tiny(tmp_path, "tracking.enabled=true")
+    args = ["--config", _config(tmp_path), *args]
     sub = _pipeline("submit", "all", *args, *(f"--sbatch-arg={a}" for a in JOB_ARGS))
     assert sub.returncode == 0, sub.stdout + sub.stderr
     exp = tmp_path / "runs" / "default"
@@ -534,7 +545,8 @@ def test_submit_then_usr1_mid_training_requeues_and_resumes(cluster, tmp_path):
     """`pipeline submit shard pretrain`; SIGUSR1 during pretrain: checkpoint, requeue, resume, finish,
     in the same MLflow stage run, every step logged exactly once."""
     kimg, steps = "0.240", 30  # 30 steps of 8 images; tick = 1 step: one MLflow report per step
-    args = _tiny(tmp_path, f"train.kimg={kimg}", "train.tick_kimg=0.008", "tracking.enabled=true")
+    args = ["--config", _config(tmp_path),
+            *_tiny(tmp_path, f"train.kimg={kimg}", "train.tick_kimg=0.008", "tracking.enabled=true")]
     sub = _pipeline("submit", "shard", "pretrain", *args, *(f"--sbatch-arg={a}" for a in JOB_ARGS))
     assert sub.returncode == 0, sub.stderr
     exp = tmp_path / "runs" / "default"
@@ -603,7 +615,7 @@ def test_two_node_pretrain_trains_with_gloo_ddp(two_nodes, tmp_path, monkeypatch
     args = _tiny(tmp_path, f"train.kimg={kimg}")
     out = tmp_path / "pre.out"
     monkeypatch.setenv("STAGES", "shard pretrain")  # sbatch exports it to the job
-    job = _sbatch("--nodes=2", f"--output={out}", str(REPO / "slurm" / "pipeline.sh"), *args)
+    job = _sbatch("--nodes=2", f"--output={out}", str(REPO / "slurm" / "pipeline.sh"), _config(tmp_path), *args)
     state = slurm.wait_for_job(job, timeout=500, poll=1)
     text = out.read_text().replace("\r", "\n")
     assert state == "COMPLETED", text[-4000:]
