@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, get_type_hints
+from typing import Literal, Optional, get_type_hints
 
 from pipeline.config import ConfigError, _check_range, _convert, spec, unknown_key_error
 from stages.common import LOOP_FIELDS, InitConfig, LoopConfig

@@ -30,7 +30,6 @@ def preflight(cfg):
 
 
 def run(ctx):
-    import numpy as np
 
     from cartoon_stylegan.data import preview_grid, write_shards
 
