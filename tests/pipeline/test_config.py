@@ -72,7 +72,7 @@ def test_extends(tmp_path):
 
     p.write_text(f"extends: {DEFAULT_CONFIG}\nexperiment: child\ntrain: {{kimg: 1}}\n")
     cfg = load_config(p)
-    assert cfg.experiment == "child" and cfg.train.kimg == 1 and cfg.train.batch == 32
+    assert cfg.experiment == "child" and cfg.train.kimg == 1 and cfg.train.batch == load_config().train.batch
 
 
 @pytest.mark.parametrize("path", sorted(p.name if p.parent.name == "configs" else f"finetune/{p.name}"
