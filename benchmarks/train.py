@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import math
-import os
 import platform
 import statistics
 import sys

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import subprocess
 import sys
 import threading
@@ -269,7 +268,7 @@ def test_find_build_matches_architectures(tmp_path):
     exact = fake_finished_build(tmp_path / f"{key}-sm90", ["9.0"])
     (tmp_path / f"{key}-sm75").mkdir()                                    # no build.json: unfinished
     fake_finished_build(tmp_path / f"tmp-{key}-sm89-1234", ["8.9"])      # a build in progress
-    fake_finished_build(tmp_path / f"fedcba9876543210-sm89", ["8.9"])    # another key
+    fake_finished_build(tmp_path / "fedcba9876543210-sm89", ["8.9"])    # another key
     assert build.find_build(key, ["9.0"], tmp_path) == exact            # fewest extra targets
     assert build.find_build(key, ["8.0", "9.0"], tmp_path) == wide
     assert build.find_build(key, ["8.9"], tmp_path) is None
