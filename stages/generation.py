@@ -117,10 +117,8 @@ def run_eval(ctx):
 
 
 def _eval_names(m):
-    """Metric names as `pipeline compare` reads them."""
+    """Metric names as `pipeline compare` reads them (eval/<name>)."""
     out = dict(m)
-    if "structure_ratio" in m:
-        out["structure_ratio"] = m["structure_ratio"]
     if "structure_mean_rank" in m:
         out["structure_rank"] = m["structure_mean_rank"]
     return out
