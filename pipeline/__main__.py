@@ -118,14 +118,16 @@ def cmd_submit(args, items) -> int:
     if not order:
         print("every stage is up to date; nothing to submit")
         return 0
-    slurm_log_dir(cfg).mkdir(parents=True, exist_ok=True)
+    if not args.dry_run:
+        slurm_log_dir(cfg).mkdir(parents=True, exist_ok=True)
     # the jobs read a frozen copy of the resolved config: editing the YAML while they queue changes nothing
     from pipeline.artifacts import experiment_dir
 
     frozen = experiment_dir(cfg) / "submitted" / f"config-{datetime.now():%Y%m%d-%H%M%S}.yaml"
-    frozen.parent.mkdir(parents=True, exist_ok=True)
-    frozen.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    print(f"config frozen for these jobs: {frozen}")
+    if not args.dry_run:
+        frozen.parent.mkdir(parents=True, exist_ok=True)
+        frozen.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        print(f"config frozen for these jobs: {frozen}")
     jobs = slurm.submit(order, config_path=str(frozen), overrides=[],
                         log_dir=slurm_log_dir(cfg), state_file_for=lambda n: StagePaths(cfg, n).ensure().slurm_file,
                         extra_sbatch_args=args.sbatch_arg or (), dry_run=args.dry_run)

@@ -175,22 +175,6 @@ def to_dict(obj) -> Any:
     return obj
 
 
-def describe(cls, prefix="") -> list[tuple[str, str, str, str]]:
-    """(key, type, default, help) rows for every field, recursively (for `show --help-keys`)."""
-    rows = []
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows += describe(tp, key)
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
-        rows.append((key, _type_name(tp), repr(to_dict(default)), f.metadata.get("help", "")))
-    return rows
-
-
 # --------------------------------------------------------------------------------------
 # YAML: 1.2-style booleans (only true/false), so keys like `on:` and values like `no` stay strings
 

@@ -137,7 +137,8 @@ def run(cfg, targets, *, force=False, execute, say=print) -> int:
     Returns an exit code: 0 all done, 1 a stage failed (dependents not run), 3 stopped by a signal.
     """
     order = plan(targets)
-    forced = set(order) if (force and (not targets or list(targets) == ["all"])) else (set(targets) if force else set())
+    everything = not targets or list(targets) == ["all"]
+    forced = set() if not force else set(order) if everything else set(targets)
     for name in order:
         fp = fingerprint(cfg, name)
         state = read_state(cfg, name)

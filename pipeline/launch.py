@@ -51,10 +51,6 @@ class StopRequest:
         return False
 
 
-def world_size_env() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def in_slurm() -> bool:
     from pipeline import slurm
 

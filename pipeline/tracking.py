@@ -106,9 +106,6 @@ class RunLogger:
     def finish(self, status: str = "FINISHED"):
         self.client.set_terminated(self.run_id, status=status)
 
-    def url(self) -> str:
-        return f"experiment {self.experiment_id}, run {self.run_id}"
-
 
 class NullLogger:
     """Stands in on non-main ranks and when tracking is off."""

@@ -81,7 +81,7 @@ def loop_options(section, variant=None, *, seed):
     return LoopOptions(**values, seed=seed)
 
 
-def _own_dir(ctx, train_dir, fingerprint):
+def _own_dir(train_dir, fingerprint):
     """Checkpoints in ``train_dir`` belong to one fingerprint; a changed config starts afresh."""
     marker = train_dir / "owner.json"
     owner = read_json(marker, {}) or {}
@@ -105,7 +105,7 @@ def run_training(ctx, *, section, data_name, variant):
     ckpt_dir = ctx.paths.checkpoint_dir(name)
     if ctx.is_main:
         train_dir.mkdir(parents=True, exist_ok=True)
-        _own_dir(ctx, train_dir, fingerprint)
+        _own_dir(train_dir, fingerprint)
     acc.wait_for_everyone()
     done = read_json(train_dir / "done.json")
     if done:
