@@ -42,6 +42,8 @@ class ModelConfig:
     channel_multiplier: int = spec(2, min=1, max=4, help="config-f uses 2")
     channel_max: int = spec(512, min=4, max=1024, help="cap on every channel count (tiny CPU models: 32-64)")
     lr_mlp: float = spec(0.01, min=0.0, help="mapping network learning-rate multiplier")
+    use_noise: bool = spec(True, help="per-layer noise inputs (false: none, and their strengths do not train; "
+                                      "tiny models otherwise spend themselves on speckle)")
 
 
 @dataclass

@@ -17,7 +17,8 @@ from stages.common import LOOP_FIELDS
 def arch(cfg) -> tuple[dict, dict]:
     m = cfg.model
     g = dict(size=cfg.data.resolution, style_dim=m.style_dim, n_mlp=m.n_mlp,
-             channel_multiplier=m.channel_multiplier, channel_max=m.channel_max, lr_mlp=m.lr_mlp)
+             channel_multiplier=m.channel_multiplier, channel_max=m.channel_max, lr_mlp=m.lr_mlp,
+             use_noise=m.use_noise)
     d = dict(size=cfg.data.resolution, channel_multiplier=m.channel_multiplier, channel_max=m.channel_max)
     return g, d
 
@@ -44,12 +45,15 @@ def load_weights(cfg, path, fmt):
         for key, want in (("g", g_cfg), ("g_ema", g_cfg), ("d", d_cfg)):
             net = nets.get(key)
             if net is not None:
-                got = {k: net.config.get(k) for k in want if k != "lr_mlp"}
-                exp = {k: v for k, v in want.items() if k != "lr_mlp"}
+                training_only = ("lr_mlp", "use_noise")  # choices of this run, not stored by rosinality
+                got = {k: net.config.get(k) for k in want if k not in training_only}
+                exp = {k: v for k, v in want.items() if k not in training_only}
                 if got != exp:
                     raise checkpoint.CheckpointMismatch(
                         f"{path}: {key} has architecture {got}, the config asks for {exp} "
                         f"(set data.resolution / model.* to match the checkpoint)")
+                if key != "d":
+                    net.use_noise = want["use_noise"]
     else:
         nets = checkpoint.load_transfer(path, expect_g_config=g_cfg, expect_d_config=d_cfg)
     if nets.get("g_ema") is None and nets.get("g") is None:

@@ -50,10 +50,15 @@ class Generator(nn.Module):
         blur_kernel: 1-D FIR taps for up-sampling.
         lr_mlp: learning-rate multiplier of the mapping network.
         channel_max: cap on every feature-map width (512 reproduces rosinality).
+        use_noise: False drops the per-layer noise inputs (NVlabs' ``use_noise``): every
+            ``noise_mode`` then acts as ``"none"``. The ``*.noise.weight`` parameters and
+            ``noises.*`` buffers stay, so state dicts keep rosinality's layout; they are
+            not trained (:meth:`unused_parameter_names`).
     """
 
     def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
-                 blur_kernel: Sequence[float] = (1, 3, 3, 1), lr_mlp: float = 0.01, channel_max: int = 512):
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1), lr_mlp: float = 0.01, channel_max: int = 512,
+                 use_noise: bool = True):
         super().__init__()
         if not _is_pow2(size) or size < 4:
             raise ValueError(f"Generator size must be a power of two >= 4, got {size!r}")
@@ -63,6 +68,7 @@ class Generator(nn.Module):
         self.size, self.style_dim, self.n_mlp = size, style_dim, n_mlp
         self.channel_multiplier, self.channel_max = channel_multiplier, channel_max
         self.blur_kernel, self.lr_mlp = tuple(float(t) for t in blur_kernel), float(lr_mlp)
+        self.use_noise = bool(use_noise)
         self.log_size = int(math.log2(size))
         self.channels = {2 ** r: stylegan2_channels(2 ** r, channel_multiplier, channel_max)
                          for r in range(2, self.log_size + 1)}
@@ -96,7 +102,7 @@ class Generator(nn.Module):
         """The constructor arguments (JSON-able); ``Generator.from_config(g.config)`` rebuilds g."""
         return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
                 "channel_multiplier": self.channel_multiplier, "blur_kernel": list(self.blur_kernel),
-                "lr_mlp": self.lr_mlp, "channel_max": self.channel_max}
+                "lr_mlp": self.lr_mlp, "channel_max": self.channel_max, "use_noise": self.use_noise}
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "Generator":
@@ -107,7 +113,14 @@ class Generator(nn.Module):
 
     @staticmethod
     def config_keys() -> tuple[str, ...]:
-        return ("size", "style_dim", "n_mlp", "channel_multiplier", "blur_kernel", "lr_mlp", "channel_max")
+        return ("size", "style_dim", "n_mlp", "channel_multiplier", "blur_kernel", "lr_mlp", "channel_max",
+                "use_noise")
+
+    def unused_parameter_names(self) -> set[str]:
+        """Parameters the forward pass never reads (the noise strengths when ``use_noise`` is off)."""
+        if self.use_noise:
+            return set()
+        return {n for n, _ in self.named_parameters() if n.endswith(".noise.weight")}
 
     # ------------------------------------------------------------------ layout helpers
     @staticmethod
@@ -198,6 +211,9 @@ class Generator(nn.Module):
             if given.ndim != 4 or given.shape[1:] != (1, r, r) or given.shape[0] not in (1, x.shape[0]):
                 raise ValueError(f"synthesis: noise[{i}] must be (1 or {x.shape[0]}, 1, {r}, {r}), "
                                  f"got {tuple(given.shape)}")
+        if not self.use_noise:
+            return None
+        if given is not None:
             return given
         if noise_mode == "random":
             return torch.randn(x.shape[0], 1, r, r, device=x.device, dtype=x.dtype)

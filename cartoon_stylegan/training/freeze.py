@@ -65,8 +65,9 @@ class FreezePlan:
         return self.freeze_d_above is not None and res > self.freeze_d_above
 
     def g_trainable(self, G) -> set[str]:
-        """Names of the G parameters this plan trains."""
-        return {n for n, _ in G.named_parameters() if not self.is_g_frozen(G, n)}
+        """Names of the G parameters this plan trains (never those G's forward does not read)."""
+        unused = G.unused_parameter_names() if hasattr(G, "unused_parameter_names") else set()
+        return {n for n, _ in G.named_parameters() if n not in unused and not self.is_g_frozen(G, n)}
 
     def d_trainable(self, D) -> set[str]:
         """Names of the D parameters this plan trains."""

@@ -279,6 +279,24 @@ def test_noise_modes():
         g(z, noise=[None, torch.zeros(1, 1, 4, 4)] + [None] * (g.num_layers - 2))
 
 
+def test_use_noise_false_reads_no_noise_and_keeps_the_layout():
+    g, off = tiny_g(noise_weight=1.0), tiny_g(noise_weight=1.0, use_noise=False)
+    assert g.state_dict().keys() == off.state_dict().keys()  # rosinality's names stay
+    z = torch.randn(2, 32)
+    with torch.no_grad():
+        want = g(z, noise_mode="none")
+        for mode in ("random", "const", "none"):
+            torch.testing.assert_close(off(z, noise_mode=mode), want, rtol=0, atol=0)
+        given = [torch.randn(2, 1, r, r) for r in map(g.noise_resolution, range(g.num_layers))]
+        torch.testing.assert_close(off(z, noise=given), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="noise\\[1\\]"):  # a wrong shape is still refused
+        off(z, noise=[None, torch.zeros(1, 1, 4, 4)] + [None] * (g.num_layers - 2))
+    noise_weights = {n for n, _ in g.named_parameters() if n.endswith("noise.weight")}
+    assert len(noise_weights) == g.num_layers
+    assert off.unused_parameter_names() == noise_weights and g.unused_parameter_names() == set()
+    assert off.config["use_noise"] is False and Generator.from_config(off.config).use_noise is False
+
+
 def test_truncation():
     g = tiny_g()
     z = torch.randn(4, 32)

@@ -147,3 +147,27 @@ def test_frozen_values_bit_identical_after_training_and_no_optimizer_state(tmp_p
     state = ckpt.load_resume(find_latest_resume(tmp_path))
     assert len(state["opt_g"]["state"]) == len(g_names)
     assert len(state["opt_d"]["state"]) == len(d_names)
+
+
+def test_use_noise_false_leaves_noise_strengths_out_of_training(tmp_path):
+    torch.manual_seed(0)
+    G = Generator(SIZE, style_dim=32, n_mlp=2, channel_max=16, use_noise=False)
+    D = Discriminator(SIZE, channel_max=16)
+    G_ema = copy.deepcopy(G)
+    noise = {n for n, _ in G.named_parameters() if n.endswith("noise.weight")}
+    with torch.no_grad():
+        for n, p in G.named_parameters():
+            if n in noise:
+                p.fill_(0.5)  # any value: it must come out unchanged
+    before = {n: p.detach().clone() for n, p in G.named_parameters()}
+    g_names = FreezePlan().g_trainable(G)
+    assert noise and not (noise & g_names) and g_names == set(before) - noise
+    opts = LoopOptions(kimg=0.008, batch=4, r1_every=2, pl_every=1, tick_kimg=1, sample_kimg=1,
+                       snapshot_kimg=1, ema_rampup=None, ema_kimg=0.01)
+    res = train(Accelerator(cpu=True), G=G, D=D, G_ema=G_ema, data=_data(4, SIZE), opts=opts, ckpt_dir=tmp_path,
+                report=lambda m, s: None)
+    assert res.status == "done"
+    for n, p in G.named_parameters():
+        assert torch.equal(p, before[n]) == (n in noise), n
+    state = ckpt.load_resume(find_latest_resume(tmp_path))
+    assert len(state["opt_g"]["state"]) == len(g_names)
