@@ -1,7 +1,8 @@
-"""The DAG runner. Knows stages by name, nothing about GANs."""
-import os
+"""The DAG runner. Knows stages by name, nothing about GANs.
 
-# OpenMP threads that spin while waiting make CPU training 5-10x slower as soon as another
-# process shares the cores (measured: a 32 px G+D step went from 0.3 s to 2.8 s). Sleeping
-# waiters are the safer default. Must be set before torch loads OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+OpenMP: the pipeline leaves ``OMP_WAIT_POLICY`` to the user. Measured on 2 idle cores, a
+32 px G+D step of the default model: libgomp's default 7.6 s/kimg, PASSIVE 15.1 s/kimg
+(threads re-woken for every small op). With another process on the same cores, spinning
+waiters made a step up to 9x slower (0.3 s -> 2.8 s): set ``OMP_WAIT_POLICY=PASSIVE``
+there. CPU multi-process launches set it for their ranks (pipeline/launch.py).
+"""

@@ -139,6 +139,8 @@ def _run_launched(cfg, name, logger, paths):
     env = dict(os.environ)
     if cpu:
         env["ACCELERATE_USE_CPU"] = "1"
+        if cfg.launch.num_processes > 1:  # ranks share the cores: spinning OpenMP waiters starve each other
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if in_slurm():
         from pipeline import slurm
 

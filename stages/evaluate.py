@@ -16,6 +16,8 @@ class EvalConfig:
     batch: int = spec(64, min=1, help="batch size for sampling and Inception")
     truncation: float = spec(1.0, min=0.0, max=1.0, help="truncation psi when sampling")
     structure_n: int = spec(256, min=4, help="latents for the structure distance")
+    real_floor: bool = spec(True, help="also score n_samples held-out source images (after the first n_real) "
+                            "against the reference: what a perfect generator would get at these sample sizes")
     untrained_baseline: bool = spec(True, help="also score an untrained generator against the source shards")
     source_vs_target: bool = spec(False, help="also score the source generator against the target shards "
                                   "(how far from cartoons fine-tuning started)")

@@ -90,6 +90,13 @@ def run_eval(ctx):
 
     score("source", GeneratorDataset(G_src, ec.n_samples, seed=cfg.seed + 1, truncation=ec.truncation,
                                      batch=ec.batch), source_real)
+    if ec.real_floor:
+        held_out = _held_out(ctx.paths.dataset_dir("source"), len(source_real), ec.n_samples)
+        if held_out is None:
+            ctx.say(f"[eval] real_floor skipped: the source shards hold fewer than n_real + n_samples "
+                    f"= {len(source_real) + ec.n_samples} images")
+        else:
+            score("real_floor", held_out, source_real)
     if ec.untrained_baseline:
         G0 = fresh_models(cfg, cfg.seed + 12345)["g_ema"].eval().to(dev)
         score("untrained", GeneratorDataset(G0, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch), source_real)
@@ -114,6 +121,18 @@ def run_eval(ctx):
     ctx.say(format_metrics(table))
     return {"metrics": str(ctx.paths.metrics_file), **{k: {kk: round(vv, 4) for kk, vv in v.items()
                                                              if isinstance(vv, float)} for k, v in table.items()}}
+
+
+def _held_out(shard_dir, skip, n):
+    """Source images ``skip .. skip + n`` of the shards (disjoint from the reference set), or None."""
+    from torch.utils.data import Subset
+
+    from cartoon_stylegan.metrics import ShardImageDataset
+
+    total = int(ShardImageDataset(shard_dir, limit=1).manifest.get("count", 0))
+    if total < skip + n:
+        return None
+    return Subset(ShardImageDataset(shard_dir, limit=skip + n), range(skip, skip + n))
 
 
 def _eval_names(m):

@@ -65,7 +65,8 @@ def test_run_all_writes_every_output(run):
             assert_png(exp / "swap" / f"{v}-{kind}.png")
 
     metrics = read_json(exp / "eval" / "metrics.json")
-    assert set(metrics) == {"source", "untrained", *VARIANTS}
+    assert set(metrics) == {"source", "untrained", "real_floor", *VARIANTS}
+    assert metrics["real_floor"]["fid"] < metrics["untrained"]["fid"]  # held-out reals vs an untrained G
     for label, m in metrics.items():
         assert math.isfinite(m["fid"]) and m["fid"] >= 0, (label, m)
         assert m["n_fake"] == 32 and m["n_real"] == 32
