@@ -310,3 +310,13 @@ def test_structure_distance_on_generators():
     assert same["matched"] == pytest.approx(0.0, abs=1e-5)
     rnd = structure_distance(g_src, g_src, n=8, seed=0, noise_mode="random")
     assert rnd["matched"] == pytest.approx(0.0, abs=1e-5)     # the same noise goes to both
+
+
+def test_real_floor_takes_the_images_after_the_reference_set(tmp_path):
+    from stages.generation import _held_out
+
+    imgs = blobs(7, 16)
+    _write_shards(tmp_path, imgs)
+    held = _held_out(tmp_path, skip=3, n=4)  # images 3..6: disjoint from the first 3 (the reference)
+    assert len(held) == 4 and torch.equal(torch.stack([held[i] for i in range(4)]), imgs[3:])
+    assert _held_out(tmp_path, skip=4, n=4) is None  # too few: the stage skips the floor and says so
