@@ -62,6 +62,10 @@ def test_frozen_parameters_bit_identical_trainable_ones_moved(trained, variant):
         frozen = {n for n in src if n.startswith(prefixes)} if prefixes else set()
         if prefixes:
             assert frozen, (key, prefixes)
+        if key != "d":  # configs/default.yaml has model.use_noise: false -> noise strengths never train
+            noise = {n for n in src if n.endswith(".noise.weight")}
+            assert len(noise) == 7, sorted(noise)  # conv1 + convs.0..5 at 32 px
+            frozen |= noise
         for n in src:
             if n in frozen:
                 assert torch.equal(src[n], new[n]), f"{variant}: frozen {key}.{n} changed"
