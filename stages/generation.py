@@ -1,6 +1,8 @@
 """Swap and eval recipes: load the source and each fine-tuned generator, call the library, log."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipeline.artifacts import read_json, write_json
 
 
@@ -129,8 +131,7 @@ def _held_out(shard_dir, skip, n):
 
     from cartoon_stylegan.metrics import ShardImageDataset
 
-    total = int(ShardImageDataset(shard_dir, limit=1).manifest.get("count", 0))
-    if total < skip + n:
+    if int((read_json(Path(shard_dir) / "manifest.json", {}) or {}).get("count", 0)) < skip + n:
         return None
     return Subset(ShardImageDataset(shard_dir, limit=skip + n), range(skip, skip + n))
 

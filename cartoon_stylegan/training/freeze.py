@@ -66,7 +66,7 @@ class FreezePlan:
 
     def g_trainable(self, G) -> set[str]:
         """Names of the G parameters this plan trains (never those G's forward does not read)."""
-        unused = G.unused_parameter_names() if hasattr(G, "unused_parameter_names") else set()
+        unused = G.unused_parameter_names()
         return {n for n, _ in G.named_parameters() if n not in unused and not self.is_g_frozen(G, n)}
 
     def d_trainable(self, D) -> set[str]:
