@@ -82,47 +82,79 @@ def run_eval(ctx):
     source_real = ShardImageDataset(ctx.paths.dataset_dir("source"), limit=ec.n_real)
     target_real = ShardImageDataset(ctx.paths.dataset_dir("target"), limit=ec.n_real)
     table = {}
+    # Scores survive a stop or a crash: each model's figures go to partial.json as soon as they
+    # exist, keyed by the stage fingerprint (config + the upstream runs); a re-run with the same
+    # fingerprint scores only what is missing. Removed once metrics.json is written.
+    from pipeline import dag
 
-    def score(label, fake, real):
+    partial_file, fp = ctx.paths.stage_dir / PARTIAL_FILE, dag.fingerprint(cfg, "eval")
+    saved = read_json(partial_file, {}) or {}
+    done = dict(saved.get("scores", {})) if saved.get("fingerprint") == fp else {}
+    if done:
+        ctx.say(f"[eval] continuing an interrupted eval: {', '.join(done)} already scored")
+
+    def stop_point():
+        if ctx.should_stop():
+            raise dag.StageStopped(f"eval stopped after scoring {len(done)} model(s) ({', '.join(done)}); "
+                                   f"run again to score the rest")
+
+    def score(label, fake_fn, real, *, structure=None):
+        if label in done:
+            table[label] = done[label]
+            ctx.say(f"[eval] {label}: kept from the interrupted run")
+            return done[label]
+        fake = fake_fn()
         ctx.say(f"[eval] {label}: {len(fake)} generated vs {len(real)} real images")
         m = compute_metrics(fake, real, **common)
-        table[label] = m
         ctx.log_metrics({f"{label}/{k}": v for k, v in m.items()})
+        if structure is not None:
+            s = {k: float(v) for k, v in structure().items() if isinstance(v, (int, float)) and k != "n"}
+            m.update({f"structure_{k}": v for k, v in s.items()})
+            ctx.log_metrics({f"{label}/structure_{k}": v for k, v in s.items()})
+        table[label] = done[label] = m
+        write_json(partial_file, {"fingerprint": fp, "scores": done})
         return m
 
-    score("source", GeneratorDataset(G_src, ec.n_samples, seed=cfg.seed + 1, truncation=ec.truncation,
-                                     batch=ec.batch), source_real)
+    score("source", lambda: GeneratorDataset(G_src, ec.n_samples, seed=cfg.seed + 1, truncation=ec.truncation,
+                                             batch=ec.batch), source_real)
+    stop_point()
     if ec.real_floor:
         held_out = _held_out(ctx.paths.dataset_dir("source"), len(source_real), ec.n_samples)
         if held_out is None:
             ctx.say(f"[eval] real_floor skipped: the source shards hold fewer than n_real + n_samples "
                     f"= {len(source_real) + ec.n_samples} images")
         else:
-            score("real_floor", held_out, source_real)
+            score("real_floor", lambda: held_out, source_real)
+            stop_point()
     if ec.untrained_baseline:
-        G0 = fresh_models(cfg, cfg.seed + 12345)["g_ema"].eval().to(dev)
-        score("untrained", GeneratorDataset(G0, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch), source_real)
+        score("untrained", lambda: GeneratorDataset(fresh_models(cfg, cfg.seed + 12345)["g_ema"].eval().to(dev),
+                                                    ec.n_samples, seed=cfg.seed + 1, batch=ec.batch), source_real)
+        stop_point()
     if ec.source_vs_target:
-        score("source_vs_target", GeneratorDataset(G_src, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch),
+        score("source_vs_target", lambda: GeneratorDataset(G_src, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch),
               target_real)
+        stop_point()
     for name, (G, prefix) in variants.items():
-        m = score(name, GeneratorDataset(G, ec.n_samples, seed=cfg.seed + 1, truncation=ec.truncation,
-                                         batch=ec.batch, prefix_from=G_src if prefix else None,
-                                         prefix_len=prefix), target_real)
-        s = structure_distance(G_src, G, n=ec.structure_n, seed=cfg.seed + 2, batch=ec.batch, device=dev,
-                               tgt_prefix_len=prefix)
-        s = {k: float(v) for k, v in s.items() if isinstance(v, (int, float)) and k != "n"}
-        m.update({f"structure_{k}": v for k, v in s.items()})
-        ctx.log_metrics({f"{name}/structure_{k}": v for k, v in s.items()})
-        vlog = variant_logger(ctx, name)
+        m = score(name, lambda: GeneratorDataset(G, ec.n_samples, seed=cfg.seed + 1, truncation=ec.truncation,
+                                                 batch=ec.batch, prefix_from=G_src if prefix else None,
+                                                 prefix_len=prefix), target_real,
+                  structure=lambda: structure_distance(G_src, G, n=ec.structure_n, seed=cfg.seed + 2,
+                                                       batch=ec.batch, device=dev, tgt_prefix_len=prefix))
+        vlog = variant_logger(ctx, name)  # again for a kept score: a stop may have come before this
         if vlog is not None:
             vlog.metrics({f"eval/{k}": v for k, v in _eval_names(m).items()})
             vlog.finish("FINISHED")
+        stop_point()
     write_json(ctx.paths.metrics_file, table)
+    partial_file.unlink(missing_ok=True)
     ctx.log_artifact(ctx.paths.metrics_file)
     ctx.say(format_metrics(table))
     return {"metrics": str(ctx.paths.metrics_file), **{k: {kk: round(vv, 4) for kk, vv in v.items()
                                                              if isinstance(vv, float)} for k, v in table.items()}}
+
+
+PARTIAL_FILE = "partial.json"
+"""Eval stage: the scores so far of an interrupted eval (see :func:`run_eval`)."""
 
 
 def _held_out(shard_dir, skip, n):

@@ -6,12 +6,15 @@ the CLI in a subprocess, with the real sqlite MLflow store; the tests below read
 from __future__ import annotations
 
 import math
+import shutil
+import signal
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from e2e_helpers import TINY_DATA_MODEL, assert_png, cli, mlflow_runs, read_json, stage_runs, stage_state
+from e2e_helpers import (TINY_DATA_MODEL, assert_png, cli, kill_group, mlflow_runs, read_json, stage_runs,
+                         stage_state, start, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -145,3 +148,32 @@ def test_compare_reads_variants_back_from_mlflow(run, tmp_path):
     # the default output path: <run_root>/<experiment>/compare.png
     cli("compare", *ARGS, run_root=run.root)
     assert_png(run.exp / "compare.png", min_side=100)
+
+
+def test_stopped_eval_keeps_its_scores_and_rerun_scores_only_the_rest(run, tmp_path):
+    """SIGUSR1 during eval: it stops after the model being scored (exit 3, state "stopped") and a
+    re-run keeps every score already written to partial.json instead of recomputing it."""
+    root = tmp_path / "copy"
+    shutil.copytree(run.root, root)
+    partial, log = root / EXP / "eval" / "partial.json", tmp_path / "eval.log"
+    assert not partial.exists()  # a finished eval leaves none behind
+    proc = start("run", "eval", "--force", *ARGS, run_root=root, log=log)
+    try:
+        wait_for(lambda: partial.exists(), timeout=300, proc=proc, log=log, what="the first eval score")
+        proc.send_signal(signal.SIGUSR1)
+        assert proc.wait(timeout=300) == 3, log.read_text()[-4000:]
+    finally:
+        kill_group(proc)
+    kept = read_json(partial)["scores"]
+    assert 1 <= len(kept) < 3 + len(VARIANTS), kept  # stopped early, not after the last model
+    assert stage_state(root, EXP, "eval")["status"] == "stopped"
+    assert "eval stopped after scoring" in log.read_text()
+
+    out = cli("run", "eval", *ARGS, run_root=root).stdout
+    for label in kept:
+        assert f"[eval] {label}: kept from the interrupted run" in out, out
+    metrics = read_json(root / EXP / "eval" / "metrics.json")
+    assert set(metrics) == {"source", "untrained", "real_floor", *VARIANTS}
+    for label, m in kept.items():
+        assert metrics[label] == m
+    assert stage_state(root, EXP, "eval")["status"] == "done" and not partial.exists()
