@@ -1,0 +1,80 @@
+"""Throughput of the FID feature extractor (the offline TF-Inception), NCHW vs channels_last.
+
+    python benchmarks/inception.py [--batch 50] [--reps 5] [--out PATH]
+
+The eval stage spends most of its time here (every generated and real image goes through
+Inception at 299x299). The rows run the same TorchScript graph on the same preprocessed
+batch of 32 px images, interleaved, best of ``--reps``:
+
+  NCHW            the network as loaded (what torch-fidelity's own extractor does)
+  channels_last   the input made channels_last first (what ``InceptionTFOffline`` does)
+
+and report img/s and the largest feature difference from the NCHW run. The table goes to
+benchmarks/results/inception-<cpu|cuda>.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cartoon_stylegan.metrics.inception import load_inception, preprocess  # noqa: E402
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", default=None, help="markdown file (default benchmarks/results/inception-<dev>.md)")
+    args = ap.parse_args(argv)
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = load_inception(dev).net
+    x = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    inputs = {"NCHW": preprocess(x).to(dev)}
+    inputs["channels_last"] = inputs["NCHW"].contiguous(memory_format=torch.channels_last)
+    best = {k: float("inf") for k in inputs}
+    with torch.inference_mode():
+        ref = net(inputs["NCHW"])
+        diff = {k: (net(v) - ref).abs().max().item() for k, v in inputs.items()}   # also the warm-up
+        for _ in range(args.reps):
+            for k, v in inputs.items():
+                _sync(dev)
+                t = time.perf_counter()
+                net(v)
+                _sync(dev)
+                best[k] = min(best[k], time.perf_counter() - t)
+
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    lines = [f"# FID Inception throughput ({dev.type})", "",
+             f"`python benchmarks/inception.py` on {where}, torch {torch.__version__}, "
+             f"{datetime.date.today()}, batch {args.batch} of 32 px images (resized to 299), best of {args.reps}; "
+             f"load average at start {os.getloadavg()[0]:.2f}.", "",
+             "| input layout | img/s | max abs feature diff vs NCHW |", "|---|---:|---:|"]
+    for k in inputs:
+        lines.append(f"| {k} | {args.batch / best[k]:.1f} | {diff[k]:.1e} |")
+    lines += ["", f"channels_last is {best['NCHW'] / best['channels_last']:.2f}x the img/s of NCHW "
+              f"(features max |value| {ref.abs().max().item():.2f})."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"inception-{dev.type}.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"written: {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
