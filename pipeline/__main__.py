@@ -52,6 +52,9 @@ def cmd_run(args, items) -> int:
     tracker = parent = None
     if cfg.tracking.enabled:
         tracker = tracking.Tracker(cfg)  # fails here, naming the URI, when the server is unreachable
+        closed = tracker.close_orphans()
+        if closed:
+            print(f"MLflow: marked {len(closed)} run(s) of a killed earlier `pipeline run` KILLED")
         parent = tracker.parent(f"run {' '.join(targets or ['all'])}", tags={"targets": " ".join(order)})
         parent.params({"config_path": cfg.config_path, "experiment": cfg.experiment})
     rc = dag.run(cfg, targets or ["all"], force=args.force,

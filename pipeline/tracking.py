@@ -107,6 +107,18 @@ class RunLogger:
         self.client.set_terminated(self.run_id, status=status)
 
 
+def _pid_gone(pid: str | None) -> bool:
+    if not pid or not pid.isdigit():
+        return False  # runs from before the pid tag: leave them alone
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 class NullLogger:
     """Stands in on non-main ranks and when tracking is off."""
 
@@ -157,8 +169,32 @@ class Tracker:
 
     def parent(self, name: str, tags: dict | None = None) -> RunLogger:
         run = self.client.create_run(self.experiment_id, run_name=name, tags={
-            "host": socket.gethostname(), "git_commit": git_commit() or "none", **(tags or {})})
+            "host": socket.gethostname(), "pid": str(os.getpid()), "git_commit": git_commit() or "none",
+            **(tags or {})})
         return RunLogger(self.client, run.info.run_id, self.experiment_id)
+
+    def close_orphans(self) -> list[str]:
+        """Mark KILLED the RUNNING `pipeline run` runs of this experiment whose process is gone.
+
+        A hard kill (SIGKILL, OOM, a lost node) never reaches ``finish``, so the parent run and its
+        stage/variant runs would show RUNNING forever. Only runs started on this host are judged
+        (their ``pid`` tag must name no live process); a stage run that is resumed later is set
+        RUNNING again by :meth:`RunLogger.child`. Returns the ids closed.
+        """
+        host, closed = socket.gethostname(), []
+        running = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                          max_results=1000)
+        parents = {r.info.run_id for r in running if "mlflow.parentRunId" not in r.data.tags
+                   and r.data.tags.get("host") == host and _pid_gone(r.data.tags.get("pid"))}
+        children = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in running}
+        for run_id, parent in children.items():
+            top = run_id
+            while children.get(top):  # walk up to the `pipeline run` run
+                top = children[top]
+            if top in parents or run_id in parents:
+                self.client.set_terminated(run_id, status="KILLED")
+                closed.append(run_id)
+        return closed
 
     def attach(self, run_id: str) -> RunLogger:
         return RunLogger(self.client, run_id, self.experiment_id)

@@ -99,6 +99,11 @@ def test_sigkill_then_rerun_continues_from_last_checkpoint(tmp_path):
     assert "[shard] up to date" in out
     assert "[pretrain] running (previous run running)" in out
     _check_finished_after_resume(root, exp, run_id, start_step, restarted_ms, out)
+    # the killed attempt's `pipeline run` run is closed by the rerun, not left RUNNING forever
+    assert "MLflow: marked" in out and "of a killed earlier `pipeline run` KILLED" in out
+    _, runs = mlflow_runs(root, exp)
+    tops = sorted((r for r in runs if "mlflow.parentRunId" not in r.data.tags), key=lambda r: r.info.start_time)
+    assert [r.info.status for r in tops] == ["KILLED", "FINISHED"]
 
 
 def test_sigusr1_stops_with_checkpoint_exit_3_then_rerun_finishes(tmp_path):

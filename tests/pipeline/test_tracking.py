@@ -83,3 +83,31 @@ def test_unreachable_server_fails_before_work(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert f"http://127.0.0.1:{port}" in err and "cannot be reached" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_close_orphans_marks_runs_of_a_dead_pipeline_process_killed(tmp_path):
+    """A `pipeline run` killed with SIGKILL leaves its runs RUNNING; the next run closes them,
+    and only those whose process is gone (same host)."""
+    from pipeline.config import load_config
+    from pipeline.tracking import Tracker
+
+    cfg = load_config(None, [f"run_root={tmp_path}", "experiment=orphans"])
+    tracker = Tracker(cfg)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tracker.parent("run all", tags={"pid": str(dead.pid)})   # overrides the live pid tag
+    stage = orphan.child("pretrain", tags={"stage": "pretrain"})
+    variant = stage.child("freezed", tags={"stage": "finetune", "variant": "freezed"})
+    live = tracker.parent("run all")                                   # this process: alive
+    live_stage = live.child("shard", tags={"stage": "shard"})
+    finished = tracker.parent("run all", tags={"pid": str(dead.pid)})
+    finished.finish("FINISHED")
+
+    closed = tracker.close_orphans()
+    status = {r: tracker.client.get_run(r).info.status for r in
+              (orphan.run_id, stage.run_id, variant.run_id, live.run_id, live_stage.run_id, finished.run_id)}
+    assert sorted(closed) == sorted([orphan.run_id, stage.run_id, variant.run_id])
+    assert [status[r] for r in (orphan.run_id, stage.run_id, variant.run_id)] == ["KILLED"] * 3
+    assert status[live.run_id] == status[live_stage.run_id] == "RUNNING"
+    assert status[finished.run_id] == "FINISHED"
+    assert tracker.close_orphans() == []
