@@ -187,11 +187,11 @@ class Tracker:
         parents = {r.info.run_id for r in running if "mlflow.parentRunId" not in r.data.tags
                    and r.data.tags.get("host") == host and _pid_gone(r.data.tags.get("pid"))}
         children = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in running}
-        for run_id, parent in children.items():
+        for run_id in children:
             top = run_id
             while children.get(top):  # walk up to the `pipeline run` run
                 top = children[top]
-            if top in parents or run_id in parents:
+            if top in parents:
                 self.client.set_terminated(run_id, status="KILLED")
                 closed.append(run_id)
         return closed
