@@ -36,6 +36,15 @@ ARCHES = ("8.0", "9.0")
 SOURCES = build.compiled_sources(build.source_files())
 
 
+# The warnings that signal a hang or garbage at run time, as errors, for the host compiler
+# (gcc: a function that only calls itself, a missing return, a read before any write) and
+# for nvcc's device front end (940: missing return; 549: used before set).
+HANG_AND_GARBAGE_AS_ERRORS = (
+    "-Xcompiler", "-Wall,-Werror=infinite-recursion,-Werror=return-type,-Werror=uninitialized",
+    "-Xcudafe", "--diag_error=940", "-Xcudafe", "--diag_error=549",
+)
+
+
 def _nvcc():
     import torch.utils.cpp_extension as cpp_extension
 
@@ -76,7 +85,7 @@ def nvcc_setup():
     import torch.utils.cpp_extension as cpp_extension
 
     flags = [
-        _cxx_std(release), "-O3", "-Xcompiler", "-fPIC",
+        _cxx_std(release), "-O3", "-Xcompiler", "-fPIC", *HANG_AND_GARBAGE_AS_ERRORS,
         f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
         "-DTORCH_EXTENSION_NAME=cartoon_stylegan_ops_check", "-DTORCH_API_INCLUDE_EXTENSION_H",
         *cpp_extension.COMMON_NVCC_FLAGS,

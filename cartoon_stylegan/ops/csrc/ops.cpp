@@ -32,7 +32,9 @@ cudaStream_t current_stream() { return nullptr; }
 bool on_device(const at::Tensor& t) { return t.is_cpu(); }
 #else
 using DeviceGuard = c10::cuda::CUDAGuard;
-cudaStream_t current_stream() { return current_stream(); }
+// The stream PyTorch queues work on for the current device (a kernel launched anywhere else
+// would race with the surrounding ops). Not current_stream() itself: that recursed forever.
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 bool on_device(const at::Tensor& t) { return t.is_cuda(); }
 #endif
 
