@@ -48,8 +48,7 @@ from accelerate import Accelerator  # noqa: E402
 
 from cartoon_stylegan.networks import Discriminator, Generator  # noqa: E402
 from cartoon_stylegan.networks import layers as net_layers  # noqa: E402
-from cartoon_stylegan.training import LoopOptions  # noqa: E402
-from cartoon_stylegan.training.loop import _Loop  # noqa: E402
+from cartoon_stylegan.training import LoopOptions, TrainingLoop  # noqa: E402
 from cartoon_stylegan.training.losses import (  # noqa: E402
     d_logistic_loss, d_r1_loss, g_nonsaturating_loss, g_path_regularize)
 
@@ -109,9 +108,8 @@ def _our_step_fn(cfg, device, accelerator):
             yield real
 
     opts = LoopOptions(kimg=1e6, batch=batch, r1_every=R1_EVERY, pl_every=PL_EVERY)
-    loop = _Loop(accelerator, G=G, D=D, G_ema=copy.deepcopy(G), data=data, opts=opts,
-                 ckpt_dir=tempfile.mkdtemp(), report=None, report_image=None, G_source=None, freeze=None,
-                 structure=None, should_stop=lambda: False, state=None)
+    loop = TrainingLoop(accelerator, G=G, D=D, G_ema=copy.deepcopy(G), data=data, opts=opts,
+                        ckpt_dir=tempfile.mkdtemp(), report=None)
     step_of = {"plain": 1, "pl": PL_EVERY, "r1pl": 0}  # step % every decides the lazy phases
 
     def step(kind):

@@ -102,9 +102,9 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
-def _load(path: str | os.PathLike, map_location: Any = "cpu", hint: str = "") -> Any:
+def _load(path: str | os.PathLike, map_location: Any = "cpu", hint: str = "", mmap: bool = False) -> Any:
     try:
-        return torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+        return torch.load(os.fspath(path), map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise pickle.UnpicklingError(f"{os.fspath(path)}: refused by the weights-only loader{hint}: {e}") from e
 
@@ -216,9 +216,13 @@ def save_resume(path: str | os.PathLike, state: dict) -> None:
     atomic_save({"format": RESUME_FORMAT, "state": state}, path)
 
 
-def load_resume(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Read a file written by :func:`save_resume` and return its state dict."""
-    ck = _load(path, map_location)
+def load_resume(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict:
+    """Read a file written by :func:`save_resume` and return its state dict.
+
+    ``mmap=True`` maps the tensors instead of reading them: a cheap check that the file is
+    complete and of this format (a truncated file fails either way).
+    """
+    ck = _load(path, map_location, mmap=mmap)
     fmt = _format_of(ck)
     if fmt != RESUME_FORMAT:
         raise ValueError(f"{os.fspath(path)} is not a resume checkpoint (format {fmt!r}; "

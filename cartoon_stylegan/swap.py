@@ -8,9 +8,10 @@ Two kinds, both functions of two generators (no flags on ``forward``):
   ``mapping``. ``blend_width > 0`` blends the weights smoothly instead: the source's
   share at resolution ``r`` is ``sigmoid((log2(res) + 0.5 - log2(r)) / blend_width)``
   (-> the hard swap as ``blend_width -> 0``).
-- :func:`activation_swap` (what the Cartoon-StyleGAN reference code does): run the source
-  synthesis up to and including the block at ``res``, then continue in the target from the
-  source's feature map and RGB skip.
+- :func:`activation_swap` (what the Cartoon-StyleGAN reference code does): the feature map
+  at ``res`` is the source's (its synthesis up to and including that block); the RGB path
+  is the target's own (its skip image up to the block below, and its ToRGB of ``res``
+  applied to the swapped features), and the target's blocks above continue from there.
 
 :func:`swap_grid` draws one column per seed and one row per generator: source, target,
 then the swap at each resolution, with row labels.
@@ -26,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from cartoon_stylegan.sampling import Sampler, as_sampler
 
 MAPPING_SIDES = ("source", "target")
 SWAP_KINDS = ("weight", "activation")
@@ -88,17 +91,27 @@ def weight_swap(G_src, G_tgt, res: int, mapping: str = "source", blend_width: fl
 
 
 def activation_swap(G_src, G_tgt, wplus: torch.Tensor, res: int, noise=None, noise_mode: str = "const"):
-    """Image from the source's synthesis up to (and including) the block at ``res``, continued
-    in the target from the source's feature map and RGB skip; ``wplus`` feeds both.
+    """The target's image with its feature map at ``res`` replaced by the source's.
 
-    ``res`` = the output size gives the source's image; ``res`` < 4 the target's.
+    As the reference code (its ``swap_layer_tensor``): the source runs up to and including the
+    block at ``res``; the target's RGB skip path is kept -- its own skip up to the block below
+    ``res``, then its ToRGB at ``res`` applied to the source's features -- and its blocks above
+    ``res`` continue from the swapped features. ``wplus`` feeds both. ``res`` < 4 gives the
+    target's image.
     """
     _check_pair(G_src, G_tgt)
     res = _check_res(G_src, res)
     if res < 4:
         return G_tgt.synthesis(wplus, noise_mode=noise_mode, noise=noise)
-    _, extras = G_src.synthesis(wplus, noise_mode=noise_mode, noise=noise, stop_res=res)
-    return G_tgt.synthesis(wplus, noise_mode=noise_mode, noise=noise, start=extras["state"])
+    _, src = G_src.synthesis(wplus, noise_mode=noise_mode, noise=noise, stop_res=res)
+    _, x_src, _ = src["state"]
+    if res == 4:
+        skip = G_tgt.to_rgb1(x_src, wplus[:, 1])
+    else:
+        _, below = G_tgt.synthesis(wplus, noise_mode=noise_mode, noise=noise, stop_res=res // 2)
+        j = int(math.log2(res)) - 3  # the block index of ``res`` (as Generator.synthesis counts)
+        skip = G_tgt.to_rgbs[j](x_src, wplus[:, 2 * j + 3], below["state"][2])
+    return G_tgt.synthesis(wplus, noise_mode=noise_mode, noise=noise, start=(res, x_src, skip))
 
 
 # ---------------------------------------------------------------------------------- grid
@@ -106,45 +119,34 @@ def _device_of(G) -> torch.device:
     return next(G.parameters()).device
 
 
-@torch.no_grad()
-def _mean_w(G, n: int, seed: int) -> torch.Tensor:
-    z = torch.randn(n, G.style_dim, generator=torch.Generator().manual_seed(seed))
-    return G.mapping(z.to(_device_of(G))).mean(0, keepdim=True)
-
-
-@torch.no_grad()
-def _wplus(G, z: torch.Tensor, truncation: float, truncation_n: int) -> torch.Tensor:
-    w = G.mapping(z.to(_device_of(G)))
-    if truncation != 1:
-        t = _mean_w(G, truncation_n, 0)
-        w = t + truncation * (w - t)
-    return G.make_wplus(w)
-
-
 def row_labels(resolutions: Sequence[int], kind: str) -> list[str]:
     """Labels of :func:`swap_grid`'s rows."""
+    if kind == "activation":  # the source's features at r, the target's RGB path and blocks above
+        return ["source", "target"] + [f"act: src feat @{r}px" for r in resolutions]
     return ["source", "target"] + [f"{kind}: src<={r}px" for r in resolutions]
 
 
 @torch.no_grad()
-def swap_grid(G_src, G_tgt, *, seeds: Sequence[int], resolutions: Sequence[int] | None = None,
+def swap_grid(G_src, tgt, *, seeds: Sequence[int], resolutions: Sequence[int] | None = None,
               kind: str = "weight", truncation: float = 0.7, mapping: str = "source",
-              noise_mode: str = "const", blend_width: float = 0.0, truncation_n: int = 4096,
-              upscale: int | None = None, pad: int = 2, tgt_prefix_len: int = 0) -> tuple[np.ndarray, list[str]]:
+              noise_mode: str = "const", blend_width: float = 0.0,
+              upscale: int | None = None, pad: int = 2) -> tuple[np.ndarray, list[str]]:
     """A labelled grid: one column per seed; rows source, target, then the swap at each ``r``.
 
     Args:
+        G_src: the source generator.
+        tgt: the variant's :class:`cartoon_stylegan.sampling.Sampler` (its FreezeSG prefix makes the
+            target row as the variant was trained and is sampled), or a bare target Generator.
         seeds: z of column i is ``torch.randn(style_dim)`` under ``manual_seed(seeds[i])``.
         resolutions: swap points, rows in the given order; default every block, 4 .. size.
         kind: ``"weight"`` (:func:`weight_swap`) or ``"activation"`` (:func:`activation_swap`).
-        truncation: towards each mapping network's mean w (seeded, ``truncation_n`` samples).
+        truncation: for every row, towards each mapping network's own centre
+            (:func:`cartoon_stylegan.sampling.truncation_center`); replaces the sampler's.
         mapping: which mapping network makes the swapped rows' W+ (``"source"`` as in
-            toonify / FreezeSG). The source and target rows use their own mapping networks.
+            toonify / FreezeSG). The source and target rows use their own samplers.
         noise_mode: ``"const"`` (each generator's stored noise), ``"random"`` (one seeded
             draw shared by every row) or ``"none"``.
         upscale: integer nearest-neighbour zoom of each tile; default ``max(1, 64 // size)``.
-        tgt_prefix_len: FreezeSG variants: the target row's first W+ entries come from the
-            source mapping network (as the variant was trained and is sampled).
 
     Returns ``(uint8 HWC image, row labels)``; labels are drawn in a left margin.
     """
@@ -152,6 +154,9 @@ def swap_grid(G_src, G_tgt, *, seeds: Sequence[int], resolutions: Sequence[int] 
 
     from cartoon_stylegan.imageutil import to_uint8
 
+    tgt = as_sampler(tgt, truncation=truncation)
+    src = Sampler(G_src, truncation=truncation, center_n=tgt.center_n)
+    G_tgt = tgt.G
     _check_pair(G_src, G_tgt)
     if kind not in SWAP_KINDS:
         raise ValueError(f"swap_grid: kind must be one of {SWAP_KINDS}, got {kind!r}")
@@ -179,13 +184,8 @@ def swap_grid(G_src, G_tgt, *, seeds: Sequence[int], resolutions: Sequence[int] 
         nz = None if noise is None else [t.to(_device_of(G)) for t in noise]
         return G.synthesis(wp.to(_device_of(G)), noise_mode=mode, noise=nz).cpu()
 
-    wp_src = _wplus(G_src, z, truncation, truncation_n)
-    wp_tgt = _wplus(G_tgt, z, truncation, truncation_n)
-    if tgt_prefix_len:
-        wp_tgt = torch.cat([wp_src[:, :tgt_prefix_len].to(wp_tgt.device), wp_tgt[:, tgt_prefix_len:]], 1)
-    rows = [run(G_src, wp_src), run(G_tgt, wp_tgt)]
-    G_map = G_src if mapping == "source" else G_tgt
-    wp = _wplus(G_map, z, truncation, truncation_n)
+    rows = [run(G_src, src.wplus(z)), run(G_tgt, tgt.wplus(z))]
+    wp = (src if mapping == "source" else tgt.replace(source=None, prefix_len=0)).wplus(z)
     for r in resolutions:
         if kind == "weight":
             rows.append(run(weight_swap(G_src, G_tgt, r, mapping=mapping, blend_width=blend_width), wp))

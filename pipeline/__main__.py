@@ -1,12 +1,17 @@
 """CLI: python -m pipeline run | list | show | submit | compare | build-ops
 
   python -m pipeline run all                       # the whole DAG on configs/default.yaml
-  python -m pipeline run pretrain train.kimg=2 data.resolution=32
+  python -m pipeline run pretrain pretrain.kimg=2 data.resolution=32
   python -m pipeline run all --config configs/ffhq256.yaml --dry-run
   python -m pipeline list                          # done / stale / never run, when, how long
   python -m pipeline show finetune                 # the resolved config of a stage
   python -m pipeline submit all                    # SLURM: one sbatch job per stage, chained
   python -m pipeline compare                       # variants side by side, from MLflow
+  python -m pipeline build-ops                     # build the CUDA kernels into their cache
+  python -m pipeline COMMAND --help                # the options of one command
+
+The stages come from a registry module (``--registry``, default ``stages``): this CLI is
+the one place that hands a registry to the runner.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from datetime import datetime
 
 import yaml
 
-from pipeline import dag
+from pipeline import dag, registry as registries
 from pipeline.config import ConfigError, load_config, to_dict
 
 
@@ -27,41 +32,38 @@ def _split(items):
     return stages, overrides
 
 
-def _load(args, items):
-    stages, overrides = _split(items)
-    cfg = load_config(args.config, overrides)
-    return cfg, stages, overrides
+def _load(args):
+    reg = registries.load(args.registry)
+    stages, overrides = _split(args.items)
+    cfg = load_config(args.config, overrides, registry=reg)
+    if stages:
+        reg.plan(stages)  # an unknown stage name fails here, with a suggestion
+    return reg, cfg, stages
 
 
-def cmd_run(args, items) -> int:
-    cfg, targets, _ = _load(args, items)
-    order = dag.plan(targets or ["all"])
+def cmd_run(args) -> int:
+    reg, cfg, targets = _load(args)
+    order = reg.plan(targets or ["all"])
     if args.dry_run:
         print(f"config: {cfg.config_path}\nexperiment: {cfg.experiment} -> {cfg.run_root}/{cfg.experiment}/")
         for name in order:
-            st = dag.STAGES[name]
-            print(f"  {name:9s} {dag.status(cfg, name):10s} needs: {', '.join(st.needs) or '-':10s} makes: {st.makes}")
+            st = reg[name]
+            print(f"  {name:9s} {dag.status(reg, cfg, name):10s} needs: {', '.join(st.needs) or '-':10s} "
+                  f"makes: {st.makes}")
         return 0
+    from pipeline.artifacts import check_run_root
+
+    check_run_root(cfg)
     for name in order:  # everything the plan needs is checked before the first second of compute
-        module = dag.load_stage_module(name)
-        check = getattr(module, "preflight", None)
-        if check is not None and dag.status(cfg, name) != "done":
+        check = reg[name].preflight
+        if check is not None and dag.status(reg, cfg, name) != "done":
             check(cfg)
     from pipeline import launch, tracking
 
-    tracker = parent = None
-    if cfg.tracking.enabled:
-        tracker = tracking.Tracker(cfg)  # fails here, naming the URI, when the server is unreachable
-        closed = tracker.close_orphans()
-        if closed:
-            print(f"MLflow: marked {len(closed)} run(s) of a killed earlier `pipeline run` KILLED")
-        parent = tracker.parent(f"run {' '.join(targets or ['all'])}", tags={"targets": " ".join(order)})
-        parent.params({"config_path": cfg.config_path, "experiment": cfg.experiment})
-    rc = dag.run(cfg, targets or ["all"], force=args.force,
-                 execute=lambda n, fp, prev: launch.execute(cfg, n, fp, prev, tracker=tracker, parent=parent))
-    if parent is not None:
-        parent.finish({0: "FINISHED", 3: "KILLED"}.get(rc, "FAILED"))
-        print(f"MLflow: {tracker.ui_hint()}")
+    # the store is checked first (it fails, naming the URI, when unreachable), before anything is written
+    tracker = tracking.Tracker(cfg) if cfg.tracking.enabled else None
+    with dag.run_lock(cfg):  # one `pipeline run` per experiment at a time
+        rc = _run_locked(reg, cfg, targets, order, args, tracker)
     if rc == dag.EXIT_STOPPED and launch.in_slurm():
         from pipeline import slurm
 
@@ -69,13 +71,32 @@ def cmd_run(args, items) -> int:
     return rc
 
 
-def cmd_list(args, items) -> int:
-    cfg, _, _ = _load(args, items)
+def _run_locked(reg, cfg, targets, order, args, tracker) -> int:
+    from pipeline import launch
+
+    parent = None
+    if tracker is not None:
+        closed = tracker.close_orphans()
+        if closed:
+            print(f"MLflow: marked {len(closed)} run(s) of a killed earlier `pipeline run` KILLED")
+        parent = tracker.parent(f"run {' '.join(targets or ['all'])}", tags={"targets": " ".join(order)})
+        parent.params({"config_path": cfg.config_path, "experiment": cfg.experiment})
+    rc = dag.run(reg, cfg, targets or ["all"], force=args.force,
+                 execute=lambda n, fp, prev: launch.execute(reg, cfg, n, fp, prev, tracker=tracker, parent=parent))
+    if parent is not None:
+        parent.finish({0: "FINISHED", 3: "KILLED"}.get(rc, "FAILED"))
+        print(f"MLflow: {tracker.ui_hint()}")
+    return rc
+
+
+def cmd_list(args) -> int:
+    reg, cfg, _ = _load(args)
     from pipeline.artifacts import StagePaths, read_json
 
     print(f"experiment {cfg.experiment} ({cfg.run_root}/{cfg.experiment}/)")
     print(f"{'stage':9s} {'status':10s} {'when':20s} {'took':>9s}  {'needs':9s} slurm")
-    for name, st in dag.STAGES.items():
+    for name in reg:
+        st = reg[name]
         state = dag.read_state(cfg, name)
         when = state.get("finished_at") or state.get("started_at") or "-"
         job = read_json(StagePaths(cfg, name).slurm_file, None)
@@ -84,23 +105,21 @@ def cmd_list(args, items) -> int:
             from pipeline import slurm
 
             slurm_col = f"job {job['job_id']} {slurm.job_state(job['job_id'])}"
-        print(f"{name:9s} {dag.status(cfg, name):10s} {when:20s} {dag.fmt_duration(state.get('duration')):>9s}  "
+        print(f"{name:9s} {dag.status(reg, cfg, name):10s} {when:20s} {dag.fmt_duration(state.get('duration')):>9s}  "
               f"{','.join(st.needs) or '-':9s} {slurm_col}")
         if state.get("status") == "failed" and state.get("error"):
             print(f"          error: {state['error']}")
     return 0
 
 
-def cmd_show(args, items) -> int:
-    cfg, stages, _ = _load(args, items)
+def cmd_show(args) -> int:
+    reg, cfg, stages = _load(args)
     tree = to_dict(cfg)
     if stages:
         sections = {}
         for name in stages:
-            if name not in dag.STAGES:
-                raise KeyError(f"unknown stage {name!r} (stages: {', '.join(dag.STAGES)})")
-            for s in dag.STAGES[name].sections:
-                node, parts = tree, s.split(".")
+            for key in reg[name].reads:
+                node, parts = tree, key.split(".")
                 for p in parts[:-1]:
                     node = node[p]
                 dst = sections
@@ -112,20 +131,18 @@ def cmd_show(args, items) -> int:
     return 0
 
 
-def cmd_submit(args, items) -> int:
-    cfg, targets, _ = _load(args, items)
+def cmd_submit(args) -> int:
+    reg, cfg, targets = _load(args)
     from pipeline import slurm
-    from pipeline.artifacts import StagePaths, slurm_log_dir
+    from pipeline.artifacts import StagePaths, experiment_dir, slurm_log_dir
 
-    order = [n for n in dag.plan(targets or ["all"]) if args.force or dag.status(cfg, n) != "done"]
+    order = [n for n in reg.plan(targets or ["all"]) if args.force or dag.status(reg, cfg, n) != "done"]
     if not order:
         print("every stage is up to date; nothing to submit")
         return 0
     if not args.dry_run:
         slurm_log_dir(cfg).mkdir(parents=True, exist_ok=True)
     # the jobs read a frozen copy of the resolved config: editing the YAML while they queue changes nothing
-    from pipeline.artifacts import experiment_dir
-
     frozen = experiment_dir(cfg) / "submitted" / f"config-{datetime.now():%Y%m%d-%H%M%S}.yaml"
     if not args.dry_run:
         frozen.parent.mkdir(parents=True, exist_ok=True)
@@ -137,40 +154,78 @@ def cmd_submit(args, items) -> int:
     return 0 if jobs is not None else 1
 
 
-def cmd_compare(args, items) -> int:
-    cfg, _, _ = _load(args, items)
-    from pipeline import compare
+def cmd_compare(args) -> int:
+    reg, cfg, _ = _load(args)
+    if reg.compare is None:
+        print(f"error: registry {reg.name!r} has no comparison", file=sys.stderr)
+        return 2
+    return reg.compare(cfg, experiment=args.experiment, out=args.out)
 
-    return compare.main(cfg, experiment=args.experiment, out=args.out)
 
+def cmd_build_ops(args) -> int:
+    from cartoon_stylegan.ops import OpsBuildError, build_ops
 
-def cmd_build_ops(args, items) -> int:
-    from cartoon_stylegan.ops import _backend
-
-    path = _backend.build_ops(verbose=True)
+    try:
+        path = build_ops(verbose=True)
+    except OpsBuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"CUDA ops built and cached: {path}")
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "submit": cmd_submit,
-            "compare": cmd_compare, "build-ops": cmd_build_ops}
+def _common(p: argparse.ArgumentParser, items: bool = True, stages_help: str = "stage names (or all)"):
+    if items:
+        p.add_argument("items", nargs="*", help=f"{stages_help} and KEY=VALUE config overrides")
+    p.add_argument("--config", "-c", default=None, help="YAML config (default: configs/default.yaml)")
+    p.add_argument("--registry", default=registries.DEFAULT_REGISTRY,
+                   help="module whose REGISTRY lists the stages (default: %(default)s)")
+
+
+def _parsers() -> dict[str, tuple[argparse.ArgumentParser, callable]]:
+    out = {}
+
+    def add(name, func, help_, **kw):
+        p = argparse.ArgumentParser(prog=f"python -m pipeline {name}", description=help_)
+        out[name] = (p, func)
+        return p
+
+    p = add("run", cmd_run, "Run the stages named (default all) and what they need; skips stages that are up to date.")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="rerun the named stages even if up to date")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and each stage's status, run nothing")
+    p = add("list", cmd_list, "Each stage's status (done / stale / never run / failed / ...), when, how long.")
+    _common(p, stages_help="(no stage names)")
+    p = add("show", cmd_show, "Print the resolved config, or the keys the named stages read.")
+    _common(p)
+    p = add("submit", cmd_submit, "SLURM: one sbatch job per stage that is not up to date, chained by dependencies.")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="submit stages even if up to date")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch commands, submit nothing")
+    p.add_argument("--sbatch-arg", action="append", help="extra sbatch argument (repeatable)")
+    p = add("compare", cmd_compare, "The fine-tuning variants side by side, read back from MLflow, and a bar chart.")
+    _common(p, stages_help="(no stage names)")
+    p.add_argument("--experiment", default=None, help="experiment name (default: the config's)")
+    p.add_argument("--out", default=None, help="where to write the bar chart PNG")
+    p = add("build-ops", cmd_build_ops, "Build the CUDA kernels into their cache (on a login node with nvcc).")
+    _common(p, items=False)
+    return out
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=list(COMMANDS))
-    ap.add_argument("items", nargs="*", help="stage names (or all) and KEY=VALUE overrides")
-    ap.add_argument("--config", "-c", default=None, help="YAML config (default: configs/default.yaml)")
-    ap.add_argument("--force", action="store_true", help="rerun the named stages even if up to date")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
-    ap.add_argument("--experiment", default=None, help="compare: experiment name (default: the config's)")
-    ap.add_argument("--out", default=None, help="compare: where to write the bar chart PNG")
-    ap.add_argument("--sbatch-arg", action="append", help="submit: extra sbatch argument (repeatable)")
-    args = ap.parse_intermixed_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parsers = _parsers()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in parsers:
+        print(__doc__.strip(), file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r} (commands: {', '.join(parsers)})", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    parser, func = parsers[argv[0]]
+    args = parser.parse_intermixed_args(argv[1:])
     try:
-        return COMMANDS[args.command](args, args.items)
-    except (ConfigError, KeyError) as e:
+        return func(args)
+    except (ConfigError, KeyError, dag.RunLockHeld) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         return 2

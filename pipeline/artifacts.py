@@ -1,17 +1,42 @@
 """The only place that builds output paths under <run_root>/<experiment>/."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 
 def experiment_dir(cfg) -> Path:
-    return Path(cfg.run_root).resolve() / cfg.experiment
+    return run_root(cfg) / cfg.experiment
 
 
 def run_root(cfg) -> Path:
-    return Path(cfg.run_root).resolve()
+    """The run root, absolute (``~`` expanded: a literal ``~`` folder is never what was meant)."""
+    return Path(cfg.run_root).expanduser().resolve()
+
+
+def check_run_root(cfg) -> Path:
+    """The run root is (or can become) a writable folder; else one ConfigError line naming it."""
+    from pipeline.config import ConfigError
+
+    root = run_root(cfg)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"run_root: {root} is a file, not a folder")
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"run_root: {root} is not writable (no write permission on {probe})")
+    return root
+
+
+def inside(path: Path, root: Path) -> Path:
+    """``path``, after checking that it resolves to a place below ``root`` (never outside the run root)."""
+    resolved = Path(path).resolve()
+    if resolved != root.resolve() and root.resolve() not in resolved.parents:
+        raise ValueError(f"{path} resolves to {resolved}, outside {root}: refused")
+    return Path(path)
 
 
 def write_json(path: Path, obj) -> Path:
@@ -22,6 +47,18 @@ def write_json(path: Path, obj) -> Path:
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    from cartoon_stylegan.data.shards import file_sha256
+
+    return file_sha256(path)
+
+
+def digest_of(obj) -> str:
+    """A short SHA-256 of JSON-able data (a stage's record of what it wrote)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def read_json(path: Path, default=None):
@@ -73,7 +110,11 @@ class StagePaths:
 
     # training
     def train_dir(self, variant: str | None = None) -> Path:
-        return self.stage_dir / variant if variant else self.stage_dir
+        if not variant:
+            return self.stage_dir
+        from pipeline.settings import check_name
+
+        return inside(self.stage_dir / check_name(variant, f"{self.stage} variant"), self.stage_dir)
 
     def checkpoint_dir(self, variant: str | None = None) -> Path:
         return self.train_dir(variant) / "checkpoints"

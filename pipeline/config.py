@@ -4,14 +4,18 @@ All validation happens here, for every section, before any stage starts:
 an unknown key (with the closest valid key), a wrong type or an out-of-range value
 is a :class:`ConfigError` naming the dotted key, the value and what is accepted.
 
-Sections are plain dataclasses declared by the stages (``stages/*.py``); a field's
-``metadata`` may carry ``help``, ``min``, ``max``, ``choices`` and ``pow2`` (power of two).
+Sections are plain dataclasses declared by their owners (the stages, the library's
+settings groups, the runner); a field's ``metadata`` may carry ``help``, ``min``, ``max``,
+``choices``, ``pow2`` (power of two) and ``length``, checked by
+:func:`cartoon_stylegan.settings.check_value` (one home for range checks). The root
+config class comes from the registry the runner is handed (:mod:`pipeline.registry`).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
+import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -19,19 +23,15 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from cartoon_stylegan.settings import SettingError, check_value, setting
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
-class ConfigError(ValueError):
-    """A config value or key that is not accepted; the message names key, value and what is expected."""
+ConfigError = SettingError
+"""A config value or key that is not accepted; the message names key, value and what is expected."""
 
-
-def spec(default=dataclasses.MISSING, *, help="", factory=None, **checks):
-    """A dataclass field with a help text and range checks (min, max, choices, pow2)."""
-    meta = {"help": help, **checks}
-    if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+spec = setting  # a config field: default, help text and range checks (cartoon_stylegan.settings.setting)
 
 
 # --------------------------------------------------------------------------------------
@@ -117,20 +117,6 @@ def _convert(tp, value, key: str):
     raise ConfigError(f"{key}: unsupported field type {tp!r}")
 
 
-def _check_range(f: dataclasses.Field, value, key: str):
-    if value is None:
-        return
-    m = f.metadata
-    if "choices" in m and value not in m["choices"]:
-        raise ConfigError(f"{key}: {value!r} is not one of {list(m['choices'])}")
-    if "min" in m and value < m["min"]:
-        raise ConfigError(f"{key}: {value!r} is below the minimum {m['min']}")
-    if "max" in m and value > m["max"]:
-        raise ConfigError(f"{key}: {value!r} is above the maximum {m['max']}")
-    if m.get("pow2") and (value < 1 or value & (value - 1)):
-        raise ConfigError(f"{key}: {value!r} is not a power of two")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key}: {value!r} is not a finite number")
 
 
 def unknown_key_error(key: str, name: str, valid) -> ConfigError:
@@ -152,7 +138,7 @@ def from_dict(cls, data: dict, prefix: str = "", use_hook: bool = True):
         if name not in fields:
             raise unknown_key_error(key, str(name), fields)
         v = _convert(hints[name], value, key)
-        _check_range(fields[name], v, key)
+        check_value(fields[name], v, key)
         kwargs[name] = v
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -180,13 +166,31 @@ def to_dict(obj) -> Any:
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    """YAML 1.2 scalars where 1.1 surprises: only true/false are booleans, ``2e-3`` is a float."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1}, again at line "
+                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
-_Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+_Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:bool",
+                                                                                  "tag:yaml.org,2002:float")]
                                    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", __import__("re").compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
+    [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+   |[-+]?\.(?:inf|Inf|INF)
+   |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
 
 
 def yaml_load(text: str):
@@ -224,19 +228,32 @@ def apply_override(tree: dict, parts: list[str], value) -> None:
     node[parts[-1]] = value
 
 
-def load_yaml(path: Path) -> dict:
+def load_yaml(path: Path, _chain: tuple = ()) -> dict:
+    """A config file as a mapping, its ``extends:`` parent (a path relative to it) merged under it."""
     path = Path(path)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"config file {path}: `extends` goes round in a circle ({cycle})")
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist" + (f" (extended by {_chain[-1]})" if _chain else ""))
     try:
-        data = yaml_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        data = yaml_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
+    if data is None:
+        raise ConfigError(f"config file {path} is empty (an empty file would silently mean every built-in "
+                          f"default; write at least `experiment: NAME`, or `extends: default.yaml`)")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: top level must be a mapping, got {type(data).__name__}")
     base = data.pop("extends", None)
-    if base:
-        parent = load_yaml((path.parent / base).resolve())
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"config file {path}: extends: {base!r} must be one file name (a string)")
+        parent = load_yaml((path.parent / Path(base).expanduser()).resolve(), (*_chain, path.resolve()))
         data = deep_merge(parent, data)
     return data
 
@@ -251,15 +268,30 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()):
-    """Load a config file (default: configs/default.yaml), apply dotted overrides, validate."""
-    from pipeline.schema import RootConfig
+def rename_sections(tree: dict, renamed: dict[str, str], where: str) -> dict:
+    """Move deprecated top-level sections to their new names (one note each on stderr)."""
+    for old, new in renamed.items():
+        if old in tree:
+            if new in tree:
+                raise ConfigError(f"{where}: both {old!r} (the old name) and {new!r} are given; "
+                                  f"keep only {new!r}")
+            print(f"note: {where}: config section {old!r} is now {new!r}; the old name will be refused "
+                  f"in the next release", file=sys.stderr)
+            tree[new] = tree.pop(old)
+    return tree
 
-    path = Path(path) if path else DEFAULT_CONFIG
-    tree = load_yaml(path)
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (), *, registry):
+    """Load a config file (default: the registry's, configs/default.yaml for the shipped one), apply
+    dotted overrides, validate against ``registry``'s root config (see :func:`pipeline.registry.load`)."""
+    path = Path(path) if path else registry.default_config
+    tree = rename_sections(load_yaml(path) if path else {}, registry.renamed, str(path or "defaults"))
     for text in overrides:
         parts, value = parse_override(text)
+        if parts[0] in registry.renamed:
+            rename_sections({parts[0]: None}, registry.renamed, f"override {text!r}")
+            parts = [registry.renamed[parts[0]], *parts[1:]]
         apply_override(tree, parts, value)
-    cfg = from_dict(RootConfig, tree)
-    cfg.config_path = str(path)
+    cfg = from_dict(registry.root, tree)
+    cfg.config_path = str(path or "")
     return cfg

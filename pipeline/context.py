@@ -9,15 +9,16 @@ from pipeline.config import to_dict
 
 
 class StageContext:
-    def __init__(self, cfg, stage: str, logger, *, accelerator=None, is_main=True, stop_flag=None):
+    def __init__(self, cfg, stage: str, logger, *, accelerator=None, is_main=True, stop_flag=None,
+                 fingerprint: str = ""):
         self.cfg = cfg
         self.stage = stage
+        self.fingerprint = fingerprint  # of this attempt (config it reads + its inputs), from the DAG
         self.paths = StagePaths(cfg, stage).ensure() if is_main else StagePaths(cfg, stage)
         self.logger = logger if is_main else tracking.NullLogger()
         self.accelerator = accelerator
         self.is_main = is_main
         self._stop_flag = stop_flag or (lambda: False)
-        self.trained = {}  # label -> {"g", "d", "g_ema"}: the networks this process trained (debug hooks)
 
     # -- output
     def say(self, msg: str):

@@ -1,45 +1,88 @@
-"""Stage registry (needs / makes / config sections), ordering, fingerprints, skip-if-done.
+"""Ordering, fingerprints, skip-if-done, state: the DAG runner over the registry it is handed.
 
-A stage is up to date when the fingerprint of (its resolved config sections, the
-fingerprints and finish times of the stages it needs, the package version) equals the one
-recorded in ``<stage dir>/stage.json`` when it last finished.
+A stage is up to date when the fingerprint of (the config keys it reads, what the stages
+it needs produced, the package version) equals the one recorded in
+``<stage dir>/stage.json`` when it last finished. "What a stage produced" is the digest
+of its outputs when the stage declares one (``Stage.digest``: a rerun that writes the
+same files leaves its dependents up to date), else its fingerprint and finish time. The
+stages themselves are known only through a :class:`pipeline.registry.Registry`.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
-import importlib
 import json
+import os
+import socket
 import time
 import traceback
-from dataclasses import dataclass
 from datetime import datetime
 
 from pipeline import artifacts
-from pipeline.config import to_dict
+from pipeline.registry import section_value
 
 EXIT_OK, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    module: str                 # "stages.shard": has run(ctx)
-    needs: tuple[str, ...]
-    sections: tuple[str, ...]   # dotted config keys that feed the fingerprint
-    makes: str                  # what it writes, for `list`
-    distributed: bool = False   # run through the launcher (accelerate) when >1 process
+class RunLockHeld(RuntimeError):
+    """Another `pipeline run` works on this experiment."""
 
 
-STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("shard", "stages.shard", (), ("seed", "data.resolution", "data.source", "data.target", "shard"),
-          "shard/<dataset>/*.tar + manifest.json"),
-    Stage("pretrain", "stages.pretrain", ("shard",), ("seed", "data", "model", "train"),
-          "pretrain/checkpoints/network-final.pt", distributed=True),
-    Stage("finetune", "stages.finetune", ("pretrain",), ("seed", "data", "model", "finetune"),
-          "finetune/<variant>/checkpoints/network-final.pt", distributed=True),
-    Stage("swap", "stages.swap", ("finetune",), ("seed", "swap"), "swap/<variant>-<kind>.png"),
-    Stage("eval", "stages.evaluate", ("finetune",), ("seed", "eval"), "eval/metrics.json"),
-)}
+def _lock_path(cfg):
+    return artifacts.experiment_dir(cfg) / ".pipeline-run.lock"
+
+
+@contextlib.contextmanager
+def run_lock(cfg):
+    """Hold the experiment's run lock: one `pipeline run` trains into an experiment's folders at a time.
+
+    An advisory ``flock`` on ``<run_root>/<experiment>/.pipeline-run.lock``; the kernel drops it
+    when the holder dies (even by SIGKILL), so a stale file never blocks. The file names the
+    holder (pid, host, since) for the message a second run gets.
+    """
+    path = _lock_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = _read_holder(fd)
+            raise RunLockHeld(f"another `pipeline run` is working on experiment {cfg.experiment!r} "
+                              f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since "
+                              f"{holder.get('since', '?')}; lock {path}); wait for it, or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "since": datetime.now().isoformat(timespec="seconds")}).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _read_holder(fd) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def run_in_progress(cfg) -> bool:
+    """True while some `pipeline run` holds the experiment's run lock."""
+    path = _lock_path(cfg)
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 class StageFailed(RuntimeError):
@@ -52,44 +95,15 @@ class StageStopped(RuntimeError):
     """A training stage stopped on a signal after writing its checkpoint."""
 
 
-def plan(targets) -> list[str]:
-    """The stages needed for ``targets`` ("all" or names), dependencies first, registry order."""
-    if not targets or list(targets) == ["all"]:
-        return list(STAGES)
-    want = set()
-
-    def visit(name):
-        if name not in STAGES:
-            import difflib
-            close = difflib.get_close_matches(name, list(STAGES) + ["all"], n=1)
-            raise KeyError(f"unknown stage {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                           + f" (stages: {', '.join(STAGES)}, or all)")
-        if name not in want:
-            want.add(name)
-            for dep in STAGES[name].needs:
-                visit(dep)
-
-    for t in targets:
-        visit(t)
-    return [n for n in STAGES if n in want]
-
-
-def _section(cfg, dotted: str):
-    obj = cfg
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return to_dict(obj)
-
-
-def fingerprint(cfg, name: str) -> str:
+def fingerprint(registry, cfg, name: str) -> str:
     from cartoon_stylegan import __version__
 
-    st = STAGES[name]
+    st = registry[name]
     deps = {}
     for dep in st.needs:
         state = read_state(cfg, dep)
-        deps[dep] = [state.get("fingerprint"), state.get("finished")]
-    blob = {"stage": name, "config": {s: _section(cfg, s) for s in st.sections},
+        deps[dep] = state.get("digest") or [state.get("fingerprint"), state.get("finished")]
+    blob = {"stage": name, "config": {s: section_value(cfg, s) for s in st.reads},
             "inputs": deps, "version": __version__}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -105,19 +119,17 @@ def write_state(cfg, name: str, **fields) -> dict:
     return state
 
 
-def status(cfg, name: str) -> str:
-    """done | stale | never run | failed | stopped | running."""
+def status(registry, cfg, name: str) -> str:
+    """done | stale | never run | failed | stopped | running | interrupted (running, but its process is gone)."""
     state = read_state(cfg, name)
     if not state:
         return "never run"
+    if state.get("status") == "running" and not run_in_progress(cfg):
+        return "interrupted"
     if state.get("status") == "done":
-        fresh = state.get("fingerprint") == fingerprint(cfg, name)
-        return "done" if fresh and all(status(cfg, d) == "done" for d in STAGES[name].needs) else "stale"
+        fresh = state.get("fingerprint") == fingerprint(registry, cfg, name)
+        return "done" if fresh and all(status(registry, cfg, d) == "done" for d in registry[name].needs) else "stale"
     return state.get("status", "never run")
-
-
-def load_stage_module(name: str):
-    return importlib.import_module(STAGES[name].module)
 
 
 def fmt_duration(seconds) -> str:
@@ -131,16 +143,16 @@ def fmt_duration(seconds) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def run(cfg, targets, *, force=False, execute, say=print) -> int:
+def run(registry, cfg, targets, *, force=False, execute, say=print) -> int:
     """Run the plan for ``targets``. ``execute(name, fingerprint, previous_state) -> result`` runs one stage.
 
     Returns an exit code: 0 all done, 1 a stage failed (dependents not run), 3 stopped by a signal.
     """
-    order = plan(targets)
+    order = registry.plan(targets)
     everything = not targets or list(targets) == ["all"]
     forced = set() if not force else set(order) if everything else set(targets)
     for name in order:
-        fp = fingerprint(cfg, name)
+        fp = fingerprint(registry, cfg, name)
         state = read_state(cfg, name)
         if name not in forced and state.get("status") == "done" and state.get("fingerprint") == fp:
             say(f"[{name}] up to date (fingerprint {fp}, finished {state.get('finished_at', '?')}); skipped")
@@ -172,7 +184,8 @@ def run(cfg, targets, *, force=False, execute, say=print) -> int:
                     f"fix it and run again: finished stages are kept")
             return EXIT_FAILED
         now = time.time()
-        write_state(cfg, name, status="done", fingerprint=fp, finished=now,
+        digest = registry[name].digest(cfg) if registry[name].digest is not None else None
+        write_state(cfg, name, status="done", fingerprint=fp, finished=now, digest=digest,
                     finished_at=datetime.now().isoformat(timespec="seconds"), duration=now - start,
                     result=result)
         say(f"[{name}] done in {fmt_duration(now - start)}")

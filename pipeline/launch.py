@@ -25,8 +25,9 @@ STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 class StopRequest:
     """Turns SIGUSR1/SIGTERM into a stop file the training ranks poll (and a local flag)."""
 
-    def __init__(self, stop_file):
+    def __init__(self, stop_file, what: str = "finishing the current step, then checkpointing"):
         self.stop_file = stop_file
+        self.what = what
         self.requested = False
         self._old = {}
 
@@ -38,8 +39,7 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if not self.requested:
-            print(f"\n[pipeline] received {signal.Signals(signum).name}: finishing the current step, "
-                  f"then checkpointing", file=sys.stderr, flush=True)
+            print(f"\n[pipeline] received {signal.Signals(signum).name}: {self.what}", file=sys.stderr, flush=True)
         self.requested = True
         self.stop_file.parent.mkdir(parents=True, exist_ok=True)
         self.stop_file.touch()
@@ -72,7 +72,7 @@ def make_accelerator(cfg):
     return Accelerator(cpu=cpu, mixed_precision="no" if cpu else cfg.launch.mixed_precision)
 
 
-def needs_launcher(cfg, stage: dag.Stage) -> bool:
+def needs_launcher(cfg, stage) -> bool:
     if not stage.distributed:
         return False
     if cfg.launch.num_processes > 1:
@@ -104,20 +104,23 @@ def stage_logger(tracker, parent, cfg, name, fp, previous):
     return logger
 
 
-def execute(cfg, name: str, fp: str, previous: dict, *, tracker, parent):
+def execute(registry, cfg, name: str, fp: str, previous: dict, *, tracker, parent):
     """Run one stage (the DAG's ``execute`` callback)."""
-    stage = dag.STAGES[name]
+    stage = registry[name]
     paths = StagePaths(cfg, name).ensure()
     logger = stage_logger(tracker, parent, cfg, name, fp, previous)
     status = "FAILED"
     try:
-        with StopRequest(paths.stop_file) as stop:
+        what = ("finishing the current step, then checkpointing" if stage.distributed
+                else f"stopping {name} after the current item")
+        with StopRequest(paths.stop_file, what) as stop:
             if needs_launcher(cfg, stage):
-                result, world_size = _run_launched(cfg, name, logger, paths)
+                result, world_size = _run_launched(registry, cfg, name, fp, logger, paths)
             else:
                 acc = make_accelerator(cfg) if stage.distributed else None
-                ctx = StageContext(cfg, name, logger, accelerator=acc, stop_flag=lambda: stop.requested)
-                result = dag.load_stage_module(name).run(ctx)
+                ctx = StageContext(cfg, name, logger, accelerator=acc, stop_flag=lambda: stop.requested,
+                                   fingerprint=fp)
+                result = stage.run(ctx)
                 world_size = acc.num_processes if acc is not None else 1
         status = "FINISHED"
         write_json(paths.result_file, {"status": "done", "result": result, "world_size": world_size})
@@ -129,10 +132,11 @@ def execute(cfg, name: str, fp: str, previous: dict, *, tracker, parent):
         logger.finish(status)  # KILLED when stopped: the requeued job reopens this same run
 
 
-def _run_launched(cfg, name, logger, paths):
+def _run_launched(registry, cfg, name, fp, logger, paths):
     paths.resolved_config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     paths.result_file.unlink(missing_ok=True)
-    worker = ["-m", "pipeline.worker", "--stage", name, "--config", str(paths.resolved_config)]
+    worker = ["-m", "pipeline.worker", "--registry", registry.name, "--stage", name,
+              "--config", str(paths.resolved_config), "--fingerprint", fp]
     if logger.run_id:
         worker += ["--run-id", logger.run_id]
     cpu = use_cpu(cfg)

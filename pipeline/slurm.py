@@ -35,8 +35,6 @@ CMD_TIMEOUT = 20                     # seconds for one squeue/sacct/scontrol cal
 TERMINAL_STATES = frozenset({
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
     "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"})
-# stage name -> script in slurm/ when they differ (default: <stage>.sh, else pipeline.sh)
-STAGE_SCRIPTS: dict[str, str] = {"evaluate": "eval.sh"}
 
 Runner = Callable[..., subprocess.CompletedProcess]
 
@@ -325,7 +323,7 @@ class SubmittedJob:
 def script_for(stage: str, script_dir: str | Path | None = None) -> tuple[Path, dict[str, str]]:
     """The batch script of a stage and the extra variables it needs (pipeline.sh takes STAGES)."""
     d = Path(script_dir) if script_dir is not None else SCRIPT_DIR
-    own = d / STAGE_SCRIPTS.get(stage, f"{stage}.sh")
+    own = d / f"{stage}.sh"
     if own.is_file():
         return own.resolve(), {}
     generic = d / "pipeline.sh"

@@ -8,6 +8,7 @@ runner created, and a requeued job continues the same run.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -22,23 +23,63 @@ class TrackingError(RuntimeError):
     pass
 
 
+# MLflow 3's experiment kind: a model-training experiment opens on its runs table, not the GenAI page
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+# tracking stores MLflow 3 reads (its ./mlruns file store is in maintenance mode: refused here)
+SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
 def resolve_uri(cfg) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri or artifacts.default_tracking_uri(cfg)
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail early, naming the URI, when a tracking server cannot be reached."""
-    if uri.startswith(("http://", "https://")):
+def redact(uri: str) -> str:
+    """The URI without a password (``user:secret@host`` -> ``user:***@host``), for messages."""
+    return re.sub(r"(//[^/:@]*):[^/@]*@", r"\1:***@", uri)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def check_reachable(uri: str, timeout: float = 5.0, *, create: bool = True) -> None:
+    """Fail early, naming the URI (without its password), when the store cannot be used.
+
+    create=False (read-only commands such as `compare`): a missing sqlite store is an error,
+    not a new empty store.
+    """
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme.split("+")[0] not in SCHEMES:
+        raise TrackingError(f"tracking URI {redact(uri)!r}: scheme {scheme or '(none)'!r} is not one this pipeline "
+                            f"uses ({', '.join(s + '://' for s in SCHEMES)}; sqlite:///<path>/mlflow.db for a "
+                            f"local store), or set tracking.enabled=false")
+    if scheme in ("http", "https"):
         url = uri.rstrip("/") + "/health"
         try:
             with urllib.request.urlopen(url, timeout=timeout) as r:
                 if r.status != 200:
-                    raise TrackingError(f"MLflow tracking server {uri} answered {r.status} on /health")
+                    raise TrackingError(f"MLflow tracking server {redact(uri)} answered {r.status} on /health")
         except (urllib.error.URLError, OSError, socket.timeout) as e:
-            raise TrackingError(f"MLflow tracking server {uri} cannot be reached ({e}); start it, "
+            raise TrackingError(f"MLflow tracking server {redact(uri)} cannot be reached ({e}); start it, "
                                 f"or set MLFLOW_TRACKING_URI / tracking.uri, or tracking.enabled=false") from None
-    elif uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    path = _sqlite_path(uri)
+    if path is not None:
+        if path.exists() and path.is_file() and path.stat().st_size == 0:
+            raise TrackingError(f"MLflow store {path} is an empty (0-byte) file: a damaged store? Move it "
+                                f"aside to start a new one, or run with tracking.enabled=false")
+        if not path.exists() and not create:
+            raise TrackingError(f"no MLflow store at {path} (nothing has been run with this run_root yet)")
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _store_error(uri: str, e: Exception) -> TrackingError:
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    path = _sqlite_path(uri)
+    what = f"the file {path}" if path else redact(uri)
+    return TrackingError(f"MLflow store {redact(uri)} cannot be used ({type(e).__name__}: {first}); if {what} "
+                         f"is damaged, move it aside to start a new store, or run with tracking.enabled=false")
 
 
 def _flatten(d, prefix=""):
@@ -152,8 +193,15 @@ class Tracker:
 
         self.uri = resolve_uri(cfg)
         check_reachable(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        exp = self.client.get_experiment_by_name(cfg.experiment)
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            exp = self.client.get_experiment_by_name(cfg.experiment)
+        except TrackingError:
+            raise
+        except Exception as e:  # a corrupt sqlite file, a wrong database: one line, not SQLAlchemy's traceback
+            raise _store_error(self.uri, e) from None
+        if exp is not None and _sqlite_path(self.uri) == Path(artifacts.default_tracking_uri(cfg)[len("sqlite:///"):]):
+            follow_run_root(self.uri, exp, artifacts.default_artifact_root(cfg))
         if exp is None:
             location = None
             if self.uri.startswith("sqlite:"):
@@ -166,6 +214,9 @@ class Tracker:
                 self.experiment_id = self.client.get_experiment_by_name(cfg.experiment).experiment_id
         else:
             self.experiment_id = exp.experiment_id
+        if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            # MLflow 3's UI opens an experiment without this tag on its GenAI page (traces, prompts)
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     def parent(self, name: str, tags: dict | None = None) -> RunLogger:
         run = self.client.create_run(self.experiment_id, run_name=name, tags={
@@ -202,7 +253,43 @@ class Tracker:
     def ui_hint(self) -> str:
         if self.uri.startswith("sqlite:"):
             return f"mlflow ui --backend-store-uri {self.uri}"
-        return f"open {self.uri}"
+        return f"open {redact(self.uri)}"
+
+
+def follow_run_root(uri: str, exp, artifact_root: Path) -> bool:
+    """Re-point the artifact locations of a default store whose run root was copied or moved.
+
+    The default store (``<run_root>/mlflow.db``) records absolute artifact paths
+    (``<run_root>/mlartifacts/...``). After ``cp -r runs runs2`` a run in ``runs2`` would
+    write its artifacts into ``runs/`` (or re-create a moved root). When the experiment's
+    location is an ``mlartifacts`` folder other than this run root's, both the experiment's
+    and its runs' locations are rewritten to this run root (the copy holds the artifacts).
+    Returns True when it re-pointed.
+    """
+    import sqlite3
+    from urllib.parse import unquote, urlparse
+
+    loc = exp.artifact_location or ""
+    if not loc.startswith("file:"):
+        return False
+    old = Path(unquote(urlparse(loc).path))
+    if old.name != "mlartifacts" or old == artifact_root:
+        return False
+    new_uri, old_uri = artifact_root.as_uri(), old.as_uri()
+    db = sqlite3.connect(str(_sqlite_path(uri)))
+    try:
+        with db:
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                       (new_uri, int(exp.experiment_id)))
+            db.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                       "WHERE experiment_id = ? AND artifact_uri LIKE ? || '%'",
+                       (new_uri, len(old_uri) + 1, int(exp.experiment_id), old_uri))
+    finally:
+        db.close()
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    print(f"MLflow: this run root was copied or moved from {old.parent}; artifact locations now point "
+          f"into {artifact_root}", flush=True)
+    return True
 
 
 def log_image(logger, array, path, artifact_dir: str | None = None):
@@ -219,12 +306,17 @@ def read_runs(cfg, experiment: str | None = None):
     from mlflow import MlflowClient
 
     uri = resolve_uri(cfg)
-    check_reachable(uri)
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment or cfg.experiment)
-    if exp is None:
-        raise TrackingError(f"no MLflow experiment named {experiment or cfg.experiment!r} at {uri}")
-    runs = client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.start_time ASC"])
+    check_reachable(uri, create=False)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment or cfg.experiment)
+        if exp is None:
+            raise TrackingError(f"no MLflow experiment named {experiment or cfg.experiment!r} at {redact(uri)}")
+        runs = client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.start_time ASC"])
+    except TrackingError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _store_error(uri, e) from None
     return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
              "start": r.info.start_time, "end": r.info.end_time, "params": dict(r.data.params),
              "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)} for r in runs]

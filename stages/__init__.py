@@ -1,0 +1,30 @@
+"""The pipeline's stages: one module per DAG step, each declaring its own ``STAGE``.
+
+This is the one place that assembles them (in run order) with the config sections they
+share; the runner (``pipeline/``) is handed ``REGISTRY`` and knows nothing else of them.
+To add a stage: write ``stages/<name>.py`` with its config dataclass, ``run(ctx)`` and
+``STAGE = Stage(...)``, and add it to the list below.
+"""
+from __future__ import annotations
+
+from pipeline.config import DEFAULT_CONFIG
+from pipeline.registry import Registry, Section
+from stages import compare, finetune, pretrain, shard, swap
+from stages import eval as eval_stage
+from stages.common import DataConfig, ModelConfig
+
+REGISTRY = Registry(
+    stages=[shard.STAGE, pretrain.STAGE, finetune.STAGE, swap.STAGE, eval_stage.STAGE],
+    shared=[Section("data", DataConfig, "datasets"), Section("model", ModelConfig, "architecture")],
+    renamed={"train": "pretrain"},  # configs in the wild use `train:`; accepted with a note for one release
+    compare=compare.main,
+    default_config=DEFAULT_CONFIG,
+)
+
+
+def load_config(path=None, overrides=()):
+    """The config of this registry (a convenience for tests and notebooks)."""
+    from pipeline.config import load_config as load
+    from pipeline.registry import load as load_registry
+
+    return load(path, overrides, registry=load_registry(__name__))

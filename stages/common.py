@@ -1,9 +1,12 @@
-"""Config sections shared by several stages (data, model, training loop, launch, tracking)."""
+"""Config sections shared by several stages: data, model, the init checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from cartoon_stylegan.settings import derive
+from cartoon_stylegan.training.options import LoopOptions
 from pipeline.config import ConfigError, spec
 
 SYNTHETIC_DOMAINS = ("faces", "cartoons")
@@ -51,57 +54,12 @@ class InitConfig:
     path: Optional[str] = spec(None, help="checkpoint to start from (transfer: weights only)")
     format: Literal["native", "rosinality"] = spec("native", help="native (our transfer file) or rosinality (.pt of stylegan2-pytorch)")
 
-    def preflight(self, key: str):
-        from pathlib import Path
 
-        if self.path and not Path(self.path).is_file():
-            raise ConfigError(f"{key}.init.path: {self.path!r} is not a file (expected a "
-                              f"{self.format} checkpoint)")
+# The training loop's settings are declared once, in the library (LoopOptions, with help and
+# ranges); the pretrain and finetune sections and a variant's overrides are copies of them.
+LOOP_KEYS = tuple(f.name for f in dataclasses.fields(LoopOptions) if f.name != "seed")  # seed: the root's
 
 
-@dataclass
-class LoopConfig:
-    """The training-loop settings (mapped onto cartoon_stylegan.training.LoopOptions)."""
-    kimg: float = spec(100.0, min=0.0, help="training budget in thousands of real images shown")
-    batch: int = spec(32, min=1, max=4096, help="batch size per process")
-    lr_g: float = spec(0.002, min=0.0, max=1.0, help="generator learning rate")
-    lr_d: float = spec(0.002, min=0.0, max=1.0, help="discriminator learning rate")
-    r1_gamma: float = spec(10.0, min=0.0, help="R1 regularisation weight")
-    r1_every: int = spec(16, min=1, help="lazy R1 interval (minibatches)")
-    pl_weight: Optional[float] = spec(2.0, min=0.0, help="path-length regularisation weight (0 = off; "
-                                      "null in finetune = off when G blocks are frozen, else 2)")
-    pl_every: int = spec(4, min=1, help="lazy path-length interval (minibatches)")
-    mixing_prob: float = spec(0.9, min=0.0, max=1.0, help="style-mixing probability")
-    ema_kimg: float = spec(10.0, min=0.0, help="G_ema half-life in kimg")
-    ema_rampup: Optional[float] = spec(0.05, min=0.0, help="EMA ramp-up ratio (null = off)")
-    ada: bool = spec(False, help="adaptive discriminator augmentation")
-    ada_target: float = spec(0.6, min=0.0, max=1.0, help="ADA target for E[sign(D(real))]")
-    ada_kimg: float = spec(500.0, min=0.001, help="ADA adjustment speed (kimg for p to go 0 -> 1)")
-    tick_kimg: float = spec(1.0, min=0.001, help="report metrics every N kimg")
-    sample_kimg: float = spec(10.0, min=0.001, help="sample grid every N kimg")
-    snapshot_kimg: float = spec(10.0, min=0.001, help="resume checkpoint every N kimg")
-    keep_checkpoints: int = spec(3, min=1, help="resume checkpoints kept")
-    grid: list[int] = spec(factory=lambda: [8, 4], help="sample grid columns, rows")
-
-    def __post_init__(self):
-        if len(self.grid) != 2 or min(self.grid) < 1:
-            raise ConfigError(f"grid: {self.grid!r} must be [columns, rows], both >= 1")
-
-
-LOOP_FIELDS = tuple(LoopConfig.__dataclass_fields__)
-
-
-@dataclass
-class LaunchConfig:
-    num_processes: int = spec(1, min=1, max=1024, help="processes on this machine (>1: accelerate launch, DDP)")
-    mixed_precision: Literal["no", "fp16", "bf16"] = spec("no", help="GPU only; CPU always trains in fp32")
-    cpu: Optional[bool] = spec(None, help="force CPU (null: CPU when no CUDA device)")
-    accelerate_config: Optional[str] = spec(None, help="accelerate config file passed to accelerate launch")
-    main_process_port: int = spec(0, min=0, max=65535, help="rendezvous port for local multi-process (0: a free one)")
-
-
-@dataclass
-class TrackingConfig:
-    uri: Optional[str] = spec(None, help="MLflow tracking URI (default sqlite:///<run_root>/mlflow.db; "
-                              "MLFLOW_TRACKING_URI wins over this)")
-    enabled: bool = spec(True, help="log to MLflow")
+def loop_section(name: str, *, exclude=(), optional: bool = False, doc: str = ""):
+    """A config section holding the loop settings (less ``exclude``), for a stage to extend."""
+    return derive(LoopOptions, name, exclude=("seed", *exclude), optional=optional, doc=doc, module=__name__)

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Optional
 
+from pipeline import dag
+from pipeline.artifacts import read_json, write_json
 from pipeline.config import spec
+from pipeline.registry import Stage
 
 
 @dataclass
@@ -22,8 +26,148 @@ class EvalConfig:
     source_vs_target: bool = spec(False, help="also score the source generator against the target shards "
                                   "(how far from cartoons fine-tuning started)")
 
+    def validate_against(self, root):
+        from pipeline.config import ConfigError
+
+        if not self.metrics:
+            raise ConfigError("eval.metrics: empty; give at least one of fid, kid, pr")
+
+
+def preflight(cfg):
+    """The reference sets will be as large as asked (checked before training, not after)."""
+    from pipeline.config import ConfigError
+
+    n_real = cfg.eval.n_real
+    for name in ("source", "target"):
+        ds = getattr(cfg.data, name)
+        if n_real and ds.input.startswith("synthetic:") and ds.count and n_real > ds.count:
+            raise ConfigError(f"eval.n_real: {n_real} is more than data.{name}.count ({ds.count}): "
+                              f"the reference set would be short; lower eval.n_real or raise the count")
+
+
+def variant_logger(ctx, name):
+    """The variant's own MLflow run (made by the finetune stage), so its metrics sit beside its losses."""
+    run = read_json(ctx.paths.of("finetune").train_dir(name) / "mlflow_run.json", {}) or {}
+    if not run.get("run_id") or not ctx.logger.run_id:
+        return None
+    return ctx.logger.child(name, run_id=run["run_id"])
+
 
 def run(ctx):
-    from stages import generation as gen
+    from cartoon_stylegan.metrics import GeneratorDataset, ShardImageDataset, compute_metrics, structure_distance
+    from cartoon_stylegan.sampling import Sampler
+    from stages.models import device, fresh_models, load_source, load_variants
 
-    return gen.run_eval(ctx)
+    cfg, ec = ctx.cfg, ctx.cfg.eval
+    dev = device()
+    G_src = load_source(cfg, ctx.paths, dev)
+    variants = load_variants(cfg, ctx.paths, G_src, dev, truncation=ec.truncation)
+    source = Sampler(G_src, truncation=ec.truncation)
+    ctx.log_params({"eval": ec})
+    cache = ctx.paths.stats_cache
+    common = dict(metrics=tuple(ec.metrics), kid_subset_size=ec.kid_subset_size, batch_size=ec.batch,
+                  device=dev, cache_dir=cache, progress=False)
+    source_real = ShardImageDataset(ctx.paths.dataset_dir("source"), limit=ec.n_real)
+    target_real = ShardImageDataset(ctx.paths.dataset_dir("target"), limit=ec.n_real)
+    table = {}
+    # Scores survive a stop or a crash: each model's figures go to partial.json as soon as they
+    # exist, keyed by the stage fingerprint (config + the upstream runs); a re-run with the same
+    # fingerprint scores only what is missing. Removed once metrics.json is written.
+    partial_file, fp = ctx.paths.stage_dir / PARTIAL_FILE, ctx.fingerprint
+    saved = read_json(partial_file, {}) or {}
+    done = dict(saved.get("scores", {})) if saved.get("fingerprint") == fp else {}
+    if done:
+        ctx.say(f"[eval] continuing an interrupted eval: {', '.join(done)} already scored")
+
+    def stop_point():
+        if ctx.should_stop():
+            raise dag.StageStopped(f"eval stopped after scoring {len(done)} model(s) ({', '.join(done)}); "
+                                   f"run again to score the rest")
+
+    def score(label, fake_fn, real, *, structure=None):
+        if label in done:
+            table[label] = done[label]
+            ctx.say(f"[eval] {label}: kept from the interrupted run")
+            return done[label]
+        fake = fake_fn()
+        ctx.say(f"[eval] {label}: {len(fake)} generated vs {len(real)} real images")
+        m = compute_metrics(fake, real, **common)
+        ctx.log_metrics({f"{label}/{k}": v for k, v in m.items()})
+        if structure is not None:
+            s = {k: float(v) for k, v in structure().items() if isinstance(v, (int, float)) and k != "n"}
+            m.update({f"structure_{k}": v for k, v in s.items()})
+            ctx.log_metrics({f"{label}/structure_{k}": v for k, v in s.items()})
+        table[label] = done[label] = m
+        write_json(partial_file, {"fingerprint": fp, "scores": done})
+        return m
+
+    score("source", lambda: GeneratorDataset(source, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch), source_real)
+    stop_point()
+    if ec.real_floor:
+        held_out = held_out_images(ctx.paths.dataset_dir("source"), len(source_real), ec.n_samples)
+        if held_out is None:
+            ctx.say(f"[eval] real_floor skipped: the source shards hold fewer than n_real + n_samples "
+                    f"= {len(source_real) + ec.n_samples} images")
+        else:
+            score("real_floor", lambda: held_out, source_real)
+            stop_point()
+    if ec.untrained_baseline:
+        untrained = Sampler(fresh_models(cfg, cfg.seed + 12345)["g_ema"].eval().to(dev))
+        score("untrained", lambda: GeneratorDataset(untrained, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch),
+              source_real)
+        stop_point()
+    if ec.source_vs_target:
+        score("source_vs_target", lambda: GeneratorDataset(Sampler(G_src), ec.n_samples, seed=cfg.seed + 1,
+                                                           batch=ec.batch), target_real)
+        stop_point()
+    for name, sampler in variants.items():
+        m = score(name, lambda: GeneratorDataset(sampler, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch),
+                  target_real,
+                  structure=lambda: structure_distance(source, sampler, n=ec.structure_n, seed=cfg.seed + 2,
+                                                       batch=ec.batch, device=dev))
+        vlog = variant_logger(ctx, name)  # again for a kept score: a stop may have come before this
+        if vlog is not None:
+            vlog.metrics({f"eval/{k}": v for k, v in _eval_names(m).items()})
+            vlog.finish("FINISHED")
+        stop_point()
+    write_json(ctx.paths.metrics_file, table)
+    partial_file.unlink(missing_ok=True)
+    ctx.log_artifact(ctx.paths.metrics_file)
+    ctx.say(format_metrics(table))
+    return {"metrics": str(ctx.paths.metrics_file), **{k: {kk: round(vv, 4) for kk, vv in v.items()
+                                                             if isinstance(vv, float)} for k, v in table.items()}}
+
+
+PARTIAL_FILE = "partial.json"
+"""Eval stage: the scores so far of an interrupted eval (see :func:`run_eval`)."""
+
+
+def held_out_images(shard_dir, skip, n):
+    """Source images ``skip .. skip + n`` of the shards (disjoint from the reference set), or None."""
+    from torch.utils.data import Subset
+
+    from cartoon_stylegan.metrics import ShardImageDataset
+
+    if int((read_json(Path(shard_dir) / "manifest.json", {}) or {}).get("count", 0)) < skip + n:
+        return None
+    return Subset(ShardImageDataset(shard_dir, limit=skip + n), range(skip, skip + n))
+
+
+def _eval_names(m):
+    """Metric names as `pipeline compare` reads them (eval/<name>)."""
+    out = dict(m)
+    if "structure_mean_rank" in m:
+        out["structure_rank"] = m["structure_mean_rank"]
+    return out
+
+
+def format_metrics(table) -> str:
+    cols = ["fid", "kid_mean", "precision", "recall", "structure_ratio", "structure_mean_rank"]
+    lines = [f"{'model':18s}" + "".join(f"{c:>20s}" for c in cols)]
+    for name, m in table.items():
+        lines.append(f"{name:18s}" + "".join(f"{m[c]:>20.4f}" if c in m else f"{'-':>20s}" for c in cols))
+    return "\n".join(lines)
+
+
+STAGE = Stage(name="eval", run=run, config=EvalConfig, needs=("finetune",), reads=("seed", "eval"), preflight=preflight,
+              makes="eval/metrics.json", help="eval stage: FID/KID/PR and structure distance")

@@ -1,62 +1,51 @@
 """Fine-tune stage: FreezeSG / structure loss and the baselines, one sub-run per variant."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Optional, get_type_hints
+from dataclasses import dataclass
+from typing import Literal, Optional
 
-from pipeline.config import ConfigError, _check_range, _convert, spec, unknown_key_error
-from stages.common import LOOP_FIELDS, InitConfig, LoopConfig
+from cartoon_stylegan.settings import overrides_of
+from pipeline.config import ConfigError, spec, unknown_key_error
+from pipeline.registry import Stage
+from pipeline.settings import check_name
+from stages.common import LOOP_KEYS, InitConfig, loop_section
 
 
 @dataclass
 class StructureLossConfig:
     up_to: int = spec(32, min=4, pow2=True, help="blocks at resolutions <= up_to (from 8 px) take part")
-    weight: float = spec(1.0, min=0.0, help="lambda")
+    weight: float = spec(1.0, min=0.0, help="lambda; the loss is the MEAN over the blocks (the paper's "
+                         "text), the reference code SUMS them: its lambda is n_blocks x ours")
     on: Literal["rgb", "features"] = spec("rgb", help="compare RGB skip outputs (paper) or feature maps (reference code)")
 
 
-_VARIANT_OWN = ("freeze_d_above", "freeze_g_up_to", "freeze_style_up_to", "freeze_mapping", "structure_loss")
-
-
 @dataclass
-class VariantConfig:
-    """A fine-tuning method; keys other than the freeze options override loop settings for this variant."""
+class VariantConfig(loop_section("VariantLoopOverrides", optional=True)):
+    """A fine-tuning method: what it freezes and adds; any loop setting given here overrides the
+    finetune section's for this variant only (the copy of the loop settings with every key optional)."""
     freeze_d_above: Optional[int] = spec(None, min=4, pow2=True, help="FreezeD: D blocks above this resolution do not train")
     freeze_g_up_to: Optional[int] = spec(None, min=4, pow2=True, help="FreezeG: G const/mapping/blocks up to this resolution do not train")
     freeze_style_up_to: Optional[int] = spec(None, min=4, pow2=True, help="FreezeSG: W+ of layers up to this resolution from the frozen source mapping")
     freeze_mapping: bool = spec(False, help="the target mapping network does not train")
     structure_loss: Optional[StructureLossConfig] = spec(None, help="structure loss against the source generator")
-    loop: dict = field(default_factory=dict, metadata={"help": "loop settings for this variant only"})
 
-    @classmethod
-    def __from_config__(cls, data, prefix):
-        from pipeline.config import from_dict
-
-        data = dict(data or {})
-        nested = data.pop("loop", None) or {}  # a resolved config written back has them nested
-        if not isinstance(nested, dict):
-            raise ConfigError(f"{prefix}.loop: expected a mapping of loop settings, got {nested!r}")
-        loop_raw = {**nested, **{k: data.pop(k) for k in list(data) if k in LOOP_FIELDS}}
-        bad = [k for k in loop_raw if k not in LOOP_FIELDS]
-        if bad:
-            raise unknown_key_error(f"{prefix}.loop.{bad[0]}", bad[0], LOOP_FIELDS)
-        unknown = [k for k in data if k not in _VARIANT_OWN]
-        if unknown:
-            raise unknown_key_error(f"{prefix}.{unknown[0]}", unknown[0], _VARIANT_OWN + LOOP_FIELDS)
-        variant = from_dict(cls, data, prefix, use_hook=False)
-        hints = get_type_hints(LoopConfig)
-        fields = LoopConfig.__dataclass_fields__
-        for k, v in loop_raw.items():
-            key = f"{prefix}.{k}"
-            variant.loop[k] = _convert(hints[k], v, key)
-            _check_range(fields[k], variant.loop[k], key)
-        return variant
+    def loop_overrides(self) -> dict:
+        """The loop settings this variant sets (those not None)."""
+        return overrides_of(self, LOOP_KEYS)
 
 
 def default_variants():
+    """The paper's comparison (arXiv 2106.12445); the D side (finetune.freeze_d_above, ada) is shared.
+
+    freezed             FreezeD + ADA only: the baseline
+    freezeg             + the low-resolution blocks and the mapping network frozen (reference FreezeG)
+    freezesg            + the low-resolution blocks frozen, their W+ from the frozen *source* mapping;
+                        the target mapping trains and styles the layers above
+    freezesg_structure  freezesg + the structure loss
+    """
     return {
-        "freezed": VariantConfig(freeze_d_above=16, loop={"ada": True}),
-        "freezeg": VariantConfig(freeze_g_up_to=8),
+        "freezed": VariantConfig(),
+        "freezeg": VariantConfig(freeze_g_up_to=8, freeze_mapping=True),
         "freezesg": VariantConfig(freeze_g_up_to=8, freeze_style_up_to=8),
         "freezesg_structure": VariantConfig(freeze_g_up_to=8, freeze_style_up_to=8,
                                             structure_loss=StructureLossConfig(up_to=16, weight=1.0)),
@@ -64,9 +53,16 @@ def default_variants():
 
 
 @dataclass
-class FinetuneConfig(LoopConfig):
+class FinetuneConfig(loop_section("FinetuneLoop", exclude=("pl_weight", "ada", "ema_rampup"))):
     pl_weight: Optional[float] = spec(None, min=0.0, help="path-length weight; null: off when G blocks are "
                                       "frozen (as the reference code), else 2")
+    ada: bool = spec(True, help="adaptive discriminator augmentation, for every variant (the reference "
+                     "adds --augment to every fine-tuning command)")
+    ema_rampup: Optional[float] = spec(None, min=0.0, help="G_ema ramp-up; null: none -- a fine-tune is a "
+                                       "transfer, G_ema starts as the source generator itself")
+    freeze_d_above: Optional[int] = spec(None, min=4, pow2=True, help="FreezeD for every variant (a variant's "
+                                         "own freeze_d_above wins): D blocks reading inputs above this do not "
+                                         "train; the reference's --freezeD=3 at 256 px is 32")
     init: InitConfig = spec(factory=InitConfig, help="start from these weights instead of the pretrain stage (a transfer)")
     variants: dict[str, VariantConfig] = spec(factory=default_variants, help="fine-tuning methods, each trained into its own dir")
     run_variants: Optional[list[str]] = spec(None, help="which variants to train (null: all)")
@@ -79,10 +75,15 @@ class FinetuneConfig(LoopConfig):
         res = root.data.resolution
         if not self.variants:
             raise ConfigError("finetune.variants: at least one variant is needed")
+        if self.run_variants is not None and not self.run_variants:
+            raise ConfigError("finetune.run_variants: empty; list the variants to train, or null for all")
         for n in self.run_variants or []:
             if n not in self.variants:
                 raise unknown_key_error(f"finetune.run_variants: {n!r}", n, self.variants)
+        if self.freeze_d_above is not None and self.freeze_d_above > res:
+            raise ConfigError(f"finetune.freeze_d_above: {self.freeze_d_above} is above data.resolution ({res})")
         for name, v in self.variants.items():
+            check_name(name, f"finetune.variants.{name}")
             for k in ("freeze_d_above", "freeze_g_up_to", "freeze_style_up_to"):
                 r = getattr(v, k)
                 if r is not None and r > res:
@@ -93,13 +94,41 @@ class FinetuneConfig(LoopConfig):
 
 
 def preflight(cfg):
-    cfg.finetune.init.preflight("finetune")
+    from stages.models import check_init
+
+    check_init(cfg, "finetune", cfg.finetune.init)
 
 
 def run(ctx):
-    from stages import training_common as tc
+    import copy
 
+    from stages.models import load_weights, source_path
+    from stages.training import run_training
+
+    cfg = ctx.cfg
+    path, fmt = source_path(cfg, ctx.paths)
     out = {}
-    for name, variant in ctx.cfg.finetune.selected().items():
-        out[name] = tc.run_training(ctx, section=ctx.cfg.finetune, data_name="target", variant=(name, variant))
+    for name, variant in cfg.finetune.selected().items():
+        nets = load_weights(cfg, path, fmt)
+        # G, G_ema and the frozen source all start as the source generator (its EMA weights): every
+        # frozen tensor agrees between them from step 0 on, and the structure loss starts at 0
+        nets["g"] = copy.deepcopy(nets["g_ema"])
+        G_source = copy.deepcopy(nets["g_ema"]).eval().requires_grad_(False)
+        ctx.say(f"[finetune/{name}] source generator: {path}")
+        out[name] = run_training(ctx, section=cfg.finetune, data_name="target", nets=nets, G_source=G_source,
+                                 variant=(name, variant), source=path)
     return out
+
+
+def digest(cfg) -> str:
+    from pipeline.artifacts import StagePaths, digest_of, file_digest
+
+    paths = StagePaths(cfg, "finetune")
+    return digest_of({name: file_digest(paths.final_network(name)) for name in cfg.finetune.selected()})
+
+
+STAGE = Stage(
+    name="finetune", run=run, config=FinetuneConfig, needs=("pretrain",), preflight=preflight, distributed=True,
+    digest=digest, makes="finetune/<variant>/checkpoints/network-final.pt",
+    reads=("seed", "data.resolution", "data.target", "data.xflip", "data.shuffle_buffer", "model", "finetune"),
+    help="finetune stage: one sub-run per variant")

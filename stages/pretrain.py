@@ -4,19 +4,40 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config import spec
-from stages.common import InitConfig, LoopConfig
+from pipeline.registry import Stage
+from stages.common import InitConfig, loop_section
 
 
 @dataclass
-class PretrainConfig(LoopConfig):
+class PretrainConfig(loop_section("PretrainLoop")):
+    """The training loop's settings (cartoon_stylegan.training.LoopOptions) and where to start."""
     init: InitConfig = spec(factory=InitConfig, help="start from these weights (kimg 0: import only)")
 
 
 def preflight(cfg):
-    cfg.train.init.preflight("train")
+    from stages.models import check_init
+
+    check_init(cfg, "pretrain", cfg.pretrain.init)
 
 
 def run(ctx):
-    from stages import training_common as tc
+    from stages.models import fresh_models, load_weights
+    from stages.training import run_training
 
-    return tc.run_training(ctx, section=ctx.cfg.train, data_name="source", variant=None)
+    cfg = ctx.cfg
+    init = cfg.pretrain.init
+    nets = load_weights(cfg, init.path, init.format) if init.path else fresh_models(cfg, cfg.seed)
+    return run_training(ctx, section=cfg.pretrain, data_name="source", nets=nets)
+
+
+def digest(cfg) -> str:
+    from pipeline.artifacts import StagePaths, file_digest
+
+    return file_digest(StagePaths(cfg, "pretrain").final_network())[:16]
+
+
+STAGE = Stage(
+    name="pretrain", run=run, config=PretrainConfig, needs=("shard",), preflight=preflight, distributed=True,
+    digest=digest, makes="pretrain/checkpoints/network-final.pt",
+    reads=("seed", "data.resolution", "data.source", "data.xflip", "data.shuffle_buffer", "model", "pretrain"),
+    help="pretrain stage: the training loop on the source domain (was `train`)")

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pipeline.config import spec
+from pipeline.registry import Stage
 
 
 @dataclass
@@ -31,7 +32,8 @@ def preflight(cfg):
 
 def run(ctx):
 
-    from cartoon_stylegan.data import preview_grid, write_shards
+    from cartoon_stylegan.data import ShardingStopped, preview_grid, write_shards
+    from pipeline.dag import StageStopped
 
     cfg = ctx.cfg
     res = cfg.data.resolution
@@ -41,11 +43,15 @@ def run(ctx):
         ds = getattr(cfg.data, name)
         out_dir = ctx.paths.dataset_dir(name)
         ctx.say(f"sharding {name}: {ds.input} -> {out_dir}")
-        manifest = write_shards(
-            ds.input, out_dir, name, resolution=res, count=ds.count, seed=cfg.seed,
-            fmt=cfg.shard.format, quality=cfg.shard.quality, max_per_shard=cfg.shard.max_per_shard,
-            workers=cfg.shard.workers, min_size=cfg.shard.min_size, progress=True,
-            report=lambda m, _n=name: ctx.log_metrics({f"{_n}/{k}": v for k, v in m.items()}))
+        try:
+            manifest = write_shards(
+                ds.input, out_dir, name, resolution=res, count=ds.count, seed=cfg.seed,
+                fmt=cfg.shard.format, quality=cfg.shard.quality, max_per_shard=cfg.shard.max_per_shard,
+                workers=cfg.shard.workers, min_size=cfg.shard.min_size, progress=True,
+                report=lambda m, _n=name: ctx.log_metrics({f"{_n}/{k}": v for k, v in m.items()}),
+                should_stop=ctx.should_stop)
+        except ShardingStopped as e:
+            raise StageStopped(f"shard {e}; the next run shards this set again from the start") from None
         ctx.log_metrics({f"{name}/written": manifest["count"], f"{name}/skipped": len(manifest["skipped"]),
                          f"{name}/found": manifest["found"]})
         ctx.log_artifact(out_dir / "manifest.json", name)
@@ -66,3 +72,20 @@ def _grid_from_shards(shard_dir, n=32):
 
     batch = next(iter(make_loader(shard_dir, batch_size=n, xflip=False, shuffle_buffer=0)))
     return tile_images(to_uint8(batch), cols=8)
+
+
+def digest(cfg) -> str:
+    """What the shards hold: every tar's SHA-256 (from the manifests), so a rerun that writes the
+    same images leaves pretrain and finetune up to date."""
+    from pipeline.artifacts import StagePaths, digest_of, read_json
+
+    paths = StagePaths(cfg, "shard")
+    return digest_of({name: [(s["file"], s["sha256"]) for s in read_json(paths.dataset_dir(name) / "manifest.json")["shards"]]
+                      for name in ("source", "target")})
+
+
+STAGE = Stage(
+    name="shard", run=run, config=ShardConfig, preflight=preflight, digest=digest,
+    reads=("seed", "data.resolution", "data.source", "data.target", "shard.format", "shard.quality",
+           "shard.max_per_shard", "shard.min_size"),  # not shard.workers: the same shards either way
+    makes="shard/<dataset>/*.tar + manifest.json", help="shard stage")

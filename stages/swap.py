@@ -4,7 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from pipeline.artifacts import write_json
+from pipeline.dag import StageStopped
 from pipeline.config import ConfigError, spec
+from pipeline.registry import Stage
 
 
 @dataclass
@@ -19,6 +22,8 @@ class SwapConfig:
     export_at: Optional[int] = spec(None, min=4, pow2=True, help="also save the weight-swapped generator at this resolution")
 
     def validate_against(self, root):
+        if not self.kinds:
+            raise ConfigError("swap.kinds: empty; give weight and/or activation")
         res = root.data.resolution
         for k in ("min_res", "export_at"):
             v = getattr(self, k)
@@ -27,6 +32,37 @@ class SwapConfig:
 
 
 def run(ctx):
-    from stages import generation as gen
+    from cartoon_stylegan import checkpoint
+    from cartoon_stylegan.swap import swap_grid, weight_swap
+    from stages.models import device, load_source, load_variants
 
-    return gen.run_swap(ctx)
+    cfg, sc = ctx.cfg, ctx.cfg.swap
+    dev = device()
+    G_src = load_source(cfg, ctx.paths, dev)
+    variants = load_variants(cfg, ctx.paths, G_src, dev)
+    ctx.log_params({"swap": sc})
+    res = cfg.data.resolution
+    resolutions = [r for r in (2 ** k for k in range(2, 11)) if sc.min_res <= r <= res]
+    out = {}
+    for name, sampler in variants.items():
+        for kind in sc.kinds:
+            grid, labels = swap_grid(G_src, sampler, seeds=list(range(sc.seeds)), resolutions=resolutions, kind=kind,
+                                     truncation=sc.truncation, mapping=sc.mapping, blend_width=sc.blend_width)
+            path = ctx.paths.stage_dir / f"{name}-{kind}.png"
+            ctx.log_image(grid, path, "grids")
+            out[f"{name}/{kind}"] = {"grid": str(path), "rows": labels}
+            ctx.say(f"[swap] {name} ({kind}): {path}")
+        if sc.export_at:
+            G_sw = weight_swap(G_src, sampler.G, sc.export_at, mapping=sc.mapping, blend_width=sc.blend_width)
+            dst = ctx.paths.stage_dir / f"{name}-swap{sc.export_at}.pt"
+            checkpoint.save_transfer(dst, g=G_sw, d=None, g_ema=G_sw,
+                                     meta={"swap_at": sc.export_at, "variant": name, "mapping": sc.mapping})
+            out[f"{name}/export"] = str(dst)
+        if ctx.should_stop():  # grids are cheap and written whole: a rerun draws them all again
+            raise StageStopped(f"swap stopped after {name}; the next run draws every grid again")
+    write_json(ctx.paths.stage_dir / "swap.json", out)
+    return out
+
+
+STAGE = Stage(name="swap", run=run, config=SwapConfig, needs=("finetune",), reads=("seed", "swap"),
+              makes="swap/<variant>-<kind>.png", help="swap stage: layer-swap grids")

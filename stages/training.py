@@ -1,102 +1,96 @@
-"""What pretrain and finetune share: build or load the models, map the config onto the loop, run it.
+"""The training recipe pretrain and finetune share: map the config onto the loop, run it, log.
 
-A recipe, no tensor math: the library's training loop does the work.
+A recipe, no tensor math: the library's training loop does the work. The stage hands it
+the networks to start from (stages/models.py builds or loads them).
 """
 from __future__ import annotations
 
-import copy
 import json
-import shutil
+import os
 import time
+from datetime import datetime
 
 from pipeline import dag
-from pipeline.artifacts import read_json, write_json
-from stages.common import LOOP_FIELDS
-
-
-def arch(cfg) -> tuple[dict, dict]:
-    m = cfg.model
-    g = dict(size=cfg.data.resolution, style_dim=m.style_dim, n_mlp=m.n_mlp,
-             channel_multiplier=m.channel_multiplier, channel_max=m.channel_max, lr_mlp=m.lr_mlp,
-             use_noise=m.use_noise)
-    d = dict(size=cfg.data.resolution, channel_multiplier=m.channel_multiplier, channel_max=m.channel_max)
-    return g, d
-
-
-def fresh_models(cfg, seed):
-    import torch
-
-    from cartoon_stylegan.networks import Discriminator, Generator
-
-    g_cfg, d_cfg = arch(cfg)
-    torch.manual_seed(seed)
-    G, D = Generator(**g_cfg), Discriminator(**d_cfg)
-    G_ema = copy.deepcopy(G).eval()
-    return {"g": G, "d": D, "g_ema": G_ema}
-
-
-def load_weights(cfg, path, fmt):
-    """A transfer: weights of G, D, G_ema from a file, checked against the configured architecture."""
-    from cartoon_stylegan import checkpoint
-
-    g_cfg, d_cfg = arch(cfg)
-    if fmt == "rosinality":
-        nets = checkpoint.import_rosinality(path)
-        for key, want in (("g", g_cfg), ("g_ema", g_cfg), ("d", d_cfg)):
-            net = nets.get(key)
-            if net is not None:
-                training_only = ("lr_mlp", "use_noise")  # choices of this run, not stored by rosinality
-                got = {k: net.config.get(k) for k in want if k not in training_only}
-                exp = {k: v for k, v in want.items() if k not in training_only}
-                if got != exp:
-                    raise checkpoint.CheckpointMismatch(
-                        f"{path}: {key} has architecture {got}, the config asks for {exp} "
-                        f"(set data.resolution / model.* to match the checkpoint)")
-                if key != "d":
-                    net.use_noise = want["use_noise"]
-    else:
-        nets = checkpoint.load_transfer(path, expect_g_config=g_cfg, expect_d_config=d_cfg)
-    if nets.get("g_ema") is None and nets.get("g") is None:
-        raise ValueError(f"{path}: holds no generator")
-    if nets.get("g") is None:
-        nets["g"] = copy.deepcopy(nets["g_ema"])
-    if nets.get("g_ema") is None:
-        nets["g_ema"] = copy.deepcopy(nets["g"])
-    if nets.get("d") is None:
-        from cartoon_stylegan.networks import Discriminator
-
-        nets["d"] = Discriminator(**d_cfg)
-    return nets
+from pipeline.artifacts import digest_of, read_json, write_json
+from pipeline.config import to_dict
+from stages.common import LOOP_KEYS
 
 
 def loop_options(section, variant=None, *, seed):
     """The stage section (and a variant's overrides) -> LoopOptions for the library loop."""
     from cartoon_stylegan.training import LoopOptions
 
-    values = {k: getattr(section, k) for k in LOOP_FIELDS}
+    values = {k: getattr(section, k) for k in LOOP_KEYS}
     if variant is not None:
-        values.update(variant.loop)
+        values.update(variant.loop_overrides())
         if values["pl_weight"] is None:  # reference behaviour: no path-length reg when G blocks are frozen
             values["pl_weight"] = 0.0 if variant.freeze_g_up_to else 2.0
     if values["pl_weight"] is None:
         values["pl_weight"] = 2.0
-    grid = values.pop("grid")
-    values["grid_size"] = tuple(grid)
     return LoopOptions(**values, seed=seed)
 
 
-def _own_dir(train_dir, fingerprint):
-    """Checkpoints in ``train_dir`` belong to one fingerprint; a changed config starts afresh."""
+def lineage(cfg, data_name: str, opts, *, variant=None, source: str | None = None, init=None) -> dict:
+    """What a training dir's model *is*: data, architecture, the loop settings that change what is
+    trained (not the budget or the reporting intervals: ``RUN_ONLY``), the variant's method and
+    the weights it started from. A run with the same lineage continues the dir's checkpoints."""
+    from cartoon_stylegan.training.options import RUN_ONLY
+    from pipeline.artifacts import file_digest
+
+    data = cfg.data
+    manifest = read_json(_shard_manifest(cfg, data_name), {}) or {}
+    out = {
+        "data": {"resolution": data.resolution, "xflip": data.xflip, "shuffle_buffer": data.shuffle_buffer,
+                 "shards": [s.get("sha256") for s in manifest.get("shards", [])]},
+        "model": to_dict(cfg.model),
+        "loop": {k: v for k, v in opts.to_dict().items() if k not in RUN_ONLY},
+    }
+    if variant is not None:
+        out["variant"] = {k: v for k, v in to_dict(variant).items() if k not in LOOP_KEYS}
+    if source is not None:
+        out["source"] = file_digest(source)
+    if init is not None and init.path:
+        out["init"] = {"format": init.format, "sha256": file_digest(init.path)}
+    return out
+
+
+def _shard_manifest(cfg, data_name):
+    from pipeline.artifacts import StagePaths
+
+    return StagePaths(cfg, "shard").dataset_dir(data_name) / "manifest.json"
+
+
+def claim_dir(train_dir, owner: dict, say) -> None:
+    """Make ``train_dir`` hold a model of lineage ``owner``; a model of another lineage is kept,
+    moved aside to ``superseded/<time>/`` (nothing a user trained is deleted)."""
     marker = train_dir / "owner.json"
-    owner = read_json(marker, {}) or {}
-    if owner.get("fingerprint") != fingerprint and train_dir.exists():
-        for sub in ("checkpoints", "samples"):
-            shutil.rmtree(train_dir / sub, ignore_errors=True)
-        (train_dir / "done.json").unlink(missing_ok=True)
-    write_json(marker, {"fingerprint": fingerprint})
+    previous = read_json(marker, {}) or {}
+    key = digest_of(owner)
+    mine = [train_dir / n for n in ("checkpoints", "samples", "done.json", "mlflow_run.json")
+            if (train_dir / n).exists()]
+    if previous.get("lineage") != key and mine:
+        dst = train_dir / "superseded" / datetime.now().strftime("%Y%m%d-%H%M%S")
+        dst.mkdir(parents=True, exist_ok=True)
+        for p in mine:
+            os.replace(p, dst / p.name)
+        changed = sorted(k for k in set(owner) | set(previous.get("owner", {}))
+                         if owner.get(k) != previous.get("owner", {}).get(k)) or ["(unknown: an older layout)"]
+        say(f"  {train_dir.name}: the model there was trained with other settings ({', '.join(changed)} "
+            f"differ); kept in {dst}, training a new one")
+    write_json(marker, {"lineage": key, "owner": owner})
 
 
-def run_training(ctx, *, section, data_name, variant):
+def run_training(ctx, *, section, data_name, nets, G_source=None, variant=None, source=None):
+    """Train ``nets`` ({"g", "d", "g_ema"}) on the ``data_name`` shards with ``section``'s loop settings.
+
+    variant: (name, VariantConfig) for a fine-tuning variant (its own dir, MLflow run, freezing
+    and structure loss); G_source: the frozen source generator a variant may need; source: the
+    file the networks came from (part of the model's lineage).
+
+    A dir whose model has the same lineage is continued: a larger ``kimg`` trains on from its
+    newest checkpoint; a smaller or equal one keeps the model as it is. A model of another
+    lineage is moved aside, never deleted (:func:`claim_dir`).
+    """
     import torch
 
     from cartoon_stylegan.data import make_loader
@@ -104,20 +98,22 @@ def run_training(ctx, *, section, data_name, variant):
 
     cfg, acc = ctx.cfg, ctx.accelerator
     name, v = variant if variant else (None, None)
-    fingerprint = dag.read_state(cfg, ctx.stage).get("fingerprint", "")
     train_dir = ctx.paths.train_dir(name)
     ckpt_dir = ctx.paths.checkpoint_dir(name)
-    if ctx.is_main:
-        train_dir.mkdir(parents=True, exist_ok=True)
-        _own_dir(train_dir, fingerprint)
-    acc.wait_for_everyone()
-    done = read_json(train_dir / "done.json")
-    if done:
-        ctx.say(f"[{ctx.stage}{'/' + name if name else ''}] already trained ({done['kimg']} kimg); kept")
-        return done
-
     opts = loop_options(section, v, seed=cfg.seed)
     label = f"{ctx.stage}/{name}" if name else ctx.stage
+    if ctx.is_main:
+        train_dir.mkdir(parents=True, exist_ok=True)
+        init = None if variant is not None else getattr(section, "init", None)
+        claim_dir(train_dir, lineage(cfg, data_name, opts, variant=v, source=source, init=init), ctx.say)
+    acc.wait_for_everyone()
+    done = read_json(train_dir / "done.json")
+    if done and done["kimg"] >= opts.kimg - 1e-9:
+        more = f"; {opts.kimg:g} kimg asked, the model is kept as it is" if done["kimg"] > opts.kimg + 1e-9 else ""
+        ctx.say(f"[{label}] already trained ({done['kimg']} kimg){more}")
+        return done
+    if done:
+        ctx.say(f"[{label}] trained {done['kimg']} kimg before; continuing to {opts.kimg:g} kimg")
     logger = ctx.logger
     if name is not None and ctx.is_main:
         run_file = train_dir / "mlflow_run.json"
@@ -128,20 +124,10 @@ def run_training(ctx, *, section, data_name, variant):
                     "loop": {k: getattr(opts, k) for k in opts.__dataclass_fields__},
                     "model": cfg.model, "data": cfg.data}, logger=logger)
 
-    # models: fresh, imported (transfer), or the pretrain stage's result (finetune)
-    G_source = None
-    init = section.init
-    if ctx.stage == "pretrain":
-        nets = load_weights(cfg, init.path, init.format) if init.path else fresh_models(cfg, cfg.seed)
-    else:
-        path = init.path or ctx.paths.of("pretrain").final_network()
-        fmt = init.format if init.path else "native"
-        nets = load_weights(cfg, path, fmt)
-        G_source = copy.deepcopy(nets["g_ema"]).eval().requires_grad_(False)
-        ctx.say(f"[{label}] source generator: {path}")
     freeze = structure = None
     if v is not None:
-        freeze = FreezePlan(freeze_d_above=v.freeze_d_above, freeze_g_up_to=v.freeze_g_up_to,
+        d_above = v.freeze_d_above if v.freeze_d_above is not None else getattr(section, "freeze_d_above", None)
+        freeze = FreezePlan(freeze_d_above=d_above, freeze_g_up_to=v.freeze_g_up_to,
                             freeze_style_up_to=v.freeze_style_up_to, freeze_mapping=v.freeze_mapping)
         if v.structure_loss:
             structure = StructureLoss(up_to=v.structure_loss.up_to, weight=v.structure_loss.weight,
@@ -173,7 +159,6 @@ def run_training(ctx, *, section, data_name, variant):
     if result.status == "stopped":
         raise dag.StageStopped(f"{label} stopped at {result.kimg:.2f} kimg (step {result.step}); "
                                f"checkpoint {result.last_checkpoint}")
-    ctx.trained[label] = nets
     minutes = (time.time() - t0) / 60
     out = {"kimg": result.kimg, "step": result.step, "network": str(ctx.paths.final_network(name)),
            "minutes_this_attempt": round(minutes, 2), "start_step": result.start_step,

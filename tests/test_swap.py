@@ -77,25 +77,39 @@ def test_weight_swap_blend(pair, z):
     torch.testing.assert_close(tiny_blend, weight_swap(g_src, g_tgt, 8)(z, noise_mode="const"))
 
 
+def _swapped_by_hooks(g_src, g_tgt, wp, res):
+    """Reference: the target's synthesis with a forward hook that replaces the output of the layer
+    ending block ``res`` (conv1 at 4 px, convs[2j+1] above) by the source's (the reference code's
+    swap_layer_tensor). Everything else -- the RGB skip path included -- stays the target's."""
+    def last_conv(g):
+        return g.conv1 if res == 4 else g.convs[2 * (res.bit_length() - 1 - 3) + 1]
+
+    saved = {}
+    h = last_conv(g_src).register_forward_hook(lambda m, i, o: saved.setdefault("x", o))
+    g_src.synthesis(wp, noise_mode="const")
+    h.remove()
+    h = last_conv(g_tgt).register_forward_hook(lambda m, i, o: saved["x"])
+    try:
+        return g_tgt.synthesis(wp, noise_mode="const")
+    finally:
+        h.remove()
+
+
 @torch.no_grad()
-def test_activation_swap(pair, z):
+def test_activation_swap_replaces_features_and_keeps_the_target_rgb_path(pair, z):
     g_src, g_tgt = pair
     wp = g_src.make_wplus(g_src.mapping(z))
     src_img = g_src.synthesis(wp, noise_mode="const")
     tgt_img = g_tgt.synthesis(wp, noise_mode="const")
-    assert torch.equal(activation_swap(g_src, g_tgt, wp, SIZE), src_img)
     assert torch.equal(activation_swap(g_src, g_tgt, wp, 2), tgt_img)
-    for r in (4, 8):
+    for r in (4, 8, SIZE):
         img = activation_swap(g_src, g_tgt, wp, r)
         assert img.shape == src_img.shape
+        torch.testing.assert_close(img, _swapped_by_hooks(g_src, g_tgt, wp, r), rtol=1e-5, atol=1e-6)
         assert not torch.allclose(img, src_img) and not torch.allclose(img, tgt_img)
-        # with hard swapping the two kinds compute the same thing: layers <= r from the source
-        by_weights = weight_swap(g_src, g_tgt, r).synthesis(wp, noise_mode="const")
-        torch.testing.assert_close(img, by_weights, rtol=1e-5, atol=1e-5)
-    # the low-resolution RGB skip comes from the source
-    _, ex = g_src.synthesis(wp, noise_mode="const", stop_res=8)
-    _, ex_sw = weight_swap(g_src, g_tgt, 8).synthesis(wp, noise_mode="const", stop_res=8)
-    torch.testing.assert_close(ex["state"][2], ex_sw["state"][2])
+    # not a weight swap: there the low-resolution RGB path is the source's too
+    by_weights = weight_swap(g_src, g_tgt, 8).synthesis(wp, noise_mode="const")
+    assert not torch.allclose(activation_swap(g_src, g_tgt, wp, 8), by_weights, atol=1e-4)
 
 
 def test_swap_rejects_bad_arguments(pair):
@@ -118,7 +132,8 @@ def test_swap_grid_shape_and_labels(pair, kind):
     seeds, res = [0, 1, 2], [4, 8, 16]
     img, labels = swap_grid(g_src, g_tgt, seeds=seeds, resolutions=res, kind=kind, truncation=0.7,
                             upscale=2, pad=2)
-    assert labels == row_labels(res, kind) == ["source", "target"] + [f"{kind}: src<={r}px" for r in res]
+    expected = [f"{kind}: src<={r}px" if kind == "weight" else f"act: src feat @{r}px" for r in res]
+    assert labels == row_labels(res, kind) == ["source", "target"] + expected
     tile = SIZE * 2
     n_rows = 2 + len(res)
     assert img.dtype.name == "uint8" and img.ndim == 3 and img.shape[2] == 3
@@ -127,9 +142,9 @@ def test_swap_grid_shape_and_labels(pair, kind):
     margin = img.shape[1] - grid_w
     assert margin > 20                                                     # room for the labels
     assert (img[:, : margin - 2] < 128).any()                               # some text was drawn
-    # the last swap row (source layers everywhere, source mapping) repeats the source row
     row = lambda i: img[i * (tile + 2): i * (tile + 2) + tile, margin:]    # noqa: E731
-    assert (row(0).astype(int) - row(n_rows - 1).astype(int)).__abs__().max() <= 1
+    if kind == "weight":  # the last weight-swap row (source layers everywhere, source mapping) is the source
+        assert (row(0).astype(int) - row(n_rows - 1).astype(int)).__abs__().max() <= 1
     assert (row(0).astype(int) - row(1).astype(int)).__abs__().max() > 10
 
 

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 from .sources import SkipImage, SyntheticLoader, check_spec, encode, iter_source, load_prepared
 from .synthetic import check_resolution, get_domain
 
-__all__ = ["write_shards", "read_manifest", "MANIFEST", "SHARD_PATTERN"]
+__all__ = ["write_shards", "ShardingStopped", "file_sha256", "read_manifest", "MANIFEST", "SHARD_PATTERN"]
 
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "{name}-{index:06d}.tar"
@@ -119,7 +119,7 @@ class _ShardSink:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        sha = _sha256(self._tmp)
+        sha = file_sha256(self._tmp)
         os.replace(self._tmp, self._final)
         self.shards.append({"file": self._final.name, "count": self._count, "sha256": sha})
         self._tar = self._file = None
@@ -133,7 +133,8 @@ class _ShardSink:
             self._tar = self._file = None
 
 
-def _sha256(path) -> str:
+def file_sha256(path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -167,11 +168,19 @@ def read_manifest(path) -> dict:
         return json.load(f)
 
 
+class ShardingStopped(Exception):
+    """write_shards stopped on request (``should_stop``); nothing of the unfinished set is kept."""
+
+
 def write_shards(spec, out_dir, name: str, *, resolution: int, count: Optional[int] = None,
                  seed: int = 0, fmt: str = "png", quality: int = 95, max_per_shard: int = 1000,
                  workers: int = 2, min_size: int = 0, progress: bool = True,
-                 report: Optional[Callable[[dict], None]] = None, chunk_size: Optional[int] = None) -> dict:
+                 report: Optional[Callable[[dict], None]] = None, chunk_size: Optional[int] = None,
+                 should_stop: Optional[Callable[[], bool]] = None) -> dict:
     """Shard the first ``count`` inputs of ``spec`` (all when None) into ``out_dir``.
+
+    ``should_stop`` is polled after every chunk of images; when it returns True the partial
+    shard is removed and :class:`ShardingStopped` is raised (a rerun shards from the start).
 
     Returns the manifest (also written to ``out_dir/manifest.json``). ``report``, when
     given, is called after each shard and at the end with ``{"written", "skipped",
@@ -244,6 +253,9 @@ def write_shards(spec, out_dir, name: str, *, resolution: int, count: Optional[i
             if bar is not None:
                 bar.update(len(chunk))
                 bar.set_postfix(shards=len(sink.shards), skipped=len(skipped), refresh=False)
+            if should_stop is not None and should_stop():
+                raise ShardingStopped(f"stopped on request after {found} of {total if total is not None else '?'} "
+                                      f"inputs of {name}")
         sink.close_shard()
     except BaseException:
         sink.abort()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,9 @@ __all__ = [
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 SYNTHETIC_PREFIX = "synthetic:"
-MAX_MEMBER_BYTES = 1 << 30          # a zip member larger than this is not read
+# A zip member larger than this is not read: the largest image PIL decodes (its 89.5-Mpixel
+# bomb limit) at 4 bytes a pixel, uncompressed. zipfile never inflates past the declared size.
+MAX_MEMBER_BYTES = 89_478_485 * 4
 
 
 class SkipImage(Exception):
@@ -69,11 +72,30 @@ def _open_image(data_or_path, resolution: Optional[int], what: str):
     return im
 
 
+def _not_regular(path) -> Optional[str]:
+    """Why ``path`` must not be opened (a FIFO would block forever, a device never ends), or None."""
+    try:
+        st = os.stat(path)  # follows symlinks: a link to a FIFO is a FIFO
+    except FileNotFoundError:
+        return "broken symlink" if os.path.islink(path) else "vanished"
+    except OSError as exc:
+        return f"cannot stat: {exc.strerror or exc}"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    kind = ("named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+            else "device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "folder" if stat.S_ISDIR(st.st_mode) else "special file")
+    return f"not a regular file: {kind}"
+
+
 @dataclass(frozen=True)
 class FileLoader:
     path: str
 
     def __call__(self, resolution: Optional[int] = None):
+        reason = _not_regular(self.path)  # checked again here: it may have changed since the listing
+        if reason:
+            raise SkipImage(reason)
         return _open_image(self.path, resolution, "image")
 
 
@@ -165,14 +187,50 @@ def _has_image_ext(name: str) -> bool:
 
 
 def _folder_items(root: Path):
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+    """Every file below ``root``, sorted; symlinked folders are followed once (a link back to a
+    folder already walked is listed as skipped, so a loop ends), and only regular files are
+    opened (FIFOs, sockets, devices and links to them are listed as skipped with the reason)."""
+    entries = []  # (relative path, reason or None)
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        seen.add((st.st_dev, st.st_ino))
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            try:
+                dst = os.stat(full)
+            except OSError:
+                entries.append((Path(full).relative_to(root).as_posix(), "broken symlink"))
+                continue
+            if (dst.st_dev, dst.st_ino) in seen or _is_ancestor(dst, dirpath):
+                entries.append((Path(full).relative_to(root).as_posix(),
+                                "symlinked folder already walked (a loop or a second path to it)"))
+                continue
+            seen.add((dst.st_dev, dst.st_ino))
+            keep.append(d)
+        dirnames[:] = keep
         for fn in filenames:
-            files.append(Path(dirpath, fn).relative_to(root).as_posix())
-    for rel in sorted(files):
+            rel = Path(dirpath, fn).relative_to(root).as_posix()
+            entries.append((rel, _not_regular(os.path.join(dirpath, fn))))
+    for rel, reason in sorted(entries):
         path = str(root / rel)
-        yield path, (FileLoader(path) if _has_image_ext(rel) else Rejected("not an image extension"))
+        if reason is None and not _has_image_ext(rel):
+            reason = "not an image extension"
+        yield path, (Rejected(reason) if reason else FileLoader(path))
+
+
+def _is_ancestor(st, dirpath: str) -> bool:
+    """True when the folder ``st`` is ``dirpath`` or one of its parents (a link back up)."""
+    p = Path(dirpath).resolve()
+    for q in (p, *p.parents):
+        try:
+            qs = os.stat(q)
+        except OSError:
+            continue
+        if (qs.st_dev, qs.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    return False
 
 
 def _zip_items(zip_path: Path):

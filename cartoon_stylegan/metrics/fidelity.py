@@ -2,8 +2,8 @@
 
 Inputs are image sets given as torch ``Dataset``s whose items are uint8 (3, H, W) tensors:
 
-- :class:`GeneratorDataset` samples a generator (fixed seed, optional truncation),
-  batch by batch, on the generator's device;
+- :class:`GeneratorDataset` samples a generator or variant through its
+  :class:`~cartoon_stylegan.sampling.Sampler` (fixed seed), batch by batch, on its device;
 - :class:`ShardImageDataset` reads a shard directory (``manifest.json`` + WebDataset
   tars written by :mod:`cartoon_stylegan.data`) in manifest order, by random access;
 - :class:`TensorImageDataset` wraps an in-memory uint8 or [-1, 1] float tensor;
@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cartoon_stylegan.data.shards import file_sha256
 from cartoon_stylegan.imageutil import to_uint8
+from cartoon_stylegan.sampling import as_sampler
 
 from .inception import register
 
@@ -73,57 +75,39 @@ class BatchFnDataset(Dataset):
 
 
 class GeneratorDataset(BatchFnDataset):
-    """``n`` images of generator ``G``, deterministic in ``seed``.
+    """``n`` images of a generator or variant, deterministic in ``seed``.
 
     z_i are drawn up front from ``torch.Generator().manual_seed(seed)``; noise (mode
-    ``"random"``) and the truncation centre are drawn from seeded generators too, so the
-    same (G, n, seed, truncation, batch) gives the same images in any access order.
+    ``"random"``) is drawn from a generator seeded per batch, so the same (sampler, n,
+    seed, batch) gives the same images in any access order.
 
     Args:
-        G: a :class:`cartoon_stylegan.networks.Generator` (its device is used).
-        n, seed, truncation, batch: what they say; ``truncation < 1`` uses
-            ``G.mean_latent(truncation_n)`` as the centre.
+        sampler: a :class:`cartoon_stylegan.sampling.Sampler` (how the variant is sampled:
+            truncation, FreezeSG prefix), or a bare Generator (plain sampling); its
+            generator's device is used.
+        n, seed, batch: what they say.
         noise_mode: ``"random"`` (the usual for FID), ``"const"`` or ``"none"``.
-        prefix_from, prefix_len: FreezeSG sampling -- the first ``prefix_len`` W+ entries
-            come from ``prefix_from``'s mapping network (the frozen source) for the same z.
     """
 
-    def __init__(self, G, n: int, seed: int = 0, truncation: float = 1.0, batch: int = 32, *,
-                 noise_mode: str = "random", truncation_n: int = 4096, prefix_from=None,
-                 prefix_len: int = 0):
-        self.G = G
-        self.seed, self.truncation, self.noise_mode = int(seed), float(truncation), noise_mode
-        self.prefix_from, self.prefix_len = prefix_from, int(prefix_len)
-        if self.prefix_len and prefix_from is None:
-            raise ValueError("GeneratorDataset: prefix_len > 0 needs prefix_from (the source generator)")
-        self.z = torch.randn(int(n), G.style_dim, generator=torch.Generator().manual_seed(self.seed))
-        self._t_lat = self._t_lat_src = None
-        if self.truncation != 1.0:
-            self._t_lat = _mean_latent(G, truncation_n, self.seed)
-            if prefix_from is not None:
-                self._t_lat_src = _mean_latent(prefix_from, truncation_n, self.seed)
+    def __init__(self, sampler, n: int, seed: int = 0, batch: int = 32, *, noise_mode: str = "random"):
+        self.sampler = as_sampler(sampler)
+        self.G = self.sampler.G
+        self.seed, self.noise_mode = int(seed), noise_mode
+        self.z = torch.randn(int(n), self.G.style_dim, generator=torch.Generator().manual_seed(self.seed))
         super().__init__(self._make, n, batch)
 
     @torch.no_grad()
     def _make(self, start: int, stop: int) -> torch.Tensor:
-        dev = _device_of(self.G)
-        z = self.z[start:stop].to(dev)
+        dev = self.sampler.device
         noise = None
         if self.noise_mode == "random":
             gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + start)
             noise = [n.to(dev) for n in _make_noise(self.G, stop - start, gen)]
-        kwargs = {}
-        if self.prefix_len:
-            w_src = self.prefix_from.mapping(z.to(_device_of(self.prefix_from))).to(dev)
-            if self._t_lat_src is not None:
-                t = self._t_lat_src.to(dev)
-                w_src = t + self.truncation * (w_src - t)
-            kwargs = {"wplus_prefix": w_src, "wplus_prefix_len": self.prefix_len}
         was_training = self.G.training
         self.G.eval()
         try:
-            img = self.G(z, noise_mode="const" if noise is not None else self.noise_mode, noise=noise,
-                         truncation=self.truncation, truncation_latent=self._t_lat, **kwargs)
+            img = self.sampler(self.z[start:stop], noise_mode="const" if noise is not None else self.noise_mode,
+                               noise=noise)
         finally:
             self.G.train(was_training)
         return to_uint8(img).cpu()
@@ -176,7 +160,7 @@ class ShardImageDataset(Dataset):
         for entry in shards:
             tar_path = os.path.join(self.shard_dir, entry["file"])
             if verify:
-                digest = _sha256_file(tar_path)
+                digest = file_sha256(tar_path)
                 if digest != entry.get("sha256"):
                     raise ValueError(f"{tar_path}: sha256 {digest} does not match the manifest's {entry.get('sha256')}")
             found = _index_tar(tar_path)
@@ -354,19 +338,6 @@ def _safe(key: str) -> str:
     return s
 
 
-def _device_of(module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-@torch.no_grad()
-def _mean_latent(G, n: int, seed: int) -> torch.Tensor:
-    dev = _device_of(G)
-    z = torch.randn(n, G.style_dim, generator=torch.Generator().manual_seed(seed + 7919)).to(dev)
-    return G.mapping(z).mean(0, keepdim=True)
-
-
 def _make_noise(G, batch: int, gen: torch.Generator) -> list[torch.Tensor]:
     return [torch.randn(batch, 1, r, r, generator=gen) for r in map(G.noise_resolution, range(G.num_layers))]
 
@@ -383,9 +354,3 @@ def _index_tar(path: str) -> list[_Member]:
     return out
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

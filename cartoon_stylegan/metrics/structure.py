@@ -59,6 +59,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from cartoon_stylegan.sampling import as_sampler
+
 Part = Callable[[torch.Tensor], torch.Tensor]   # (N, 3, H, W) in [0, 1] -> (N, D)
 _CHUNK = 256                                     # images per descriptor call (bounds the N x 256 x 256 SSM)
 
@@ -185,31 +187,28 @@ def structure_scores(src: torch.Tensor, tgt: torch.Tensor, *, method: str = "edg
 
 # ---------------------------------------------------------------------------------- generators
 @torch.no_grad()
-def sample_pairs(G_src, G_tgt, *, n: int, seed: int = 0, batch: int = 32, device=None,
-                 noise_mode: str = "const", truncation: float = 1.0, tgt_prefix_len: int = 0):
-    """Images of both generators for the same z and the same noise: (src uint8, tgt uint8), (n, 3, H, W).
+def sample_pairs(src, tgt, *, n: int, seed: int = 0, batch: int = 32, device=None, noise_mode: str = "const"):
+    """Images of both samplers for the same z and the same noise: (src uint8, tgt uint8), (n, 3, H, W).
 
+    src, tgt: :class:`cartoon_stylegan.sampling.Sampler` (a variant's, with its truncation and
+    FreezeSG prefix) or bare Generators; each runs on its generator's device. ``device``
+    (optional): the kind of device both generators must be on (a check).
     noise_mode ``"const"``: both use the *source's* stored noise buffers; ``"random"``: one
-    seeded draw per batch, shared; ``"none"``: no noise. ``truncation < 1`` truncates each
-    generator towards its own mean w. ``tgt_prefix_len``: the variant's first W+ entries
-    come from the source mapping (how a FreezeSG variant is sampled).
+    seeded draw per batch, shared; ``"none"``: no noise.
     """
     from cartoon_stylegan.imageutil import to_uint8
 
+    src, tgt = as_sampler(src), as_sampler(tgt)
+    G_src, G_tgt = src.G, tgt.G
     if G_src.style_dim != G_tgt.style_dim or G_src.num_layers != G_tgt.num_layers:
         raise ValueError("structure: the generators must share style_dim and resolution "
                          f"(got {G_src.config} vs {G_tgt.config})")
     if noise_mode not in ("const", "random", "none"):
         raise ValueError(f"structure: noise_mode must be const|random|none, got {noise_mode!r}")
-    dev_s = torch.device(device) if device is not None else _device_of(G_src)
-    dev_t = torch.device(device) if device is not None else _device_of(G_tgt)
+    if device is not None and {src.device.type, tgt.device.type} != {torch.device(device).type}:
+        raise ValueError(f"structure: device={device} but the generators are on {src.device} and {tgt.device}")
     gen = torch.Generator().manual_seed(int(seed))
     z_all = torch.randn(n, G_src.style_dim, generator=gen)
-    t_src = t_tgt = None
-    if truncation != 1:
-        zt = torch.randn(4096, G_src.style_dim, generator=torch.Generator().manual_seed(int(seed) + 7919))
-        t_src = G_src.mapping(zt.to(dev_s)).mean(0, keepdim=True)
-        t_tgt = G_tgt.mapping(zt.to(dev_t)).mean(0, keepdim=True)
     const = [getattr(G_src.noises, f"noise_{i}") for i in range(G_src.num_layers)]
     out_s, out_t = [], []
     for start in range(0, n, batch):
@@ -221,34 +220,24 @@ def sample_pairs(G_src, G_tgt, *, n: int, seed: int = 0, batch: int = 32, device
                      for r in map(G_src.noise_resolution, range(G_src.num_layers))]
         else:
             noise = None
-        ns = None if noise is None else [t.to(dev_s) for t in noise]
-        nt = None if noise is None else [t.to(dev_t) for t in noise]
         mode = "none" if noise is None else "const"
-        img_s = G_src(z.to(dev_s), noise_mode=mode, noise=ns, truncation=truncation, truncation_latent=t_src)
-        kw = {}
-        if tgt_prefix_len:
-            w = G_src.mapping(z.to(dev_s))
-            if t_src is not None:
-                w = t_src + truncation * (w - t_src)
-            kw = {"wplus_prefix": w.to(dev_t), "wplus_prefix_len": int(tgt_prefix_len)}
-        img_t = G_tgt(z.to(dev_t), noise_mode=mode, noise=nt, truncation=truncation, truncation_latent=t_tgt, **kw)
-        out_s.append(to_uint8(img_s).cpu())
-        out_t.append(to_uint8(img_t).cpu())
+        for sampler, out in ((src, out_s), (tgt, out_t)):
+            nz = None if noise is None else [t.to(sampler.device) for t in noise]
+            out.append(to_uint8(sampler(z, noise_mode=mode, noise=nz)).cpu())
     return torch.cat(out_s), torch.cat(out_t)
 
 
-def structure_distance(G_src, G_tgt, *, n: int = 256, seed: int = 0, batch: int = 32, device=None,
-                       noise_mode: str = "const", truncation: float = 1.0, tgt_prefix_len: int = 0,
-                       method: str = "edges+ssm") -> dict:
+def structure_distance(src, tgt, *, n: int = 256, seed: int = 0, batch: int = 32, device=None,
+                       noise_mode: str = "const", method: str = "edges+ssm") -> dict:
     """How much of the source's structure the variant keeps, for the same latents and noise.
 
+    src, tgt: Samplers (or bare Generators), see :func:`sample_pairs`.
     Returns ``{"matched", "matched_std", "mismatched", "ratio", "mean_rank", "top1", "separation",
     "n", "method"}`` (see the module docstring). ``ratio`` ~ 1 for unrelated generators.
     """
     _method(method)
-    src, tgt = sample_pairs(G_src, G_tgt, n=n, seed=seed, batch=batch, device=device,
-                            noise_mode=noise_mode, truncation=truncation, tgt_prefix_len=tgt_prefix_len)
-    return structure_scores(src, tgt, method=method)
+    a, b = sample_pairs(src, tgt, n=n, seed=seed, batch=batch, device=device, noise_mode=noise_mode)
+    return structure_scores(a, b, method=method)
 
 
 def _method(name: str) -> StructureMethod:
@@ -256,12 +245,6 @@ def _method(name: str) -> StructureMethod:
         return STRUCTURE_METHODS[name]
     except KeyError:
         raise ValueError(f"structure: unknown method {name!r}; known: {sorted(STRUCTURE_METHODS)}") from None
-
-
-def _device_of(module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 __all__: Sequence[str] = ("STRUCTURE_METHODS", "structure_distance", "structure_scores", "structure_descriptors",

@@ -159,13 +159,6 @@ class Generator(nn.Module):
         check_shape(z, (None, self.style_dim), "Generator.mapping z")
         return self.style(z)
 
-    @torch.no_grad()
-    def mean_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean of ``n`` mapped random z: (1, style_dim), no grad (the truncation centre)."""
-        dev = self.input.input.device
-        z = torch.randn(n, self.style_dim, device=dev, generator=generator)
-        return self.style(z).mean(0, keepdim=True)
-
     def make_wplus(self, w: torch.Tensor, w2: torch.Tensor | None = None,
                    crossover: int | None = None) -> torch.Tensor:
         """Broadcast w (N, D) or take W+ (N, L, D) -> (N, L, D); style mixing with ``w2``.
@@ -303,60 +296,19 @@ class Generator(nn.Module):
         return latents
 
     def forward(self, latents: torch.Tensor, *, input_is: str = "z", noise_mode: str = "random",
-                noise: Sequence | None = None, truncation: float = 1.0,
-                truncation_latent: torch.Tensor | None = None, mix_latents: torch.Tensor | None = None,
-                mix_index: int | None = None, wplus_prefix: torch.Tensor | None = None,
-                wplus_prefix_len: int = 0, return_latents: bool = False, return_rgbs: bool = False,
+                noise: Sequence | None = None, return_latents: bool = False, return_rgbs: bool = False,
                 return_features: bool = False):
-        """Sample images.
+        """Images from latents: z (N, D) if ``input_is="z"``, w (N, D) if ``"w"``, W+ (N, L, D) if ``"wplus"``.
 
-        latents: z (N, D) if ``input_is="z"``, w (N, D) if ``"w"``, W+ (N, L, D) if ``"wplus"``.
-        truncation: w <- t_lat + truncation * (w - t_lat), applied to the latents and to
-            ``mix_latents`` (needs ``truncation_latent`` (1, D), e.g. ``g.mean_latent(4096)``);
-            1 is a no-op.
-        mix_latents: second latents in the same space as ``latents`` (style mixing);
-            W+ entries from ``mix_index`` on come from them; ``mix_index=None`` draws
-            one crossover in [1, L-1] per call (see :meth:`make_wplus`).
-        wplus_prefix, wplus_prefix_len: replace the first ``wplus_prefix_len`` W+ entries
-            (after truncation and mixing) by those of ``wplus_prefix`` ((N, D) or
-            (N, >=len, D), used as given) -- FreezeSG's source-mapping styles.
+        Truncation, style mixing and FreezeSG's source-mapping prefix are part of how a
+        generator is *sampled*, not of the network: :class:`cartoon_stylegan.sampling.Sampler`
+        makes the W+ and calls this with ``input_is="wplus"``.
         Returns the image (N, 3, size, size), or ``(image, extras)`` with any return_*
         flag: extras["latents"] = the W+ used, "rgbs" / "features" as in :meth:`synthesis`.
         """
         if input_is not in INPUT_KINDS:
             raise ValueError(f"Generator.forward: input_is must be one of {INPUT_KINDS}, got {input_is!r}")
-        w = self._to_w(latents, input_is, "latents")
-        w2 = None if mix_latents is None else self._to_w(mix_latents, input_is, "mix_latents")
-        if mix_latents is None and mix_index is not None:
-            raise ValueError("Generator.forward: mix_index given without mix_latents")
-
-        if truncation != 1:
-            if truncation_latent is None:
-                raise ValueError("Generator.forward: truncation != 1 needs truncation_latent (g.mean_latent(n))")
-            t = truncation_latent.reshape(1, self.style_dim)
-            w = t + truncation * (w - t)
-            if w2 is not None:
-                w2 = t + truncation * (w2 - t)
-
-        wplus = self.make_wplus(w, w2, mix_index)
-
-        if wplus_prefix_len:
-            k = int(wplus_prefix_len)
-            if wplus_prefix is None:
-                raise ValueError("Generator.forward: wplus_prefix_len > 0 needs wplus_prefix")
-            if not 0 < k <= self.n_latent:
-                raise ValueError(f"Generator.forward: wplus_prefix_len must be in [0, {self.n_latent}], got {k}")
-            if wplus_prefix.ndim == 2:
-                check_shape(wplus_prefix, (wplus.shape[0], self.style_dim), "Generator.forward wplus_prefix")
-                prefix = wplus_prefix[:, None, :].expand(-1, k, -1)
-            else:
-                check_shape(wplus_prefix, (wplus.shape[0], None, self.style_dim), "Generator.forward wplus_prefix")
-                if wplus_prefix.shape[1] < k:
-                    raise ValueError(f"Generator.forward: wplus_prefix has {wplus_prefix.shape[1]} entries, "
-                                     f"wplus_prefix_len is {k}")
-                prefix = wplus_prefix[:, :k]
-            wplus = torch.cat([prefix.to(wplus.dtype), wplus[:, k:]], 1)
-
+        wplus = self.make_wplus(self._to_w(latents, input_is, "latents"))
         want_extras = return_latents or return_rgbs or return_features
         out = self.synthesis(wplus, noise_mode=noise_mode, noise=noise,
                              return_rgbs=return_rgbs, return_features=return_features)

@@ -47,7 +47,7 @@ class _State:
         self.lock = threading.RLock()
         self.tried = False
         self.lib = None
-        self.error = None      # BuildError / Exception from the attempt
+        self.error = None      # OpsBuildError / Exception from the attempt
         self.warned = False
 
 
@@ -59,7 +59,7 @@ def _load():
     from . import build  # noqa: PLC0415
 
     if not torch.cuda.is_available():
-        raise build.BuildError("CUDA is not available in this process (no GPU visible or no driver)",
+        raise build.OpsBuildError("CUDA is not available in this process (no GPU visible or no driver)",
                                "run on a machine with a GPU, or use impl='ref'")
     path = build.ensure_built(build.device_arches(), ptx=False)
     build.load_library(path)

@@ -55,17 +55,15 @@ CUDA_FLAGS = ("-O3", "-lineinfo")
 LOCK_TIMEOUT_S = 3600  # a build takes minutes; only a hung one holds the lock this long
 
 
-class BuildError(RuntimeError):
-    """The kernels cannot be built or loaded. ``reason`` says why, ``fix`` what to do."""
+class OpsBuildError(RuntimeError):
+    """The kernels cannot be built or loaded. ``reason`` says why, ``fix`` what to do, ``detail``
+    holds the compiler's output (if any). ``str()`` is one line: ``reason; fix``."""
 
     def __init__(self, reason: str, fix: str = "", detail: str = ""):
         self.reason = reason
         self.fix = fix
         self.detail = detail
-        msg = reason + (f"; {fix}" if fix else "")
-        if detail:
-            msg += "\n" + detail
-        super().__init__(msg)
+        super().__init__(reason + (f"; {fix}" if fix else ""))
 
 
 # ------------------------------------------------------------------------------ sources, key
@@ -285,32 +283,39 @@ def build_once(final_dir: Path, lock_path: Path, build: Callable[[Path], None],
 
 
 def _cpp_extension():
-    import torch.utils.cpp_extension as cpp_extension  # noqa: PLC0415 (heavy; only when building)
-
+    # Its import logs "No CUDA runtime is found" where no GPU is visible: expected on a login node
+    # building ahead of time, and noise in front of our own one-line reasons.
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(max(level, logging.ERROR))
+    try:
+        import torch.utils.cpp_extension as cpp_extension  # noqa: PLC0415 (heavy; only when building)
+    finally:
+        quiet.setLevel(level)
     return cpp_extension
 
 
 def toolchain() -> dict:
-    """Checks that a build can run; returns the toolkit paths. Raises BuildError saying why not."""
+    """Checks that a build can run; returns the toolkit paths. Raises OpsBuildError saying why not."""
     if torch.version.cuda is None:
-        raise BuildError(f"PyTorch {torch.__version__} is a CPU-only build",
+        raise OpsBuildError(f"PyTorch {torch.__version__} is a CPU-only build",
                          "install a CUDA build of PyTorch to use the CUDA kernels")
     cpp_extension = _cpp_extension()
     if not cpp_extension.is_ninja_available():
-        raise BuildError("ninja is not installed", "pip install ninja")
+        raise OpsBuildError("ninja is not installed", "pip install ninja")
     cuda_home = cpp_extension.CUDA_HOME
     if not cuda_home:
-        raise BuildError("no CUDA toolkit found (CUDA_HOME/CUDA_PATH unset and no nvcc on PATH)",
+        raise OpsBuildError("no CUDA toolkit found (CUDA_HOME/CUDA_PATH unset and no nvcc on PATH)",
                          f"install the CUDA toolkit {torch.version.cuda} (nvcc) and set CUDA_HOME")
     nvcc = os.path.join(cuda_home, "bin", "nvcc")
     if not os.path.exists(nvcc):
-        raise BuildError(f"nvcc not found at {nvcc}", "set CUDA_HOME to the CUDA toolkit's directory")
+        raise OpsBuildError(f"nvcc not found at {nvcc}", "set CUDA_HOME to the CUDA toolkit's directory")
     try:
         version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
         dry = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
                              capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as e:
-        raise BuildError(f"running {nvcc} failed: {e}", "check the CUDA toolkit installation") from e
+        raise OpsBuildError(f"running {nvcc} failed: {e}", "check the CUDA toolkit installation") from e
     m = re.search(r"release (\d+\.\d+)", version)
     release = m.group(1) if m else "unknown"
     # nvcc's own idea of its root: CUDA_HOME can be a wrapper's directory (/usr/local/bin/nvcc).
@@ -321,7 +326,7 @@ def toolchain() -> dict:
     libdirs = [str(r / sub) for r in roots for sub in ("lib64", "lib")
                if (r / sub).is_dir() and any((r / sub).glob("libcudart*"))]
     if not include:
-        raise BuildError(f"the CUDA toolkit at {cuda_home} has no include/cuda_runtime_api.h",
+        raise OpsBuildError(f"the CUDA toolkit at {cuda_home} has no include/cuda_runtime_api.h",
                          "install the full CUDA toolkit (headers) and set CUDA_HOME")
     return {"cuda_home": cuda_home, "nvcc": nvcc, "release": release,
             "include": list(dict.fromkeys(include)), "libdirs": list(dict.fromkeys(libdirs))}
@@ -368,12 +373,12 @@ def _compile(tmp: Path, key: str, arches: list[str], ptx: bool, tc: dict, verbos
             is_python_module=False,
         )
     except Exception as e:  # compiler errors arrive as RuntimeError with the build log
-        raise BuildError("compiling the CUDA kernels failed",
+        raise OpsBuildError("compiling the CUDA kernels failed",
                          "see the compiler output below; `python -m pipeline build-ops` rebuilds verbosely",
                          _tail(str(e))) from e
     lib = tmp / f"{library_name(key)}.so"
     if not lib.is_file():
-        raise BuildError(f"the build finished without producing {lib.name}", "rerun with verbose=True")
+        raise OpsBuildError(f"the build finished without producing {lib.name}", "rerun with verbose=True")
     for junk in list(tmp.glob("*.o")) + list(tmp.glob("*.cuda.o")):
         junk.unlink(missing_ok=True)
     info = {
@@ -398,7 +403,7 @@ def load_library(build_dir: Path) -> Path:
 
     info = read_build_info(build_dir)
     if info is None:
-        raise BuildError(f"{build_dir} is not a finished build", "delete it and rebuild")
+        raise OpsBuildError(f"{build_dir} is not a finished build", "delete it and rebuild")
     lib = build_dir / info["library"]
     with _load_lock:
         if any(p.name == lib.name for p in _loaded.values()):
@@ -406,7 +411,7 @@ def load_library(build_dir: Path) -> Path:
         try:
             torch.ops.load_library(str(lib))
         except Exception as e:  # OSError (missing symbols, wrong arch) or a registration error
-            raise BuildError(f"loading {lib} failed: {e}",
+            raise OpsBuildError(f"loading {lib} failed: {e}",
                              f"delete {build_dir} to force a rebuild") from e
         _loaded[str(lib)] = lib
     return lib
@@ -417,7 +422,7 @@ def ensure_built(arches: Sequence[str] | None = None, ptx: bool | None = None, v
     """Find or build (once, under the lock) a build covering ``arches``; return its directory.
 
     Runtime use passes the visible GPUs' architectures; the build then targets exactly
-    those. Raises BuildError with the reason when that is not possible.
+    those. Raises OpsBuildError with the reason when that is not possible.
     """
     from . import cuda_impl  # noqa: F401,PLC0415  (a load during the build needs the schemas)
 
@@ -428,7 +433,7 @@ def ensure_built(arches: Sequence[str] | None = None, ptx: bool | None = None, v
     arches = sorted({normalize_arch(a) for a in arches}, key=_arch_order)
     ptx = bool(ptx)
     if not arches:
-        raise BuildError("no GPU architecture to build for", "pass arches or set TORCH_CUDA_ARCH_LIST")
+        raise OpsBuildError("no GPU architecture to build for", "pass arches or set TORCH_CUDA_ARCH_LIST")
     key = build_key()
     found = find_build(key, arches, root)
     if found is not None:
@@ -437,7 +442,7 @@ def ensure_built(arches: Sequence[str] | None = None, ptx: bool | None = None, v
     tc = toolchain()
     ok = supported_arches(tc["nvcc"])
     if ok is not None and not set(arches) <= ok:
-        raise BuildError(f"nvcc {tc['release']} cannot compile for {sorted(set(arches) - ok)}",
+        raise OpsBuildError(f"nvcc {tc['release']} cannot compile for {sorted(set(arches) - ok)}",
                          "install a CUDA toolkit that supports this GPU")
     final = root / f"{key}-{arch_tag(arches, ptx)}"
 
@@ -458,10 +463,10 @@ def ensure_built(arches: Sequence[str] | None = None, ptx: bool | None = None, v
                           find=lambda: find_build(key, arches, root), on_wait=announce_wait,
                           timeout=LOCK_TIMEOUT_S)
     except TimeoutError as e:
-        raise BuildError(f"another process has been building the kernels for over {LOCK_TIMEOUT_S // 60} min ({e})",
+        raise OpsBuildError(f"another process has been building the kernels for over {LOCK_TIMEOUT_S // 60} min ({e})",
                          "check for a hung build (its pid is in the lock file)") from e
     except OSError as e:
-        raise BuildError(f"cannot write the kernel cache {root}: {e}",
+        raise OpsBuildError(f"cannot write the kernel cache {root}: {e}",
                          "set CARTOON_STYLEGAN_CACHE to a writable directory") from e
 
 
@@ -469,8 +474,14 @@ def build_ops(verbose: bool = True, arches: Sequence[str] | None = None, ptx: bo
     """Ahead-of-time build for ``python -m pipeline build-ops``; returns the build directory.
 
     Without ``arches``: the visible GPUs, else ``TORCH_CUDA_ARCH_LIST``, else
-    sm_80/86/89/90 + PTX. Loads the result as a check that it links.
+    sm_80/86/89/90 + PTX (so a login node without a GPU can build for the compute nodes).
+    Loads the result as a check that it links. Raises :class:`OpsBuildError` (one-line
+    message; the compiler's output in ``.detail``) when a CUDA PyTorch, ninja, nvcc or the
+    toolkit's headers are missing, the architectures are not understood, or the build fails.
     """
-    path = ensure_built(arches, ptx=ptx, verbose=verbose)
+    try:
+        path = ensure_built(arches, ptx=ptx, verbose=verbose)
+    except ValueError as e:  # an architecture like "9.0" / "sm_90" expected (arguments or TORCH_CUDA_ARCH_LIST)
+        raise OpsBuildError(str(e), "pass architectures like 8.6 or sm_90 (TORCH_CUDA_ARCH_LIST)") from e
     load_library(path)
     return path

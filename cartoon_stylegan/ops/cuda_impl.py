@@ -26,20 +26,20 @@ Why ``torch.library`` operators driven by ``torch.autograd.Function`` (and not
 """
 from __future__ import annotations
 
-import math
-
 import torch
+
+from .bias_act import ACTIVATIONS
 
 _NS = "cartoon_stylegan"
 
-# name -> (kernel id in csrc/ops.h, has a non-zero second derivative, default alpha, default gain)
-ACTIVATIONS: dict[str, tuple[int, bool, float, float]] = {
-    "linear": (1, False, 0.0, 1.0),
-    "relu": (2, False, 0.0, math.sqrt(2)),
-    "lrelu": (3, False, 0.2, math.sqrt(2)),
-    "tanh": (4, True, 0.0, 1.0),
-    "sigmoid": (5, True, 0.0, 1.0),
-}
+
+def _act(name: str):
+    """The registry entry of a kernel activation (ids, defaults: ``bias_act.ACTIVATIONS``, the one table)."""
+    spec = ACTIVATIONS.get(name)
+    if spec is None or not spec.cuda:
+        raise ValueError(f"activation {name!r} is not one of the kernels' "
+                         f"{sorted(k for k, v in ACTIVATIONS.items() if v.cuda)}")
+    return spec
 
 
 # ------------------------------------------------------------------------------ operators
@@ -106,8 +106,9 @@ def _sum_except(t: torch.Tensor, dim: int) -> torch.Tensor:
 class _BiasAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, b, dim, act, alpha, gain, clamp):
-        act_id, second, _, _ = ACTIVATIONS[act]
-        y = _ops.bias_act(x, b, dim, act_id, alpha, gain, clamp)
+        spec = _act(act)
+        second = spec.has_second_derivative
+        y = _ops.bias_act(x, b, dim, spec.cuda_id, alpha, gain, clamp)
         # The gradient needs only y; x and b are kept (as graph anchors for the second
         # derivative) only for activations whose second derivative is not zero.
         ctx.save_for_backward(x if second else None, b if second else None, y)
@@ -135,8 +136,9 @@ class _BiasActGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, g, y, x, b, dim, act, alpha, gain, clamp):
-        act_id, second, _, _ = ACTIVATIONS[act]
-        dx = _ops.bias_act_grad(g, y, None, act_id, alpha, gain, clamp)
+        spec = _act(act)
+        second = spec.has_second_derivative
+        dx = _ops.bias_act_grad(g, y, None, spec.cuda_id, alpha, gain, clamp)
         ctx.save_for_backward(g if second else None, y, x, b)
         ctx.cfg = (dim, act, alpha, gain, clamp)
         return dx
@@ -145,13 +147,14 @@ class _BiasActGrad(torch.autograd.Function):
     def backward(ctx, d_dx):
         g, y, x, b = ctx.saved_tensors
         dim, act, alpha, gain, clamp = ctx.cfg
-        act_id, second, _, _ = ACTIVATIONS[act]
+        spec = _act(act)
+        second = spec.has_second_derivative
         d_g = d_x = d_b = None
         if ctx.needs_input_grad[0]:
             d_g = _BiasActGrad.apply(d_dx, y, x, b, dim, act, alpha, gain, clamp)
         if second and (ctx.needs_input_grad[2] or ctx.needs_input_grad[3]):
             # Not differentiable again: third-order gradients are not supported.
-            d_x = _ops.bias_act_grad(d_dx, y, g, act_id, alpha, gain, clamp)
+            d_x = _ops.bias_act_grad(d_dx, y, g, spec.cuda_id, alpha, gain, clamp)
             if ctx.needs_input_grad[3]:
                 d_b = _sum_except(d_x, dim)
         # y gets no gradient: its dependence on x is already inside d_x.
@@ -190,11 +193,9 @@ class _Upfirdn2d(torch.autograd.Function):
 
 def fused_bias_act_cuda(x, b, dim, act, alpha, gain, clamp):
     """``act(x + b) * gain``, clamped to [-clamp, clamp] unless clamp is None."""
-    if act not in ACTIVATIONS:
-        raise ValueError(f"activation {act!r} is not one of {sorted(ACTIVATIONS)}")
-    _, _, def_alpha, def_gain = ACTIVATIONS[act]
-    alpha = float(def_alpha if alpha is None else alpha)
-    gain = float(def_gain if gain is None else gain)
+    spec = _act(act)
+    alpha = float(spec.def_alpha if alpha is None else alpha)
+    gain = float(spec.def_gain if gain is None else gain)
     if clamp is not None and clamp < 0:
         raise ValueError(f"clamp must be None or >= 0, got {clamp}")
     clamp = -1.0 if clamp is None else float(clamp)

@@ -1,16 +1,9 @@
-"""Training: losses (pure functions), EMA, ADA, freezing plans, the structure loss and the GAN loop."""
+"""Training: the GAN loop (scheduling), its phases (losses), its state (resume files), options,
+freezing plans, the structure loss, EMA and ADA."""
 from .ada import AUGMENT_PRESETS, AdaptiveAugment, AugmentPipe, make_augment_pipe
 from .ema import EMA, ema_beta
 from .freeze import FreezePlan, build_optimizers, lazy_ratio, trainable_parameters
-from .loop import (
-    LoopOptions,
-    NonFiniteLossError,
-    TrainResult,
-    find_latest_resume,
-    read_resume_step,
-    resume_path,
-    train,
-)
+from .loop import TrainingLoop, train
 from .losses import (
     StructureLoss,
     d_logistic_loss,
@@ -19,10 +12,21 @@ from .losses import (
     g_path_regularize,
     structure_loss,
 )
+from .options import RUN_ONLY, LoopOptions, NonFiniteLossError, TrainResult
+from .phases import PHASES, StyleGAN2Phases
+from .state import (
+    RESUME_FORMAT,
+    CheckpointStore,
+    LocalCheckpoints,
+    find_latest_resume,
+    read_resume_step,
+    resume_path,
+)
 
 __all__ = [
-    "LoopOptions", "TrainResult", "NonFiniteLossError", "train", "find_latest_resume", "read_resume_step",
-    "resume_path",
+    "LoopOptions", "TrainResult", "NonFiniteLossError", "RUN_ONLY", "train", "TrainingLoop",
+    "find_latest_resume", "read_resume_step", "resume_path", "RESUME_FORMAT", "CheckpointStore", "LocalCheckpoints",
+    "StyleGAN2Phases", "PHASES",
     "FreezePlan", "build_optimizers", "lazy_ratio", "trainable_parameters",
     "StructureLoss", "d_logistic_loss", "d_r1_loss", "g_nonsaturating_loss", "g_path_regularize", "structure_loss",
     "EMA", "ema_beta",

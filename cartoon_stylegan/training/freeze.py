@@ -7,15 +7,22 @@ once, before the models are wrapped by Accelerate; the optimisers are then built
 the trainable parameters only (`build_optimizers`), so frozen parameters get no
 gradient, no optimiser state and no EMA update, and stay bit-identical.
 
-The modes of the paper (the variants themselves are configured in stages/finetune.py):
-  FreezeD   freeze_d_above=R        D blocks reading inputs larger than R are frozen
-                                    (the head, `final_*`, always trains)
-  FreezeG   freeze_g_up_to=R        G layers at resolutions <= R are frozen (the const
-                                    input, conv1 and to_rgb1 belong to 4x4)
-  FreezeSG  freeze_g_up_to=R plus freeze_style_up_to=R': the W+ entries of layers
-            <= R' come from the frozen source mapping network (see the loop); this
-            option freezes no parameter by itself
-  mapping   freeze_mapping=True     the mapping network (`style.*`) is frozen
+The options (the paper's variants are combinations of them, configured in stages/finetune.py):
+  freeze_d_above=R      FreezeD: D blocks reading inputs larger than R are frozen (the
+                        head, `final_*`, always trains)
+  freeze_g_up_to=R      G synthesis layers at resolutions <= R are frozen (the const input,
+                        conv1 and to_rgb1 belong to 4x4); the mapping network is NOT frozen
+                        by this option
+  freeze_mapping=True   the mapping network (`style.*`) is frozen
+  freeze_style_up_to=R  the W+ entries of layers <= R come from the frozen *source* mapping
+                        network (sampling.Sampler); freezes no parameter by itself
+
+  FreezeG (reference)   freeze_g_up_to + freeze_mapping: the low-resolution blocks and every
+                        style stay the source's; only the blocks above R adapt
+  FreezeSG              freeze_g_up_to + freeze_style_up_to, mapping trainable: the
+                        low-resolution blocks keep receiving the source's styles while the
+                        target mapping adapts the styles of the layers above -- the two
+                        differ only because the mapping may train
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ class FreezePlan:
     """What to freeze; every field None/False = train everything."""
 
     freeze_d_above: int | None = None  # D blocks whose input resolution is > this are frozen
-    freeze_g_up_to: int | None = None  # G layers at resolution <= this are frozen, and the mapping network
+    freeze_g_up_to: int | None = None  # G synthesis layers at resolution <= this are frozen (not the mapping)
     freeze_style_up_to: int | None = None  # W+ entries of layers <= this come from G_source's mapping
     freeze_mapping: bool = False  # freeze the mapping network (style.*)
 
@@ -54,8 +61,8 @@ class FreezePlan:
 
     def is_g_frozen(self, G, name: str) -> bool:
         res = G.layer_resolution(name)
-        if res == "mapping":  # FreezeG freezes the mapping network too (as the reference code)
-            return self.freeze_mapping or self.freeze_g_up_to is not None
+        if res == "mapping":  # only freeze_mapping: FreezeSG trains the mapping with frozen blocks
+            return self.freeze_mapping
         return self.freeze_g_up_to is not None and res <= self.freeze_g_up_to
 
     def is_d_frozen(self, D, name: str) -> bool:

@@ -173,3 +173,38 @@ def test_jpeg_format_and_count_caps_folder_inputs(messy_folder, tmp_path):
     assert all(n.endswith((".jpg", ".json")) for n in names)
     # the first three inputs in sorted order: cmyk.jpg, corrupt.jpg, good.jpg
     assert [Path(p).name for _, p, _ in iter_source(messy_folder, 3)] == ["cmyk.jpg", "corrupt.jpg", "good.jpg"]
+
+
+def test_special_files_and_symlinked_folders(tmp_path):
+    """A FIFO (which would block open() forever), a socket, links to them, a broken link and a
+    symlink loop are listed as skipped with a reason; a symlinked folder is followed once."""
+    import os
+    import socket
+    import threading
+
+    src = tmp_path / "in"
+    (src / "real").mkdir(parents=True)
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(src / "real" / "a.png")
+    os.mkfifo(src / "pipe.png")
+    os.symlink(src / "pipe.png", src / "link-to-pipe.png")
+    os.symlink(src / "missing.png", src / "broken.png")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "sock.png"))
+    os.symlink(src / "real", src / "zlink")          # a second path to real/: walked once
+    os.symlink(src, src / "real" / "up")            # a loop back to the root
+    result = {}
+    t = threading.Thread(target=lambda: result.update(m=write_shards(str(src), tmp_path / "out", "x", resolution=16,
+                                                                       workers=1, progress=False)), daemon=True)
+    t.start()
+    t.join(60)
+    sock.close()
+    assert not t.is_alive(), "sharding hung on a special file"
+    man = result["m"]
+    assert man["count"] == 1
+    reasons = {Path(s["path"]).relative_to(src).as_posix(): s["reason"] for s in man["skipped"]}
+    assert reasons["pipe.png"] == "not a regular file: named pipe (FIFO)"
+    assert reasons["link-to-pipe.png"] == "not a regular file: named pipe (FIFO)"
+    assert reasons["sock.png"] == "not a regular file: socket"
+    assert reasons["broken.png"] == "broken symlink"
+    assert "already walked" in reasons["zlink"] and "already walked" in reasons["real/up"]
+    assert man["found"] == man["count"] + len(man["skipped"])

@@ -34,7 +34,6 @@ RESUME_RE = re.compile(r"^resume-(\d{9,})\.pt$")
 def env(extra: dict | None = None) -> dict:
     e = dict(os.environ)
     e.pop("MLFLOW_TRACKING_URI", None)  # the default store under run_root, never the user's server
-    e.pop("CARTOON_STYLEGAN_DEBUG_DUMP", None)
     for k in [k for k in e if k.startswith("SLURM_")]:  # a test under sbatch must not look like a job step
         e.pop(k)
     e.setdefault("OMP_NUM_THREADS", "1")
@@ -129,7 +128,7 @@ def stage_runs(runs, stage: str):
 
 
 def state_hash(module_or_state) -> str:
-    """SHA-256 of a state dict, as pipeline/worker.py's debug dump computes it."""
+    """SHA-256 of a state dict (tests/e2e/ddp_registry.py dumps it per rank)."""
     sd = module_or_state.state_dict() if hasattr(module_or_state, "state_dict") else module_or_state
     h = hashlib.sha256()
     for name, t in sorted(sd.items()):

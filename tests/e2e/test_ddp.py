@@ -3,13 +3,15 @@
 
 pipeline/launch.py runs `accelerate launch --multi_gpu --num_processes 2` with ACCELERATE_USE_CPU=1
 (`accelerate launch --cpu --num_processes 2` would silently start one process). Each rank runs
-pipeline/worker.py; with CARTOON_STYLEGAN_DEBUG_DUMP=<dir> set, each writes <dir>/<stage>/rank<k>.json
-with the hashes of the networks it trained.
+pipeline/worker.py over the test registry tests/e2e/ddp_registry.py (the shipped stages, the training ones
+wrapped): with DDP_TEST_DUMP=<dir>, each rank writes <dir>/<stage>/rank<k>.json with the hashes of the
+networks it trained.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,20 +27,21 @@ KIMG = STEPS * BATCH * WORLD / 1000  # the budget counts images over all ranks
 FT_KIMG = FT_STEPS * BATCH * WORLD / 1000
 VARIANT = "freezesg"  # frozen G blocks + source styles: DDP over a partly frozen model with G_source
 ARGS = [f"experiment={EXP}", *TINY_DATA_MODEL, "data.target.count=32", "launch.num_processes=2",
-        f"train.kimg={KIMG}", f"train.batch={BATCH}", "train.tick_kimg=0.032", "train.sample_kimg=1",
-        "train.snapshot_kimg=0.128", "train.grid=[2,2]",
+        f"pretrain.kimg={KIMG}", f"pretrain.batch={BATCH}", "pretrain.tick_kimg=0.032", "pretrain.sample_kimg=1",
+        "pretrain.snapshot_kimg=0.128", "pretrain.grid=[2,2]",
         f"finetune.kimg={FT_KIMG}", f"finetune.batch={BATCH}", "finetune.tick_kimg=0.032",
         "finetune.sample_kimg=1", "finetune.snapshot_kimg=1", "finetune.grid=[2,2]",
         f"finetune.run_variants=[{VARIANT}]"]
-G_UP_TO_8 = ("style.", "input.", "conv1.", "to_rgb1.", "convs.0.", "convs.1.", "to_rgbs.0.")
+G_UP_TO_8 = ("input.", "conv1.", "to_rgb1.", "convs.0.", "convs.1.", "to_rgbs.0.")  # FreezeSG: the mapping trains
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     dump = root / "debug-dump"
-    out = cli("run", "finetune", *ARGS, run_root=root, extra_env={"CARTOON_STYLEGAN_DEBUG_DUMP": str(dump)},
-              timeout=600).stdout
+    here = str(Path(__file__).resolve().parent)
+    env = {"DDP_TEST_DUMP": str(dump), "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+    out = cli("run", "finetune", "--registry", "ddp_registry", *ARGS, run_root=root, extra_env=env, timeout=600).stdout
     (root / "run.log").write_text(out)
     return root, dump, out
 
@@ -74,8 +77,8 @@ def test_two_ranks_train_identical_weights(ddp_run):
     tuned = checkpoint.load_transfer(root / EXP / "finetune" / VARIANT / "checkpoints" / "network-final.pt")
     assert {k: state_hash(tuned[k]) for k in ("g", "d", "g_ema")} == {
         k: f0[f"finetune/{VARIANT}/{k}"] for k in ("g", "d", "g_ema")}
-    for key in ("g", "g_ema"):  # frozen under DDP too
-        a, b = dict(src[key].named_parameters()), dict(tuned[key].named_parameters())
+    for key in ("g", "g_ema"):  # frozen under DDP too (a fine-tune starts G and G_ema from the source's G_ema)
+        a, b = dict(src["g_ema"].named_parameters()), dict(tuned[key].named_parameters())
         for n in a:  # default config: use_noise false, so the noise strengths never train either
             fixed = n.startswith(G_UP_TO_8) or n.endswith(".noise.weight")
             assert torch.equal(a[n], b[n]) == fixed, f"{key}.{n}"
@@ -107,9 +110,9 @@ def _image_keys(loader, n_batches):
 
 
 def test_ranks_read_disjoint_samples(ddp_run):
-    """The loader split the ranks used (same arguments as stages/training_common.py), on the run's shards."""
+    """The loader split the ranks used (same arguments as stages/training.py), on the run's shards."""
     from cartoon_stylegan.data import make_loader
-    from pipeline.config import load_config
+    from stages import load_config
 
     root, _, _ = ddp_run
     cfg = load_config(None, [*ARGS, f"run_root={root}"])
@@ -144,8 +147,8 @@ def test_sigusr1_stops_both_ranks_at_one_step_then_resumes(tmp_path):
 
     root, exp = tmp_path / "runs", "ddp-stop"
     steps = 64  # the first checkpoint comes at step 8: the signal lands while the ranks train
-    args = [f"experiment={exp}", *[a for a in ARGS if not a.startswith(("experiment=", "train.kimg="))],
-            f"train.kimg={steps * BATCH * WORLD / 1000}"]
+    args = [f"experiment={exp}", *[a for a in ARGS if not a.startswith(("experiment=", "pretrain.kimg="))],
+            f"pretrain.kimg={steps * BATCH * WORLD / 1000}"]
     ckpt_dir = root / exp / "pretrain" / "checkpoints"
     log = tmp_path / "attempt1.log"
     proc = start("run", "pretrain", *args, run_root=root, log=log)

@@ -1,6 +1,7 @@
 """Through the real stages (in this process, tracking off): after pretrain + finetune, the frozen
-parameters of every variant's network-final.pt are bit-identical to the source checkpoint's (G to
-G, G_ema to G_ema, D to D) and the trainable ones moved.
+parameters of every variant's network-final.pt are bit-identical to the source's (G and G_ema to the
+source generator -- the pretrained G_ema, where every fine-tune starts --, D to D) and the trainable
+ones moved. The variants differ in what they train (FreezeSG trains the mapping, FreezeG does not).
 
 The frozen sets are written out by hand from rosinality's layout at 32 px (as in
 tests/training/test_freeze.py), not computed with the code under test:
@@ -15,15 +16,16 @@ import torch
 from cartoon_stylegan import checkpoint
 from pipeline.__main__ import main
 
-G_UP_TO_8 = ("style.", "input.", "conv1.", "to_rgb1.", "convs.0.", "convs.1.", "to_rgbs.0.")
+BLOCKS_UP_TO_8 = ("input.", "conv1.", "to_rgb1.", "convs.0.", "convs.1.", "to_rgbs.0.")
+MAPPING = ("style.",)
 D_ABOVE_16 = ("convs.0.", "convs.1.")
 
-# variant (configs/default.yaml) -> (frozen G prefixes, frozen D prefixes)
+# variant (configs/default.yaml) -> (frozen G prefixes, frozen D prefixes); the D side is shared
 EXPECTED = {
     "freezed": ((), D_ABOVE_16),
-    "freezeg": (G_UP_TO_8, ()),
-    "freezesg": (G_UP_TO_8, ()),
-    "freezesg_structure": (G_UP_TO_8, ()),
+    "freezeg": (BLOCKS_UP_TO_8 + MAPPING, D_ABOVE_16),
+    "freezesg": (BLOCKS_UP_TO_8, D_ABOVE_16),
+    "freezesg_structure": (BLOCKS_UP_TO_8, D_ABOVE_16),
 }
 
 
@@ -33,8 +35,8 @@ def trained(tmp_path_factory):
     args = [f"run_root={root}", "experiment=frozen", "tracking.enabled=false",
             "data.resolution=32", "data.source.count=32", "data.target.count=32", "shard.workers=1",
             "model.channel_max=16", "model.style_dim=32", "model.n_mlp=2",
-            "train.kimg=0.032", "train.batch=8", "train.tick_kimg=0.032", "train.sample_kimg=1",
-            "train.snapshot_kimg=1", "train.grid=[2,2]",
+            "pretrain.kimg=0.032", "pretrain.batch=8", "pretrain.tick_kimg=0.032", "pretrain.sample_kimg=1",
+            "pretrain.snapshot_kimg=1", "pretrain.grid=[2,2]",
             "finetune.kimg=0.032", "finetune.batch=8", "finetune.tick_kimg=0.032", "finetune.sample_kimg=1",
             "finetune.snapshot_kimg=1", "finetune.grid=[2,2]"]
     assert main(["run", "finetune", *args]) == 0
@@ -57,7 +59,7 @@ def test_frozen_parameters_bit_identical_trainable_ones_moved(trained, variant):
     assert tuned["meta"]["freeze"]["freeze_g_up_to"] == (8 if g_frozen else None)
     assert tuned["meta"]["freeze"]["freeze_d_above"] == (16 if d_frozen else None)
     for key, prefixes in (("g", g_frozen), ("g_ema", g_frozen), ("d", d_frozen)):
-        src, new = _params(source[key]), _params(tuned[key])
+        src, new = _params(source["d" if key == "d" else "g_ema"]), _params(tuned[key])
         assert src.keys() == new.keys()
         frozen = {n for n in src if n.startswith(prefixes)} if prefixes else set()
         if prefixes:
@@ -71,6 +73,16 @@ def test_frozen_parameters_bit_identical_trainable_ones_moved(trained, variant):
                 assert torch.equal(src[n], new[n]), f"{variant}: frozen {key}.{n} changed"
             else:
                 assert not torch.equal(src[n], new[n]), f"{variant}: trainable {key}.{n} did not move"
+
+
+def test_variants_train_different_parameter_sets(trained):
+    _, variants = trained
+    trained_sets = {}
+    for name, nets in variants.items():
+        f = nets["meta"]["freeze"]
+        trained_sets[name] = (f["freeze_g_up_to"], f["freeze_mapping"], f["freeze_style_up_to"])
+    assert len(set(trained_sets.values())) == 3  # freezesg and freezesg_structure differ by their loss only
+    assert trained_sets["freezeg"] != trained_sets["freezesg"]
 
 
 def test_freezesg_takes_the_source_styles(trained):

@@ -34,8 +34,8 @@ def _args(exp):
     # snapshots every 16 steps from early on; the budget leaves > 100 steps after the first one,
     # so the signal always lands while the loop is still training
     return [f"experiment={exp}", *TINY_DATA_MODEL, "data.target.count=16",
-            f"train.kimg={KIMG}", f"train.batch={BATCH}", f"train.tick_kimg={TICK_STEPS * BATCH / 1000}",
-            "train.snapshot_kimg=0.128", "train.sample_kimg=1", "train.keep_checkpoints=50", "train.grid=[2,2]"]
+            f"pretrain.kimg={KIMG}", f"pretrain.batch={BATCH}", f"pretrain.tick_kimg={TICK_STEPS * BATCH / 1000}",
+            "pretrain.snapshot_kimg=0.128", "pretrain.sample_kimg=1", "pretrain.keep_checkpoints=50", "pretrain.grid=[2,2]"]
 
 
 def _step_of(path) -> int:

@@ -24,8 +24,8 @@ VARIANTS = ["freezed", "freezeg", "freezesg", "freezesg_structure"]  # configs/d
 TRAIN_KIMG, FINETUNE_KIMG, BATCH = 0.256, 0.064, 8
 ARGS = [
     f"experiment={EXP}", *TINY_DATA_MODEL,
-    f"train.kimg={TRAIN_KIMG}", f"train.batch={BATCH}", "train.tick_kimg=0.1", "train.sample_kimg=0.1",
-    "train.snapshot_kimg=0.1", "train.grid=[4,2]",
+    f"pretrain.kimg={TRAIN_KIMG}", f"pretrain.batch={BATCH}", "pretrain.tick_kimg=0.1", "pretrain.sample_kimg=0.1",
+    "pretrain.snapshot_kimg=0.1", "pretrain.grid=[4,2]",
     f"finetune.kimg={FINETUNE_KIMG}", f"finetune.batch={BATCH}", "finetune.tick_kimg=0.032",
     "finetune.sample_kimg=0.064", "finetune.snapshot_kimg=0.064", "finetune.grid=[4,2]",
     "eval.n_samples=32", "eval.n_real=32", "eval.kid_subset_size=16", "eval.structure_n=16", "eval.batch=16",

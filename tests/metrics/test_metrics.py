@@ -16,6 +16,7 @@ from cartoon_stylegan.metrics import (FEATURE_EXTRACTOR_NAME, STRUCTURE_METHODS,
                                       ShardImageDataset, TensorImageDataset, compute_metrics, load_inception,
                                       manifest_key, structure_distance, structure_scores)
 from cartoon_stylegan.metrics import inception as inc
+from cartoon_stylegan.sampling import Sampler
 
 
 # ---------------------------------------------------------------------------------- image sets
@@ -220,14 +221,14 @@ def _tiny_generator(seed, size=16):
 def test_generator_dataset_is_deterministic_and_uint8():
     g = _tiny_generator(0)
     a = GeneratorDataset(g, n=10, seed=3, batch=4)
-    b = GeneratorDataset(g, n=10, seed=3, batch=5, truncation=1.0)
+    b = GeneratorDataset(Sampler(g, truncation=1.0), n=10, seed=3, batch=5)
     xa = torch.stack([a[i] for i in reversed(range(10))]).flip(0)      # access order does not matter
     xb = torch.stack([b[i] for i in range(10)])
     assert xa.dtype == torch.uint8 and xa.shape == (10, 3, 16, 16)
     torch.testing.assert_close(xa[:4].float(), xb[:4].float(), atol=1, rtol=0)   # same z, same seeded noise
     c = GeneratorDataset(g, n=10, seed=4, batch=4)
     assert not torch.equal(xa, torch.stack([c[i] for i in range(10)]))
-    t = GeneratorDataset(g, n=4, seed=3, batch=4, truncation=0.5, noise_mode="const")
+    t = GeneratorDataset(Sampler(g, truncation=0.5), n=4, seed=3, batch=4, noise_mode="const")
     assert t[0].shape == (3, 16, 16)
 
 
@@ -313,7 +314,7 @@ def test_structure_distance_on_generators():
 
 
 def test_real_floor_takes_the_images_after_the_reference_set(tmp_path):
-    from stages.generation import _held_out
+    from stages.eval import held_out_images as _held_out
 
     imgs = blobs(7, 16)
     _write_shards(tmp_path, imgs)

@@ -297,64 +297,40 @@ def test_use_noise_false_reads_no_noise_and_keeps_the_layout():
     assert off.config["use_noise"] is False and Generator.from_config(off.config).use_noise is False
 
 
-def test_truncation():
-    g = tiny_g()
-    z = torch.randn(4, 32)
-    t = g.mean_latent(64)
-    assert t.shape == (1, 32) and not t.requires_grad
-    with torch.no_grad():
-        plain, ex = g(z, noise_mode="const", return_latents=True)
-        same = g(z, noise_mode="const", truncation=1.0, truncation_latent=t)
-        _, half = g(z, noise_mode="const", truncation=0.5, truncation_latent=t, return_latents=True)
-        at_mean = g(z, noise_mode="const", truncation=0.0, truncation_latent=t)
-        mean_img = g(t.expand(4, -1), input_is="w", noise_mode="const")
-    assert torch.equal(plain, same)
-    w = g.mapping(z).detach()
-    torch.testing.assert_close(ex["latents"], w[:, None].expand(-1, g.n_latent, -1))
-    torch.testing.assert_close(half["latents"], (t + 0.5 * (w - t))[:, None].expand(-1, g.n_latent, -1))
-    torch.testing.assert_close(at_mean, mean_img)
-    with pytest.raises(ValueError, match="truncation_latent"):
-        g(z, truncation=0.7)
-
-
-def test_style_mixing():
+def test_style_mixing_in_make_wplus():
     g = tiny_g()
     z1, z2 = torch.randn(2, 32), torch.randn(2, 32)
     with torch.no_grad():
         w1, w2 = g.mapping(z1), g.mapping(z2)
-        _, ex = g(z1, mix_latents=z2, mix_index=3, return_latents=True)
-        lat = ex["latents"]
+        lat = g.make_wplus(w1, w2, 3)
         assert torch.equal(lat[:, :3], w1[:, None].expand(-1, 3, -1))
         assert torch.equal(lat[:, 3:], w2[:, None].expand(-1, g.n_latent - 3, -1))
-        # w space, random crossover in [1, L-1]
+        # random crossover in [1, L-1]
         torch.manual_seed(0)
         seen = set()
         for _ in range(20):
-            _, ex = g(w1, input_is="w", mix_latents=w2, return_latents=True)
-            from_first = [bool(torch.equal(ex["latents"][:, i], w1)) for i in range(g.n_latent)]
+            lat = g.make_wplus(w1, w2)
+            from_first = [bool(torch.equal(lat[:, i], w1)) for i in range(g.n_latent)]
             k = from_first.index(False)
             assert 1 <= k <= g.n_latent - 1 and all(from_first[:k]) and not any(from_first[k:])
             seen.add(k)
         assert len(seen) > 1
-    with pytest.raises(ValueError, match="mix_index"):
-        g(z1, mix_index=2)
+    with pytest.raises(ValueError, match="crossover"):
+        g.make_wplus(w1, None, 2)
 
 
-def test_wplus_prefix_injection():
+def test_forward_takes_z_w_or_wplus():
     g = tiny_g()
-    z, other = torch.randn(2, 32), torch.randn(2, g.n_latent, 32)
-    k = g.n_wplus_up_to(8)
-    assert k == 4
+    z = torch.randn(2, 32)
     with torch.no_grad():
-        _, ex = g(z, wplus_prefix=other, wplus_prefix_len=k, return_latents=True)
         w = g.mapping(z)
-        assert torch.equal(ex["latents"][:, :k], other[:, :k])
-        assert torch.equal(ex["latents"][:, k:], w[:, None].expand(-1, g.n_latent - k, -1))
-        # a w (N, D) prefix is broadcast
-        _, ex = g(z, wplus_prefix=other[:, 0], wplus_prefix_len=2, return_latents=True)
-        assert torch.equal(ex["latents"][:, :2], other[:, :1].expand(-1, 2, -1))
-    with pytest.raises(ValueError, match="wplus_prefix"):
-        g(z, wplus_prefix_len=2)
+        img_z, ex = g(z, noise_mode="const", return_latents=True)
+        assert torch.equal(ex["latents"], w[:, None].expand(-1, g.n_latent, -1))
+        assert torch.equal(g(w, input_is="w", noise_mode="const"), img_z)
+        assert torch.equal(g(ex["latents"], input_is="wplus", noise_mode="const"), img_z)
+    import inspect
+    params = inspect.signature(Generator.forward).parameters
+    assert not {"truncation", "mix_latents", "wplus_prefix", "wplus_prefix_len"} & set(params)  # sampling.Sampler
 
 
 def test_n_wplus_up_to_matches_the_layers_that_read_them():

@@ -351,7 +351,7 @@ def test_jit_build_links(tmp_path, monkeypatch):
     """The lazy build end to end: toolkit discovery, nvcc, link, load, kernel registration."""
     try:
         build.toolchain()
-    except build.BuildError as e:
+    except build.OpsBuildError as e:
         pytest.skip(f"no CUDA toolchain: {e.reason}")
     monkeypatch.setenv("MAX_JOBS", "1")
     path = build.ensure_built(["9.0"], ptx=False, root=tmp_path)

@@ -43,7 +43,7 @@ def failing_loader(reason="nvcc not found at /opt/cuda/bin/nvcc", fix="set CUDA_
 
     def load():
         calls.append(1)
-        raise build.BuildError(reason, fix)
+        raise build.OpsBuildError(reason, fix)
 
     return load, calls
 
@@ -290,19 +290,19 @@ def test_toolchain_reasons(monkeypatch):
     import torch.utils.cpp_extension as cpp_extension
 
     monkeypatch.setattr(torch.version, "cuda", None)
-    with pytest.raises(build.BuildError, match="CPU-only build"):
+    with pytest.raises(build.OpsBuildError, match="CPU-only build"):
         build.toolchain()
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: False)
-    with pytest.raises(build.BuildError, match="ninja") as e:
+    with pytest.raises(build.OpsBuildError, match="ninja") as e:
         build.toolchain()
     assert "pip install ninja" in e.value.fix
     monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: True)
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
-    with pytest.raises(build.BuildError, match="no CUDA toolkit found"):
+    with pytest.raises(build.OpsBuildError, match="no CUDA toolkit found"):
         build.toolchain()
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/nonexistent/cuda")
-    with pytest.raises(build.BuildError, match="nvcc not found"):
+    with pytest.raises(build.OpsBuildError, match="nvcc not found"):
         build.toolchain()
 
 
@@ -311,7 +311,7 @@ def test_unwritable_cache_is_a_build_error(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "supported_arches", lambda nvcc: None)
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache directory should be")
-    with pytest.raises(build.BuildError, match="CARTOON_STYLEGAN_CACHE"):
+    with pytest.raises(build.OpsBuildError, match="CARTOON_STYLEGAN_CACHE"):
         build.ensure_built(["9.0"], root=blocker / "ops")
 
 
@@ -376,9 +376,9 @@ def test_failed_build_leaves_nothing_behind_and_releases_the_lock(tmp_path):
 
     def broken(tmp: Path):
         (tmp / "half.o").write_bytes(b"")
-        raise build.BuildError("compiling the CUDA kernels failed")
+        raise build.OpsBuildError("compiling the CUDA kernels failed")
 
-    with pytest.raises(build.BuildError):
+    with pytest.raises(build.OpsBuildError):
         build.build_once(final, lock, broken)
     assert not final.exists() and not list(tmp_path.glob("tmp-*"))
     log = []
@@ -419,3 +419,29 @@ def test_file_lock_without_flock_support_goes_on(tmp_path, monkeypatch, caplog):
     assert build.build_once(tmp_path / "k-sm90", tmp_path / "k.lock", fake_builder(log, delay=0)) == tmp_path / "k-sm90"
     assert len(log) == 2
     assert "does not support file locks" in caplog.text
+
+
+# ------------------------------------------------------------------------------ build_ops (the CLI's entry)
+
+
+def test_build_ops_without_a_cuda_toolchain_raises_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("CARTOON_STYLEGAN_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(ops.OpsBuildError, match="CPU-only build") as e:
+        ops.build_ops(verbose=False)
+    assert len(str(e.value).splitlines()) == 1 and e.value.fix
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(build, "toolchain", lambda: (_ for _ in ()).throw(
+        build.OpsBuildError("no CUDA toolkit found (CUDA_HOME/CUDA_PATH unset and no nvcc on PATH)", "set CUDA_HOME")))
+    with pytest.raises(ops.OpsBuildError, match="no CUDA toolkit"):
+        ops.build_ops(verbose=False)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "banana")
+    with pytest.raises(ops.OpsBuildError, match="banana"):
+        ops.build_ops(verbose=False)
+
+
+def test_build_error_keeps_the_compiler_output_out_of_the_message():
+    e = build.OpsBuildError("compiling the CUDA kernels failed", "rerun with verbose=True", "line 1\nline 2")
+    assert str(e) == "compiling the CUDA kernels failed; rerun with verbose=True" and e.detail == "line 1\nline 2"

@@ -550,6 +550,20 @@ def test_reference_on_cuda_matches_cpu():
 
 def test_public_names():
     assert set(ops.__all__) >= {"fused_bias_act", "upfirdn2d", "setup_filter", "upsample2d", "downsample2d",
-                                "filter2d", "ACTIVATIONS"}
+                                "filter2d", "ACTIVATIONS", "build_ops", "OpsBuildError"}
     assert set(ACTIVATIONS) >= {"linear", "relu", "lrelu", "tanh", "sigmoid"}
     assert all(ACTIVATIONS[a].cuda for a in ("linear", "relu", "lrelu", "tanh", "sigmoid"))
+    assert issubclass(ops.OpsBuildError, RuntimeError)
+
+
+def test_one_activation_table_with_the_kernel_ids_of_ops_h():
+    import re
+    from pathlib import Path
+
+    header = (Path(ops.__file__).parent / "csrc" / "ops.h").read_text()
+    enum = re.search(r"enum Act : int \{([^}]*)\}", header).group(1)
+    ids = {name.lower(): int(v) for name, v in re.findall(r"k(\w+) = (\d+)", enum)}
+    assert {n: a.cuda_id for n, a in ACTIVATIONS.items() if a.cuda} == ids
+    assert {n for n, a in ACTIVATIONS.items() if a.cuda and a.has_second_derivative} == {"tanh", "sigmoid"}
+    src = (Path(ops.__file__).parent / "cuda_impl.py").read_text()
+    assert "ACTIVATIONS: dict" not in src and "_CUDA_ACTS" not in (Path(ops.__file__).parent / "bias_act.py").read_text()

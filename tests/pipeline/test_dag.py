@@ -1,13 +1,26 @@
-"""DAG: order, skip when up to date, --force, failure stops dependents, rerun resumes there."""
+"""DAG runner on a toy registry: order, skip when up to date, --force, failure stops dependents,
+rerun resumes there, config sections assembled from the registry, and the CLI over it."""
 import pytest
 
-from pipeline import dag
-from pipeline.config import load_config
+from pipeline import dag, registry as registries
+from pipeline.config import ConfigError, load_config
+
+TOY = "toy_registry"
+
+
+@pytest.fixture(scope="module")
+def reg():
+    return registries.load(TOY)
+
+
+def _cfg(reg, tmp_path, *over):
+    (tmp_path / "c.yaml").write_text("experiment: t\n")
+    return load_config(tmp_path / "c.yaml", [f"run_root={tmp_path}", *over], registry=reg)
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    return load_config(None, [f"run_root={tmp_path}", "experiment=t"])
+def cfg(reg, tmp_path):
+    return _cfg(reg, tmp_path)
 
 
 class Recorder:
@@ -21,71 +34,148 @@ class Recorder:
         return {"ok": name}
 
 
-def test_plan_orders_dependencies_first():
-    assert dag.plan(["all"]) == ["shard", "pretrain", "finetune", "swap", "eval"]
-    assert dag.plan(["eval"]) == ["shard", "pretrain", "finetune", "eval"]
-    assert dag.plan(["swap", "shard"]) == ["shard", "pretrain", "finetune", "swap"]
-    with pytest.raises(KeyError, match="did you mean 'pretrain'"):
-        dag.plan(["pretrian"])
+def test_plan_orders_dependencies_first(reg):
+    assert reg.plan(["all"]) == ["a", "b", "c", "d"]
+    assert reg.plan(["d"]) == ["a", "b", "d"]
+    assert reg.plan(["c", "a"]) == ["a", "b", "c"]
+    with pytest.raises(KeyError, match="did you mean 'd'"):
+        reg.plan(["dd"])
 
 
-def test_skip_force_and_stale(cfg):
+def test_registry_rejects_bad_graphs():
+    from pipeline.registry import Registry, Stage
+
+    with pytest.raises(ValueError, match="needs 'z'"):
+        Registry([Stage("a", print, needs=("z",))])
+    with pytest.raises(ValueError, match="declared twice"):
+        Registry([Stage("a", print), Stage("a", print)])
+
+
+def test_root_config_from_registry(reg, tmp_path):
+    cfg = _cfg(reg, tmp_path, "a.n=3", "d.word=yo")
+    assert (cfg.a.n, cfg.d.word, cfg.shared.size, cfg.launch.num_processes) == (3, "yo", 4, 1)
+    with pytest.raises(ConfigError, match=r"a.n: 11 is above the maximum 10"):
+        _cfg(reg, tmp_path, "a.n=11")
+    with pytest.raises(ConfigError, match="d.word: 'bad' needs shared.size 1"):
+        _cfg(reg, tmp_path, "d.word=bad")
+    assert _cfg(reg, tmp_path, "d.word=bad", "shared.size=1").d.word == "bad"
+    assert _cfg(reg, tmp_path, "old_a.n=5").a.n == 5  # a renamed section is accepted with a note
+    with pytest.raises(ConfigError, match="did you mean a"):
+        _cfg(reg, tmp_path, "aa.n=1")
+
+
+def test_skip_force_and_stale(reg, cfg, tmp_path):
     rec = Recorder()
-    assert dag.run(cfg, ["all"], execute=rec, say=lambda m: None) == 0
-    assert rec.calls == ["shard", "pretrain", "finetune", "swap", "eval"]
-    assert all(dag.status(cfg, n) == "done" for n in dag.STAGES)
+    assert dag.run(reg, cfg, ["all"], execute=rec, say=lambda m: None) == 0
+    assert rec.calls == ["a", "b", "c", "d"]
+    assert all(dag.status(reg, cfg, n) == "done" for n in reg)
     said = []
     rec.calls.clear()
-    assert dag.run(cfg, ["all"], execute=rec, say=said.append) == 0
-    assert rec.calls == [] and sum("up to date" in m for m in said) == 5
+    assert dag.run(reg, cfg, ["all"], execute=rec, say=said.append) == 0
+    assert rec.calls == [] and sum("up to date" in m for m in said) == 4
     # --force on one stage reruns it; its dependents become stale (inputs changed) and rerun too
-    assert dag.run(cfg, ["pretrain"], force=True, execute=rec, say=lambda m: None) == 0
-    assert rec.calls == ["pretrain"]
-    assert dag.status(cfg, "finetune") == "stale" and dag.status(cfg, "shard") == "done"
+    assert dag.run(reg, cfg, ["b"], force=True, execute=rec, say=lambda m: None) == 0
+    assert rec.calls == ["b"]
+    assert dag.status(reg, cfg, "c") == "stale" and dag.status(reg, cfg, "a") == "done"
     rec.calls.clear()
-    dag.run(cfg, ["all"], execute=rec, say=lambda m: None)
-    assert rec.calls == ["finetune", "swap", "eval"]
-    # a config change of one section makes that stage and its dependents stale, not the others
-    cfg2 = load_config(None, [f"run_root={cfg.run_root}", "experiment=t", "swap.seeds=3"])
-    assert dag.status(cfg2, "swap") == "stale" and dag.status(cfg2, "eval") == "done"
-    cfg3 = load_config(None, [f"run_root={cfg.run_root}", "experiment=t", "data.resolution=64"])
-    assert [dag.status(cfg3, n) for n in dag.STAGES] == ["stale"] * 5
+    dag.run(reg, cfg, ["all"], execute=rec, say=lambda m: None)
+    assert rec.calls == ["c", "d"]
+    # a key a stage reads makes it and its dependents stale; a key it does not read does not
+    cfg2 = _cfg(reg, tmp_path, "d.word=other")
+    assert [dag.status(reg, cfg2, n) for n in reg] == ["done", "done", "done", "stale"]
+    cfg3 = _cfg(reg, tmp_path, "shared.size=2")
+    assert [dag.status(reg, cfg3, n) for n in reg] == ["stale"] * 4
 
 
-def test_failure_stops_dependents_then_resumes_there(cfg):
+def test_failure_stops_dependents_then_resumes_there(reg, cfg):
     said = []
-    rec = Recorder(fail={"finetune"})
-    assert dag.run(cfg, ["all"], execute=rec, say=said.append) == dag.EXIT_FAILED
-    assert rec.calls == ["shard", "pretrain", "finetune"]
-    assert any("[finetune] FAILED: RuntimeError: boom in finetune" in m for m in said)
-    assert any("not run: swap, eval" in m for m in said)
-    assert dag.status(cfg, "finetune") == "failed" and dag.status(cfg, "swap") == "never run"
-    assert dag.read_state(cfg, "finetune")["error"] == "RuntimeError: boom in finetune"
+    rec = Recorder(fail={"b"})
+    assert dag.run(reg, cfg, ["all"], execute=rec, say=said.append) == dag.EXIT_FAILED
+    assert rec.calls == ["a", "b"]
+    assert any("[b] FAILED: RuntimeError: boom in b" in m for m in said)
+    assert any("not run: c, d" in m for m in said)
+    assert dag.status(reg, cfg, "b") == "failed" and dag.status(reg, cfg, "c") == "never run"
+    assert dag.read_state(cfg, "b")["error"] == "RuntimeError: boom in b"
     rec = Recorder()
-    assert dag.run(cfg, ["all"], execute=rec, say=lambda m: None) == 0
-    assert rec.calls == ["finetune", "swap", "eval"]
+    assert dag.run(reg, cfg, ["all"], execute=rec, say=lambda m: None) == 0
+    assert rec.calls == ["b", "c", "d"]
 
 
-def test_stopped_stage_exit_code(cfg):
+def test_stopped_stage_exit_code(reg, cfg):
     def stop(name, fp, prev):
-        if name == "pretrain":
+        if name == "b":
             raise dag.StageStopped("signal")
         return {}
 
-    assert dag.run(cfg, ["all"], execute=stop, say=lambda m: None) == dag.EXIT_STOPPED
-    assert dag.status(cfg, "pretrain") == "stopped"
+    assert dag.run(reg, cfg, ["all"], execute=stop, say=lambda m: None) == dag.EXIT_STOPPED
+    assert dag.status(reg, cfg, "b") == "stopped"
 
 
-def test_cli_list_show_dry_run(tmp_path, capsys):
+def test_cli_runs_a_toy_registry(tmp_path, capsys):
+    """The real CLI and launch path over a registry that is not the shipped one."""
     from pipeline.__main__ import main
+    from pipeline.artifacts import read_json
 
-    args = [f"run_root={tmp_path}", "experiment=cli"]
+    args = ["--registry", TOY, f"run_root={tmp_path}", "experiment=cli", "tracking.enabled=false"]
     assert main(["list", *args]) == 0
     out = capsys.readouterr().out
-    assert "shard" in out and "never run" in out and "eval" in out
-    assert main(["run", "--dry-run", "all", *args]) == 0
-    assert "finetune" in capsys.readouterr().out
-    assert main(["show", "swap", *args]) == 0
-    assert "seeds:" in capsys.readouterr().out
-    assert main(["show", "data.resolution=31", *args]) == 2
-    assert "data.resolution: 31 is not a power of two" in capsys.readouterr().err
+    assert "never run" in out and all(f"\n{n} " in out for n in "abcd")
+    assert main(["run", "--dry-run", "d", *args]) == 0
+    out = capsys.readouterr().out
+    assert "a/out.json" in out and "c/out.json" not in out
+    assert main(["run", "d", *args]) == 0
+    out = capsys.readouterr().out
+    assert "[d] wrote D" in out and "[c]" not in out
+    state = read_json(tmp_path / "cli" / "d" / "stage.json")
+    assert read_json(tmp_path / "cli" / "d" / "out.json")["fingerprint"] == state["fingerprint"]
+    assert main(["show", "d", *args]) == 0
+    assert "word: hi" in capsys.readouterr().out
+    assert main(["show", "a.n=31", *args]) == 2
+    assert "a.n: 31 is above the maximum 10" in capsys.readouterr().err
+    assert main(["run", "nope", *args]) == 2
+    assert "unknown stage 'nope'" in capsys.readouterr().err
+
+
+def test_one_run_per_experiment_and_interrupted_status(reg, cfg, tmp_path, capsys):
+    """A second `pipeline run` on the same experiment is refused, naming the holder; a stage left
+    "running" by a killed run shows as interrupted (the lock died with its process)."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.__main__ import main
+
+    args = ["--registry", TOY, f"run_root={tmp_path}", "experiment=t", "tracking.enabled=false"]
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from pipeline import dag, registry; "
+        "from pipeline.config import load_config; r = registry.load('toy_registry'); "
+        "c = load_config(None, sys.argv[2:], registry=r)\n"
+        "with dag.run_lock(c):\n    print('locked', flush=True); time.sleep(60)"),
+        os.path.dirname(__file__), f"run_root={tmp_path}", "experiment=t"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["run", "a", *args]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid} on" in err and "another `pipeline run`" in err
+        dag.write_state(cfg, "a", status="running")
+        assert dag.status(reg, cfg, "a") == "running"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert dag.status(reg, cfg, "a") == "interrupted"
+    assert main(["run", "a", *args]) == 0
+
+
+def test_output_paths_stay_under_the_run_root(cfg, tmp_path):
+    from pipeline.artifacts import StagePaths
+    from pipeline.config import ConfigError
+
+    paths = StagePaths(cfg, "finetune")
+    assert paths.train_dir("freezesg") == paths.stage_dir / "freezesg"
+    for bad in ("/abs/dir", "../../x", "a/b", "..", ".hidden"):
+        with pytest.raises(ConfigError, match="must be a name"):
+            paths.train_dir(bad)
+    (paths.stage_dir).mkdir(parents=True)
+    (paths.stage_dir / "escape").symlink_to(tmp_path.parent)
+    with pytest.raises(ValueError, match="outside"):
+        paths.train_dir("escape")

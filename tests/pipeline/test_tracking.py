@@ -89,9 +89,10 @@ def test_close_orphans_marks_runs_of_a_dead_pipeline_process_killed(tmp_path):
     """A `pipeline run` killed with SIGKILL leaves its runs RUNNING; the next run closes them,
     and only those whose process is gone (same host)."""
     from pipeline.config import load_config
+    from pipeline.registry import load
     from pipeline.tracking import Tracker
 
-    cfg = load_config(None, [f"run_root={tmp_path}", "experiment=orphans"])
+    cfg = load_config(None, [f"run_root={tmp_path}", "experiment=orphans"], registry=load("toy_registry"))
     tracker = Tracker(cfg)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -111,3 +112,80 @@ def test_close_orphans_marks_runs_of_a_dead_pipeline_process_killed(tmp_path):
     assert status[live.run_id] == status[live_stage.run_id] == "RUNNING"
     assert status[finished.run_id] == "FINISHED"
     assert tracker.close_orphans() == []
+
+
+def _toy_cfg(root, *over):
+    from pipeline.config import load_config
+    from pipeline.registry import load
+
+    return load_config(None, [f"run_root={root}", "experiment=trk", *over], registry=load("toy_registry"))
+
+
+def test_uri_is_checked_and_echoed_without_its_password(tmp_path, monkeypatch):
+    import pytest
+
+    from pipeline.tracking import Tracker, TrackingError, redact
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert redact("http://alice:s3cret@mlflow.example:5000/x") == "http://alice:***@mlflow.example:5000/x"
+    assert redact("sqlite:////a/b.db") == "sqlite:////a/b.db"
+    for uri in ("foo://bar", "file:///tmp/mlruns", "mlruns"):
+        with pytest.raises(TrackingError, match="is not one this pipeline uses"):
+            Tracker(_toy_cfg(tmp_path, f"tracking.uri={uri}"))
+    with pytest.raises(TrackingError) as e:
+        Tracker(_toy_cfg(tmp_path, "tracking.uri=http://alice:s3cret@127.0.0.1:9"))
+    assert "s3cret" not in str(e.value) and "alice:***@" in str(e.value)
+
+
+def test_damaged_store_gets_one_line(tmp_path, monkeypatch):
+    import pytest
+
+    from pipeline.tracking import Tracker, TrackingError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"")
+    with pytest.raises(TrackingError, match="empty .0-byte. file"):
+        Tracker(_toy_cfg(tmp_path))
+    assert db.stat().st_size == 0  # not silently re-created
+    db.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(TrackingError) as e:
+        Tracker(_toy_cfg(tmp_path))
+    assert str(db) in str(e.value) and "tracking.enabled=false" in str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_compare_on_a_missing_run_root_creates_nothing(tmp_path, capsys, monkeypatch):
+    from pipeline.__main__ import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "never"
+    assert main(["compare", f"run_root={root}"]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    assert not root.exists()
+
+
+def test_copied_run_root_logs_into_the_copy(tmp_path, monkeypatch):
+    import shutil
+
+    from pipeline.tracking import Tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    a, b = tmp_path / "runs", tmp_path / "runs2"
+    t = Tracker(_toy_cfg(a))
+    run = t.parent("first")
+    (tmp_path / "x.txt").write_text("x")
+    run.artifact(tmp_path / "x.txt", "d")
+    run.finish()
+    shutil.copytree(a, b)
+    before = sorted(p.relative_to(a) for p in a.rglob("*"))
+    t2 = Tracker(_toy_cfg(b))
+    exp = t2.client.get_experiment(t2.experiment_id)
+    assert exp.artifact_location == (b / "mlartifacts").as_uri()
+    old = t2.client.get_run(run.run_id)
+    assert old.info.artifact_uri.startswith((b / "mlartifacts").as_uri())
+    run2 = t2.parent("second")
+    run2.artifact(tmp_path / "x.txt", "d")
+    assert list((b / "mlartifacts").rglob("x.txt")) and len(list(b.rglob("x.txt"))) == 2
+    assert sorted(p.relative_to(a) for p in a.rglob("*")) == before  # the original is untouched
+    assert t.client.get_experiment(t.experiment_id) is not None

@@ -373,8 +373,8 @@ VARIANTS = ("freezed", "freezesg_structure")
 DAG = ("shard", "pretrain", "finetune", "swap", "eval")
 TINY = ["data.resolution=16", "data.source.count=128", "data.target.count=64", "shard.workers=1",
         "model.channel_max=16", "model.style_dim=32", "model.n_mlp=2",
-        "train.kimg=0.128", "train.batch=8", "train.tick_kimg=0.032", "train.sample_kimg=1",
-        "train.snapshot_kimg=1", "train.grid=[4,2]",
+        "pretrain.kimg=0.128", "pretrain.batch=8", "pretrain.tick_kimg=0.032", "pretrain.sample_kimg=1",
+        "pretrain.snapshot_kimg=1", "pretrain.grid=[4,2]",
         "finetune.kimg=0.064", "finetune.batch=8", "finetune.tick_kimg=0.032", "finetune.sample_kimg=1",
         "finetune.snapshot_kimg=1", "finetune.grid=[4,2]", f"finetune.run_variants=[{','.join(VARIANTS)}]",
         "swap.seeds=2",
@@ -546,7 +546,7 @@ def test_submit_then_usr1_mid_training_requeues_and_resumes(cluster, tmp_path):
     in the same MLflow stage run, every step logged exactly once."""
     kimg, steps = "0.240", 30  # 30 steps of 8 images; tick = 1 step: one MLflow report per step
     args = ["--config", _config(tmp_path),
-            *_tiny(tmp_path, f"train.kimg={kimg}", "train.tick_kimg=0.008", "tracking.enabled=true")]
+            *_tiny(tmp_path, f"pretrain.kimg={kimg}", "pretrain.tick_kimg=0.008", "tracking.enabled=true")]
     sub = _pipeline("submit", "shard", "pretrain", *args, *(f"--sbatch-arg={a}" for a in JOB_ARGS))
     assert sub.returncode == 0, sub.stderr
     exp = tmp_path / "runs" / "default"
@@ -612,7 +612,7 @@ def test_two_node_pretrain_trains_with_gloo_ddp(two_nodes, tmp_path, monkeypatch
     """`STAGES="shard pretrain" sbatch --nodes=2 slurm/pipeline.sh`: shard in the batch shell, then
     pretrain with one launcher per node and 2 CPU ranks in one gloo process group."""
     kimg = "0.048"
-    args = _tiny(tmp_path, f"train.kimg={kimg}")
+    args = _tiny(tmp_path, f"pretrain.kimg={kimg}")
     out = tmp_path / "pre.out"
     monkeypatch.setenv("STAGES", "shard pretrain")  # sbatch exports it to the job
     job = _sbatch("--nodes=2", f"--output={out}", str(REPO / "slurm" / "pipeline.sh"), _config(tmp_path), *args)

@@ -232,11 +232,11 @@ def _fake_scripts(tmp_path, names=("shard", "pretrain", "pipeline")):
 def test_sbatch_command_lines(tmp_path):
     d = _fake_scripts(tmp_path)
     cfg = tmp_path / "c.yaml"
-    cmd = slurm.sbatch_command("pretrain", config_path=cfg, overrides=["train.kimg=2"], after="11",
+    cmd = slurm.sbatch_command("pretrain", config_path=cfg, overrides=["pretrain.kimg=2"], after="11",
                                log_dir=tmp_path / "logs", script_dir=d, extra_sbatch_args=["--time=1:00"])
     assert cmd == ["sbatch", "--parsable", "--job-name=pretrain", f"--output={tmp_path}/logs/%x-%j.out",
                    "--dependency=afterok:11", "--kill-on-invalid-dep=yes", "--time=1:00",
-                   str(d / "pretrain.sh"), str(cfg), "train.kimg=2"]
+                   str(d / "pretrain.sh"), str(cfg), "pretrain.kimg=2"]
     # a stage without its own script runs through pipeline.sh with STAGES
     cmd = slurm.sbatch_command("swap", config_path=None, script_dir=d)
     assert "--export=ALL,STAGES=swap" in cmd and cmd[-1] == str(d / "pipeline.sh")
@@ -245,7 +245,9 @@ def test_sbatch_command_lines(tmp_path):
 
 
 def test_repo_scripts_exist_for_every_stage():
-    for stage in ("shard", "pretrain", "finetune", "swap", "eval", "evaluate"):
+    from stages import REGISTRY
+
+    for stage in REGISTRY.names():
         script, exports = slurm.script_for(stage)
         assert script.is_file() and not exports, stage
 

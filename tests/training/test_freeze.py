@@ -30,7 +30,7 @@ def _nets(seed=0):
 #  D: convs.0 fromRGB and convs.1 read 32 px, convs.2 16 px, convs.3 8 px; final_* head).
 def _g_prefixes(plan):
     frozen = []
-    if plan.freeze_mapping or plan.freeze_g_up_to:
+    if plan.freeze_mapping:  # freezing blocks never freezes the mapping by itself (FreezeSG trains it)
         frozen.append("style.")
     up = plan.freeze_g_up_to or 0
     if up >= 4:
@@ -55,6 +55,7 @@ PLANS = [
     FreezePlan(freeze_d_above=8),
     FreezePlan(freeze_g_up_to=4),
     FreezePlan(freeze_g_up_to=8, freeze_mapping=True),
+    FreezePlan(freeze_g_up_to=8, freeze_style_up_to=8),
     FreezePlan(freeze_g_up_to=16, freeze_style_up_to=8, freeze_d_above=16, freeze_mapping=True),
     FreezePlan(freeze_mapping=True),
 ]
@@ -171,3 +172,32 @@ def test_use_noise_false_leaves_noise_strengths_out_of_training(tmp_path):
         assert torch.equal(p, before[n]) == (n in noise), n
     state = ckpt.load_resume(find_latest_resume(tmp_path))
     assert len(state["opt_g"]["state"]) == len(g_names)
+
+
+def test_freezesg_structure_loss_starts_at_zero_and_the_prefix_departs_from_the_target_styles(tmp_path):
+    """FreezeSG as the paper means it: G, G_ema and the source start as one generator, so the structure
+    loss is exactly 0 at step 0; the mapping trains, so after training the injected (source) prefix
+    differs from what the target's own mapping gives, while the frozen blocks stay the source's."""
+    from cartoon_stylegan.sampling import Sampler
+    from cartoon_stylegan.training import StructureLoss
+
+    G, D = _nets()
+    G_ema, G_src = copy.deepcopy(G), copy.deepcopy(G)
+    plan = FreezePlan(freeze_g_up_to=8, freeze_style_up_to=8)
+    figures = []
+    opts = LoopOptions(kimg=0.016, batch=4, r1_every=2, pl_weight=0, tick_kimg=0.004, sample_kimg=1,
+                       snapshot_kimg=1, ema_rampup=None, ema_kimg=0.01, lr_g=0.01)
+    train(Accelerator(cpu=True), G=G, D=D, G_ema=G_ema, data=_data(4, SIZE), opts=opts, ckpt_dir=tmp_path,
+          report=lambda m, s: figures.append((s, m)), G_source=G_src, freeze=plan,
+          structure=StructureLoss(up_to=16, weight=1.0))
+    assert figures[0][0] == 1 and figures[0][1]["Loss/structure"] == 0.0  # step 0: the same generator
+    assert figures[-1][1]["Loss/structure"] > 0.0                         # the 16-px block moved
+    z = torch.randn(8, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        injected = Sampler(G, source=G_src, prefix_len=plan.n_wplus_prefix(G)).wplus(z)
+        own = G.make_wplus(G.mapping(z))
+        assert torch.equal(injected[:, :4], G_src.make_wplus(G_src.mapping(z))[:, :4])
+        assert not torch.allclose(injected[:, :4], own[:, :4])  # the target mapping trained
+    for n, p in G.named_parameters():
+        if n.startswith(("input.", "conv1.", "to_rgb1.", "convs.0.", "convs.1.", "to_rgbs.0.")):
+            assert torch.equal(p, dict(G_src.named_parameters())[n]) and torch.equal(p, dict(G_ema.named_parameters())[n])

@@ -17,9 +17,9 @@ from cartoon_stylegan.training import (
     find_latest_resume,
     read_resume_step,
     resume_path,
+    TrainingLoop,
     train,
 )
-from cartoon_stylegan.training.loop import _Loop
 
 SIZE, BATCH = 16, 4
 
@@ -42,7 +42,7 @@ def _data(start_step):
 
 def _opts(steps, **kw):
     base = dict(kimg=steps * BATCH / 1000, batch=BATCH, tick_kimg=1, sample_kimg=1, snapshot_kimg=1,
-                grid_size=(2, 2), log_every=1)
+                grid=[2, 2], log_every=1)
     base.update(kw)
     return LoopOptions(**base)
 
@@ -200,20 +200,51 @@ def test_structure_loss_is_zero_when_target_equals_source(tmp_path):
 def test_source_styles_prefix_always_used(tmp_path):
     G, D, G_ema = _nets()
     G_src = _nets(7)[0]
-    loop = _Loop(Accelerator(cpu=True), G=G, D=D, G_ema=G_ema, data=_data, opts=_opts(1), ckpt_dir=tmp_path,
-                 report=None, report_image=None, G_source=G_src, freeze=FreezePlan(freeze_style_up_to=8),
-                 structure=None, should_stop=lambda: False, state=None)
-    assert loop.n_prefix == 4
+    loop = TrainingLoop(Accelerator(cpu=True), G=G, D=D, G_ema=G_ema, data=_data, opts=_opts(1), ckpt_dir=tmp_path,
+                        report=None, G_source=G_src, freeze=FreezePlan(freeze_style_up_to=8))
+    assert loop.n_prefix == 4 and loop.sampler.prefix_len == 4 and loop.sampler.source is G_src
+    assert loop.phases.sampler is loop.sampler  # the phases generate through the loop's one sampler
     z1, z2 = torch.randn(BATCH, 32), torch.randn(BATCH, 32)
     for mix in (None, 2, 5):  # without mixing, crossover inside and after the prefix
         z_2 = None if mix is None else z2
-        _, ex = loop._generate(loop.G, z1, z_2, mix, None, return_latents=True)
+        _, ex = loop.sampler(z1, z2=z_2, crossover=mix, net=loop.G, return_latents=True)
         with torch.no_grad():
             src = G_src.make_wplus(G_src.mapping(z1), None if mix is None else G_src.mapping(z2), mix)
             tgt = G.make_wplus(G.mapping(z1), None if mix is None else G.mapping(z2), mix)
         torch.testing.assert_close(ex["latents"][:, :4], src[:, :4], rtol=0, atol=0)
         torch.testing.assert_close(ex["latents"][:, 4:], tgt[:, 4:], rtol=0, atol=0)
-        torch.testing.assert_close(loop._wplus_constant(z1, z_2, mix), ex["latents"].detach(), rtol=0, atol=0)
+
+
+def test_phase_schedule_follows_the_lazy_intervals(tmp_path):
+    G, D, G_ema = _nets()
+    loop = TrainingLoop(Accelerator(cpu=True), G=G, D=D, G_ema=G_ema, data=_data,
+                        opts=_opts(1, r1_every=4, pl_every=3), ckpt_dir=tmp_path, report=None)
+    assert [loop.phases.schedule(s) for s in (0, 1, 3, 4)] == [
+        ["Dmain", "Dreg", "Gmain", "Greg"], ["Dmain", "Gmain"], ["Dmain", "Gmain", "Greg"], ["Dmain", "Dreg", "Gmain"]]
+    loop.opts.r1_gamma = loop.opts.pl_weight = 0
+    assert loop.phases.schedule(0) == ["Dmain", "Gmain"]
+
+
+def test_corrupt_newest_resume_file_falls_back_to_the_previous_one(tmp_path):
+    G, D, G_ema = _nets()
+    opts = _opts(3, snapshot_kimg=BATCH / 1000)  # a checkpoint after every step
+    train(Accelerator(cpu=True), G=G, D=D, G_ema=G_ema, data=_data, opts=opts, ckpt_dir=tmp_path,
+          report=lambda m, s: None)
+    newest = resume_path(tmp_path, 3 * BATCH)
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated (e.g. a disk ran full)
+    with pytest.warns(RuntimeWarning, match=str(newest.name)):
+        assert find_latest_resume(tmp_path) == resume_path(tmp_path, 2 * BATCH)
+    with pytest.warns(RuntimeWarning, match=str(newest.name)):
+        assert read_resume_step(tmp_path) == 2
+    G2, D2, E2 = _nets(5)
+    with pytest.warns(RuntimeWarning, match=str(newest.name)):
+        res = train(Accelerator(cpu=True), G=G2, D=D2, G_ema=E2, data=_data, opts=_opts(4), ckpt_dir=tmp_path,
+                    report=lambda m, s: None)
+    assert res.start_step == 2 and res.resumed_from == str(resume_path(tmp_path, 2 * BATCH)) and res.step == 4
+    # A file that is not a resume file at all is skipped the same way.
+    (tmp_path / "resume-999999999.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(RuntimeWarning, match="resume-999999999.pt"):
+        assert find_latest_resume(tmp_path) == resume_path(tmp_path, 4 * BATCH)
 
 
 def test_refuses_mismatched_resume_and_missing_source(tmp_path):

@@ -22,7 +22,7 @@ namespace cartoon_stylegan {
 // for everything except double.
 enum class DType : int { kFloat = 0, kHalf = 1, kBFloat16 = 2, kDouble = 3 };
 
-// Activation ids; the Python side (cuda_impl.ACTIVATIONS) uses the same numbers.
+// Activation ids; the Python side (the cuda_id of each entry of bias_act.ACTIVATIONS) uses the same numbers.
 enum Act : int { kLinear = 1, kRelu = 2, kLrelu = 3, kTanh = 4, kSigmoid = 5 };
 
 //------------------------------------------------------------------------------

@@ -1,0 +1,232 @@
+"""The loop's state at a step boundary: what a resume file holds, and where resume files live.
+
+Three parts, each replaceable on its own:
+
+* naming: ``<ckpt_dir>/resume-<images seen:09d>.pt`` (:func:`resume_path`), newest = most
+  images seen (:func:`find_latest_resume`, :func:`read_resume_step`);
+* storage: a :class:`CheckpointStore` saves and loads the state dict. :class:`LocalCheckpoints`
+  is the one-file-per-snapshot store written by the main process (atomic temp + rename,
+  through :mod:`cartoon_stylegan.checkpoint`); a DeepSpeed backend would replace it with
+  one that writes a file per rank;
+* content: :func:`capture_state` turns the loop's objects (:class:`LoopState`) into a plain
+  dict of tensors, numbers and strings, :func:`restore_state` loads such a dict back after
+  checking it was written for the same networks, freezing plan and global batch.
+
+A resume file that cannot be read (truncated, or not ours) is skipped with a warning
+naming it; the previous intact one is used instead.
+"""
+from __future__ import annotations
+
+import abc
+import os
+import random
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cartoon_stylegan import checkpoint as ckpt
+
+__all__ = [
+    "RESUME_FORMAT", "resume_path", "resume_files", "find_latest_resume", "read_resume_step",
+    "rng_state", "set_rng_state", "CheckpointStore", "LocalCheckpoints", "LoopState", "capture_state",
+    "restore_state",
+]
+
+RESUME_FORMAT = ckpt.RESUME_FORMAT
+_RESUME_RE = re.compile(r"^resume-(\d{9,})\.pt$")
+
+
+# ----------------------------------------------------------------------------- naming
+
+def resume_path(ckpt_dir: str | os.PathLike, nimg: int) -> Path:
+    """ckpt_dir/resume-<images seen:09d>.pt"""
+    return Path(ckpt_dir) / f"resume-{int(nimg):09d}.pt"
+
+
+def resume_files(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """The resume files in ckpt_dir, oldest (fewest images seen) first."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _RESUME_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _newest_readable(files: list[Path], load: Callable[[Path], dict]) -> tuple[Path, dict] | None:
+    """(path, state) of the newest file ``load`` can read; warns about each newer one it skips."""
+    for path in reversed(files):
+        try:
+            return path, load(path)
+        except Exception as e:  # noqa: BLE001 -- truncated zip, foreign pickle, wrong format: all mean "skip"
+            warnings.warn(f"resume file {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                          "falling back to the previous one", RuntimeWarning, stacklevel=3)
+    return None
+
+
+def _peek(path: Path) -> dict:
+    """The state of a resume file with its tensors memory-mapped (cheap: checks the file, reads little)."""
+    return ckpt.load_resume(path, mmap=True)
+
+
+def find_latest_resume(ckpt_dir: str | os.PathLike) -> Path | None:
+    """The newest readable resume file in ckpt_dir (most images seen), or None: where `train` resumes."""
+    found = _newest_readable(resume_files(ckpt_dir), _peek)
+    return None if found is None else found[0]
+
+
+def read_resume_step(ckpt_dir: str | os.PathLike) -> int:
+    """The step `train` would resume at (0 for a fresh run)."""
+    found = _newest_readable(resume_files(ckpt_dir), _peek)
+    return 0 if found is None else int(found[1]["step"])
+
+
+# ----------------------------------------------------------------------------- storage
+
+class CheckpointStore(abc.ABC):
+    """Where the loop's state dicts go. Every process calls every method; the store decides who writes."""
+
+    @abc.abstractmethod
+    def latest(self) -> tuple[str, dict] | None:
+        """(where, state) of the newest intact snapshot, or None for a fresh run."""
+
+    @abc.abstractmethod
+    def save(self, state: dict, nimg: int) -> str:
+        """Write ``state`` as the snapshot at ``nimg`` images; returns where (the same on every process)."""
+
+    @abc.abstractmethod
+    def load(self, path: str | os.PathLike) -> dict:
+        """The state dict of one snapshot."""
+
+    @abc.abstractmethod
+    def prune(self) -> None:
+        """Delete the snapshots the store no longer keeps."""
+
+
+class LocalCheckpoints(CheckpointStore):
+    """One resume file per snapshot in ``ckpt_dir``, written by the main process (``writer``) only;
+    the newest ``keep`` are kept."""
+
+    def __init__(self, ckpt_dir: str | os.PathLike, keep: int = 3, *, writer: bool = True):
+        if keep < 1:
+            raise ValueError(f"LocalCheckpoints: keep must be >= 1, got {keep}")
+        self.dir, self.keep, self.writer = Path(ckpt_dir), int(keep), bool(writer)
+
+    def latest(self) -> tuple[str, dict] | None:
+        found = _newest_readable(resume_files(self.dir), self.load)
+        return None if found is None else (str(found[0]), found[1])
+
+    def save(self, state: dict, nimg: int) -> str:
+        path = resume_path(self.dir, nimg)
+        if self.writer:
+            ckpt.save_resume(path, state)  # temp file + fsync + rename
+            self.prune()
+        return str(path)
+
+    def load(self, path: str | os.PathLike) -> dict:
+        return ckpt.load_resume(path)
+
+    def prune(self) -> None:
+        if self.writer:
+            for old in resume_files(self.dir)[:-self.keep]:
+                old.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- content
+
+def rng_state() -> dict:
+    """The global RNG states (torch CPU, CUDA, numpy, python) as tensors and plain data."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` captured (CUDA only when the same number of devices is visible)."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+@dataclass
+class LoopState:
+    """Everything a run's trajectory depends on at a step boundary (the modules unwrapped)."""
+
+    G: torch.nn.Module
+    D: torch.nn.Module
+    G_ema: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    ema: Any                     # training.ema.EMA
+    ada: Any                     # training.ada.AdaptiveAugment or None
+    phases: Any                  # training.phases.StyleGAN2Phases (holds the running path-length mean)
+    step: int = 0
+    nimg: int = 0
+
+
+def capture_state(s: LoopState, *, run: dict, scaler=None) -> dict:
+    """The resume dict of ``s``. ``run``: what the run was started with (``batch_total``, ``world_size``,
+    ``opts``, ``freeze``, ``structure``), checked again by :func:`restore_state`."""
+    return {
+        "format": RESUME_FORMAT,
+        "step": s.step,
+        "nimg": s.nimg,
+        **run,
+        "g_config": dict(s.G.config),
+        "d_config": dict(s.D.config),
+        "g": s.G.state_dict(),
+        "d": s.D.state_dict(),
+        "g_ema": s.G_ema.state_dict(),
+        "opt_g": s.opt_g.state_dict(),
+        "opt_d": s.opt_d.state_dict(),
+        "ema": s.ema.state_dict(),
+        "ada": s.ada.state_dict() if s.ada is not None else None,
+        "pl_mean": s.phases.pl_mean.detach().cpu(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_state(),
+    }
+
+
+def restore_state(s: LoopState, state: dict, *, run: dict) -> dict | None:
+    """Load ``state`` into ``s`` (modules, optimisers, EMA, ADA, phases, counters, global RNGs).
+
+    Refuses (ValueError) a state written for other networks, another freezing plan, another
+    global batch or another ADA setting. Returns the grad scaler's state (or None), which can
+    only be loaded once Accelerate has made the scaler.
+    """
+    if state.get("format") != RESUME_FORMAT:
+        raise ValueError(f"not a resume checkpoint (format {state.get('format')!r})")
+    if dict(state["g_config"]) != dict(s.G.config) or dict(state["d_config"]) != dict(s.D.config):
+        raise ValueError(f"resume checkpoint was written for other networks: {state['g_config']} / {state['d_config']}")
+    if dict(state["freeze"]) != run["freeze"]:
+        raise ValueError(f"resume checkpoint was written with freeze plan {state['freeze']}, now {run['freeze']}")
+    if int(state["batch_total"]) != run["batch_total"]:
+        raise ValueError(f"resume checkpoint used a global batch of {state['batch_total']}, now {run['batch_total']}")
+    if (state["ada"] is None) != (s.ada is None):
+        raise ValueError("resume checkpoint and options disagree on ADA")
+    for module, key in ((s.G, "g"), (s.D, "d"), (s.G_ema, "g_ema")):
+        ckpt.check_compatible(module, state[key])
+        module.load_state_dict(state[key], strict=True)
+    s.opt_g.load_state_dict(state["opt_g"])
+    s.opt_d.load_state_dict(state["opt_d"])
+    s.ema.load_state_dict(state["ema"])
+    if s.ada is not None:
+        s.ada.load_state_dict(state["ada"])
+    s.phases.pl_mean = state["pl_mean"].to(s.phases.pl_mean.device)
+    s.step, s.nimg = int(state["step"]), int(state["nimg"])
+    set_rng_state(state["rng"])
+    return state.get("scaler")

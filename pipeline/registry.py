@@ -1,0 +1,149 @@
+"""What the runner knows of a stage, and the registry it is handed.
+
+The runner (dag, config, launch, the CLI) never imports a stage: each stage module
+declares its own :class:`Stage` record (``STAGE = Stage(...)``), one module assembles them
+into a :class:`Registry` (``stages/__init__.py``: ``REGISTRY``), and the CLI loads that
+module by name (``--registry``, default ``stages``). A test can hand the runner a toy
+registry the same way.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+DEFAULT_REGISTRY = "stages"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One node of the DAG.
+
+    name:        the stage's name: also its output folder and (by default) its config section
+    run:         ``run(ctx) -> JSON-able result`` (ctx: :class:`pipeline.context.StageContext`)
+    config:      the dataclass of its config section (None: the stage has no section of its own)
+    needs:       stages that must be done first
+    reads:       dotted config keys whose values change what the stage produces (its fingerprint)
+    makes:       what it writes, for ``list`` / ``--dry-run``
+    distributed: run through the launcher (``accelerate launch``) when more than one process
+    preflight:   ``preflight(cfg)``: checks of its inputs before any stage starts (raise ConfigError)
+    digest:      ``digest(cfg) -> str``: a hash of what it wrote, for its dependents' fingerprints
+                 (None: its fingerprint and finish time stand for its outputs)
+    help:        one line for the config schema
+    """
+    name: str
+    run: Callable[[Any], Any]
+    config: Optional[type] = None
+    needs: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
+    makes: str = ""
+    distributed: bool = False
+    preflight: Optional[Callable[[Any], None]] = None
+    digest: Optional[Callable[[Any], str]] = None
+    help: str = ""
+
+    @property
+    def section(self) -> str | None:
+        return self.name if self.config is not None else None
+
+
+@dataclass(frozen=True)
+class Section:
+    """A config section that several stages share (e.g. data, model)."""
+    name: str
+    config: type
+    help: str = ""
+
+
+@dataclass
+class Registry:
+    """The stages of a pipeline (in a valid run order), the shared config sections, and extras.
+
+    renamed:  old section name -> new one; the loader accepts the old key with a deprecation note
+    compare:  ``compare(cfg, experiment=None, out=None) -> exit code`` for ``python -m pipeline compare``
+    default_config: the YAML file used when no ``--config`` is given (None: every default)
+    """
+    stages: list[Stage]
+    shared: list[Section] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)
+    compare: Optional[Callable[..., int]] = None
+    default_config: Optional[Path] = None
+    name: str = DEFAULT_REGISTRY
+
+    def __post_init__(self):
+        seen: dict[str, Stage] = {}
+        for st in self.stages:
+            if st.name in seen:
+                raise ValueError(f"registry {self.name}: stage {st.name!r} declared twice")
+            for dep in st.needs:
+                if dep not in seen:
+                    raise ValueError(f"registry {self.name}: stage {st.name!r} needs {dep!r}, "
+                                     f"which is not declared before it")
+            seen[st.name] = st
+        self.by_name = seen
+        self.root = None  # the root config class, built by pipeline.settings.root_config
+
+    def __getitem__(self, name: str) -> Stage:
+        if name not in self.by_name:
+            close = difflib.get_close_matches(name, list(self.by_name) + ["all"], n=1)
+            raise KeyError(f"unknown stage {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                           + f" (stages: {', '.join(self.by_name)}, or all)")
+        return self.by_name[name]
+
+    def __iter__(self):
+        return iter(self.by_name)
+
+    def names(self) -> list[str]:
+        return list(self.by_name)
+
+    def plan(self, targets) -> list[str]:
+        """The stages needed for ``targets`` ("all" or names), dependencies first, registry order."""
+        if not targets or list(targets) == ["all"]:
+            return self.names()
+        want: set[str] = set()
+
+        def visit(name):
+            st = self[name]
+            if name not in want:
+                want.add(name)
+                for dep in st.needs:
+                    visit(dep)
+
+        for t in targets:
+            visit(t)
+        return [n for n in self.by_name if n in want]
+
+    def sections(self) -> list[tuple[str, type, str]]:
+        """(name, config class, help) of every config section: shared ones, then one per stage."""
+        out = [(s.name, s.config, s.help) for s in self.shared]
+        out += [(st.name, st.config, st.help or f"{st.name} stage") for st in self.stages if st.config is not None]
+        return out
+
+
+def load(name: str = DEFAULT_REGISTRY) -> Registry:
+    """The ``REGISTRY`` of module ``name`` (its root config class built)."""
+    from pipeline.settings import root_config
+
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        raise KeyError(f"registry module {name!r} not found ({e})") from None
+    reg = getattr(module, "REGISTRY", None)
+    if not isinstance(reg, Registry):
+        raise KeyError(f"registry module {name!r} has no REGISTRY (a pipeline.registry.Registry)")
+    reg.name = name
+    if reg.root is None:
+        reg.root = root_config(reg)
+    return reg
+
+
+def section_value(cfg, dotted: str):
+    """The value at a dotted config key (``data.source``), as plain data."""
+    from pipeline.config import to_dict
+
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return to_dict(obj)

@@ -1,0 +1,72 @@
+"""The runner's own settings (experiment, run root, seed, launch, tracking) and the root config.
+
+The root config is assembled from a registry: these runner settings, the registry's
+shared sections (data, model) and one section per stage, each declared by its owner.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from cartoon_stylegan.settings import SettingError, setting
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_name(value: str, key: str) -> str:
+    """A config value that becomes a file or folder name: letters, digits, '_', '-', '.'; no '..'."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or ".." in value or len(value) > 128:
+        raise SettingError(f"{key}: {value!r} must be a name of letters, digits, '_', '-', '.' "
+                           f"(starting with a letter or digit, no '..', at most 128 characters): it becomes a path")
+    return value
+
+
+@dataclass
+class LaunchConfig:
+    num_processes: int = setting(1, min=1, max=1024, help="processes on this machine (>1: accelerate launch, DDP)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = setting("no", help="GPU only; CPU always trains in fp32")
+    cpu: Optional[bool] = setting(None, help="force CPU (null: CPU when no CUDA device)")
+    accelerate_config: Optional[str] = setting(None, help="accelerate config file passed to accelerate launch")
+    main_process_port: int = setting(0, min=0, max=65535, help="rendezvous port for local multi-process (0: a free one)")
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = setting(None, help="MLflow tracking URI (default sqlite:///<run_root>/mlflow.db; "
+                                 "MLFLOW_TRACKING_URI wins over this)")
+    enabled: bool = setting(True, help="log to MLflow")
+
+
+def _validate_root(self):
+    check_name(self.experiment, "experiment")
+    for name, _, _ in self.__registry__.sections():
+        check = getattr(getattr(self, name), "validate_against", None)
+        if check is not None:
+            check(self)
+
+
+def root_config(registry) -> type:
+    """The root config dataclass of ``registry``: runner settings + shared sections + stage sections."""
+    fields = [
+        ("experiment", str, setting("default", help="experiment name: MLflow experiment and runs/<experiment>/")),
+        ("run_root", str, setting("runs", help="root of all outputs (relative paths: to the current directory)")),
+        ("seed", int, setting(0, min=0, help="global seed")),
+    ]
+    taken = {"experiment", "run_root", "seed", "launch", "tracking", "config_path"}
+    for name, cls, help_ in registry.sections():
+        if name in taken:
+            raise ValueError(f"registry {registry.name}: section {name!r} clashes with a runner setting")
+        taken.add(name)
+        fields.append((name, cls, setting(factory=cls, help=help_)))
+    fields += [
+        ("launch", LaunchConfig, setting(factory=LaunchConfig, help="process launch")),
+        ("tracking", TrackingConfig, setting(factory=TrackingConfig, help="MLflow")),
+        ("config_path", str, dataclasses.field(default="", metadata={"help": "(set by the loader)"})),
+    ]
+    cls = dataclasses.make_dataclass("RootConfig", fields, namespace={
+        "__post_init__": _validate_root, "__registry__": registry,
+        "__doc__": f"The whole config of registry {registry.name!r}."})
+    cls.__module__ = __name__
+    return cls

@@ -1,0 +1,145 @@
+"""The networks a stage starts from: fresh, imported (a transfer), or another stage's result.
+
+Checkpoint files are read by the library (cartoon_stylegan.checkpoint); this module maps
+the config onto architectures and picks the files of the run.
+"""
+from __future__ import annotations
+
+import copy
+
+
+def arch(cfg) -> tuple[dict, dict]:
+    m = cfg.model
+    g = dict(size=cfg.data.resolution, style_dim=m.style_dim, n_mlp=m.n_mlp,
+             channel_multiplier=m.channel_multiplier, channel_max=m.channel_max, lr_mlp=m.lr_mlp,
+             use_noise=m.use_noise)
+    d = dict(size=cfg.data.resolution, channel_multiplier=m.channel_multiplier, channel_max=m.channel_max)
+    return g, d
+
+
+def fresh_models(cfg, seed):
+    import torch
+
+    from cartoon_stylegan.networks import Discriminator, Generator
+
+    g_cfg, d_cfg = arch(cfg)
+    torch.manual_seed(seed)
+    G, D = Generator(**g_cfg), Discriminator(**d_cfg)
+    G_ema = copy.deepcopy(G).eval()
+    return {"g": G, "d": D, "g_ema": G_ema}
+
+
+def load_weights(cfg, path, fmt):
+    """A transfer: weights of G, D, G_ema from a file, checked against the configured architecture."""
+    from cartoon_stylegan import checkpoint
+
+    g_cfg, d_cfg = arch(cfg)
+    if fmt == "rosinality":
+        nets = checkpoint.import_rosinality(path)
+        for key, want in (("g", g_cfg), ("g_ema", g_cfg), ("d", d_cfg)):
+            net = nets.get(key)
+            if net is not None:
+                training_only = ("lr_mlp", "use_noise")  # choices of this run, not stored by rosinality
+                got = {k: net.config.get(k) for k in want if k not in training_only}
+                exp = {k: v for k, v in want.items() if k not in training_only}
+                if got != exp:
+                    raise checkpoint.CheckpointMismatch(
+                        f"{path}: {key} has architecture {got}, the config asks for {exp} "
+                        f"(set data.resolution / model.* to match the checkpoint)")
+                if key != "d":
+                    net.use_noise = want["use_noise"]
+    else:
+        nets = checkpoint.load_transfer(path, expect_g_config=g_cfg, expect_d_config=d_cfg)
+    if nets.get("g_ema") is None and nets.get("g") is None:
+        raise ValueError(f"{path}: holds no generator")
+    if nets.get("g") is None:
+        nets["g"] = copy.deepcopy(nets["g_ema"])
+    if nets.get("g_ema") is None:
+        nets["g_ema"] = copy.deepcopy(nets["g"])
+    if nets.get("d") is None:
+        from cartoon_stylegan.networks import Discriminator
+
+        nets["d"] = Discriminator(**d_cfg)
+    return nets
+
+
+def device():
+    """Where swap and eval run: the GPU when there is one."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def source_path(cfg, paths):
+    """(file, format) of the source generator: finetune.init, else the pretrain stage's result."""
+    init = cfg.finetune.init
+    if init.path:
+        return init.path, init.format
+    return str(paths.of("pretrain").final_network()), "native"
+
+
+def load_source(cfg, paths, device=None):
+    """The frozen source generator (its EMA weights) on ``device``."""
+    path, fmt = source_path(cfg, paths)
+    G = load_weights(cfg, path, fmt)["g_ema"].eval().requires_grad_(False)
+    return G.to(device) if device is not None else G
+
+
+def load_variants(cfg, paths, G_src, device=None, truncation: float = 1.0):
+    """{variant: Sampler} of every selected fine-tuned variant, as each was trained (its checkpoint's
+    record of the FreezeSG prefix), sampling with ``truncation``."""
+    from cartoon_stylegan import checkpoint
+    from cartoon_stylegan.sampling import Sampler
+
+    g_cfg, d_cfg = arch(cfg)
+    out = {}
+    for name in cfg.finetune.selected():
+        path = paths.of("finetune").final_network(name)
+        nets = checkpoint.load_transfer(path, expect_g_config=g_cfg, expect_d_config=d_cfg)
+        G = nets["g_ema"].eval().requires_grad_(False)
+        G = G.to(device) if device is not None else G
+        out[name] = Sampler.for_variant(G, G_src, nets.get("meta") or {}, truncation=truncation)
+    return out
+
+
+def check_init(cfg, key: str, init) -> None:
+    """Preflight of an init checkpoint: it exists, loads as ``init.format`` and fits the configured
+    architecture; else one ConfigError line naming the key, the file and what is wrong."""
+    from pathlib import Path
+
+    from pipeline.config import ConfigError
+
+    if not init.path:
+        return
+    p = Path(init.path).expanduser()
+    where = f"{key}.init.path: {str(p)!r}"
+    if not p.is_file():
+        raise ConfigError(f"{where} is not a file (expected a {init.format} checkpoint)")
+    if p.stat().st_size == 0:
+        raise ConfigError(f"{where} is empty (0 bytes): a failed copy or a full disk?")
+    with open(p, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK") or magic[:1] == b"\x80"):  # torch's zip format, or a legacy pickle
+        raise ConfigError(f"{where}: not a PyTorch checkpoint (neither a torch zip file nor a pickle)")
+    try:
+        load_weights(cfg, str(p), init.format)
+    except Exception as e:  # noqa: BLE001 -- every reason becomes one line
+        raise ConfigError(f"{where}: {_load_problem(cfg, p, init.format, e)}") from None
+
+
+def _load_problem(cfg, path, fmt: str, e: Exception) -> str:
+    from cartoon_stylegan import checkpoint
+
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, checkpoint.CheckpointMismatch):
+        return f"does not fit the configured architecture (data.resolution / model.*): {text[:400]}"
+    if isinstance(e, EOFError) or "PytorchStreamReader" in text or "zip archive" in text or "central directory" in text:
+        return "truncated or damaged: not a complete PyTorch checkpoint file"
+    if fmt == "native":
+        try:
+            checkpoint.import_rosinality(path)
+        except Exception:  # noqa: BLE001
+            pass
+        else:
+            return "this is a rosinality (stylegan2-pytorch) checkpoint: set init.format=rosinality"
+    return f"cannot be read as a {fmt} checkpoint ({type(e).__name__}: {text[:300]})"

@@ -1,0 +1,98 @@
+"""Every CLI command: its --help, and its cheapest real invocation, through a real subprocess.
+
+Also the layering rules of the redesign: the runner (pipeline/) imports nothing from the
+stages package, and no module imports a private name from another package.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COMMANDS = ["run", "list", "show", "submit", "compare", "build-ops"]
+
+
+def _cli(*args, cwd=REPO, timeout=120, env=None):
+    import os
+
+    e = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, text=True, timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**e, **(env or {})})
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_help(command):
+    p = _cli(command, "--help")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"usage: python -m pipeline {command}")
+    assert "--config" in p.stdout or command == "build-ops"
+
+
+def test_no_command_prints_usage_not_a_traceback():
+    p = _cli()
+    assert p.returncode == 2 and "python -m pipeline run all" in p.stderr and "Traceback" not in p.stderr
+    p = _cli("frobnicate")
+    assert p.returncode == 2 and "unknown command 'frobnicate'" in p.stderr
+
+
+def test_cheapest_real_invocations(tmp_path):
+    root = f"run_root={tmp_path}"
+    p = _cli("run", "--dry-run", "all", root)
+    assert p.returncode == 0 and "pretrain" in p.stdout and "never run" in p.stdout, p.stderr
+    p = _cli("list", root)
+    assert p.returncode == 0 and "eval" in p.stdout, p.stderr
+    p = _cli("show", "pretrain", root)
+    assert p.returncode == 0 and "pretrain:" in p.stdout and "kimg:" in p.stdout, p.stderr
+    p = _cli("submit", "--dry-run", "all", root)
+    assert p.returncode == 0 and "[dry-run] sbatch" in p.stdout and "slurm/eval.sh" in p.stdout, p.stderr
+    p = _cli("compare", root, "tracking.enabled=true")
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "no MLflow store" in p.stderr
+
+
+def test_build_ops_without_cuda_says_why(tmp_path):
+    """No CUDA toolkit (CUDA_HOME points nowhere, no nvcc on PATH): one line and a non-zero exit.
+    (With a toolkit, build-ops really builds, GPU or not: that is what a login node does.)"""
+    import os
+
+    bindir = os.path.dirname(sys.executable)  # python and ninja, no nvcc
+    p = _cli("build-ops", timeout=300, env={"CUDA_HOME": str(tmp_path / "no-cuda"), "PATH": bindir})
+    assert p.returncode != 0, p.stdout
+    assert "Traceback" not in p.stderr and "AttributeError" not in p.stderr
+    assert p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "nvcc" in p.stderr
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield node.lineno, a.name, None
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for a in node.names:
+                yield node.lineno, node.module, a.name
+
+
+def test_runner_imports_nothing_from_stages():
+    bad = [f"{p.relative_to(REPO)}:{line} imports {mod}" for p in (REPO / "pipeline").rglob("*.py")
+           for line, mod, _ in _imports(p) if mod == "stages" or mod.startswith("stages.")]
+    assert not bad, bad
+    text = "\n".join(p.read_text() for p in (REPO / "pipeline").rglob("*.py"))
+    assert "import stages" not in text and "from stages" not in text
+
+
+def test_no_private_names_imported_across_packages():
+    bad = []
+    for top in ("pipeline", "stages", "cartoon_stylegan"):
+        for p in (REPO / top).rglob("*.py"):
+            own = ".".join(p.relative_to(REPO).with_suffix("").parts[:-1])
+            for line, mod, name in _imports(p):
+                private = name is not None and name.startswith("_") and not name.startswith("__")
+                if private and not (mod == own or mod.startswith(own + ".")):
+                    bad.append(f"{p.relative_to(REPO)}:{line} from {mod} import {name}")
+    assert not bad, bad
