@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from cartoon_stylegan import ops  # noqa: E402
-from cartoon_stylegan.ops import _backend, build  # noqa: E402
+from cartoon_stylegan.ops import backend, build  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
@@ -448,19 +448,19 @@ def training_step_timings(args) -> list[list] | None:
         opt_g.step()
 
     rows = []
-    old = os.environ.get(_backend.ENV_IMPL)
+    old = os.environ.get(backend.ENV_IMPL)
     try:
         for impl in ("cuda", "ref"):
-            os.environ[_backend.ENV_IMPL] = impl
+            os.environ[backend.ENV_IMPL] = impl
             ms = time_ms(step, max(3, args.warmup // 2), args.train_steps)
             rows.append([impl, batch, ms, batch / (ms * 1e-3), torch.cuda.max_memory_allocated() / 2**30])
             torch.cuda.reset_peak_memory_stats()
             print("  " + " | ".join(_fmt(v) for v in rows[-1]), flush=True)
     finally:
         if old is None:
-            os.environ.pop(_backend.ENV_IMPL, None)
+            os.environ.pop(backend.ENV_IMPL, None)
         else:
-            os.environ[_backend.ENV_IMPL] = old
+            os.environ[backend.ENV_IMPL] = old
     rows[0].append(rows[1][2] / rows[0][2])
     rows[1].append(1.0)
     return rows
@@ -480,7 +480,7 @@ def main(argv=None) -> int:
     print(f"device: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}")
 
     t0 = time.time()
-    _backend.load_extension(required=True)
+    backend.load_extension(required=True)
     path = build.find_build(build.build_key(), build.device_arches())
     print(f"kernels: {path} (ready in {time.time() - t0:.1f} s)")
 

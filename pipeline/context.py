@@ -38,9 +38,11 @@ class StageContext:
         if self.is_main:
             tracking.log_image(logger or self.logger, array, path, artifact_dir)
 
-    def child_logger(self, name: str, run_id: str | None = None):
-        """A nested MLflow run under this stage's run (variants); reattaches to ``run_id`` on resume."""
-        return self.logger.child(name, tags={"stage": self.stage, "variant": name}, run_id=run_id)
+    def child_logger(self, name: str, tags: dict | None = None, run_id: str | None = None):
+        """The MLflow run ``name`` of a variant of this stage: a top-level run in the runs table (so that
+        variants line up for comparison), tagged with the stage, its stage run and ``tags``;
+        reattaches to ``run_id`` on resume."""
+        return self.logger.child(name, tags={"stage": self.stage, **(tags or {})}, run_id=run_id, nested=False)
 
     # -- control
     def should_stop(self) -> bool:

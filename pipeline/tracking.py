@@ -23,6 +23,8 @@ class TrackingError(RuntimeError):
     pass
 
 
+PARENT_TAG = "pipeline.parent"  # the run a top-level (not nested) child belongs to
+
 # MLflow 3's experiment kind: a model-training experiment opens on its runs table, not the GenAI page
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
@@ -136,12 +138,16 @@ class RunLogger:
     def artifact(self, path, artifact_path: str | None = None):
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def child(self, name: str, tags: dict | None = None, run_id: str | None = None) -> "RunLogger":
+    def child(self, name: str, tags: dict | None = None, run_id: str | None = None,
+              nested: bool = True) -> "RunLogger":
+        """A run under this one: nested (MLflow's parent link), or -- ``nested=False``, for the runs a
+        user compares side by side (the fine-tuned variants) -- a top-level run in the runs table
+        that names this one in its ``pipeline.parent`` tag."""
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
             return RunLogger(self.client, run_id, self.experiment_id)
-        run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={"mlflow.parentRunId": self.run_id, **(tags or {})})
+        link = {"mlflow.parentRunId": self.run_id} if nested else {PARENT_TAG: self.run_id}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={**link, **(tags or {})})
         return RunLogger(self.client, run.info.run_id, self.experiment_id)
 
     def finish(self, status: str = "FINISHED"):
@@ -178,7 +184,7 @@ class NullLogger:
     def artifact(self, path, artifact_path=None):
         pass
 
-    def child(self, name, tags=None, run_id=None):
+    def child(self, name, tags=None, run_id=None, nested=True):
         return self
 
     def finish(self, status="FINISHED"):
@@ -236,8 +242,10 @@ class Tracker:
         running = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'",
                                           max_results=1000)
         parents = {r.info.run_id for r in running if "mlflow.parentRunId" not in r.data.tags
+                   and PARENT_TAG not in r.data.tags
                    and r.data.tags.get("host") == host and _pid_gone(r.data.tags.get("pid"))}
-        children = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in running}
+        children = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") or r.data.tags.get(PARENT_TAG)
+                    for r in running}
         for run_id in children:
             top = run_id
             while children.get(top):  # walk up to the `pipeline run` run
@@ -251,9 +259,10 @@ class Tracker:
         return RunLogger(self.client, run_id, self.experiment_id)
 
     def ui_hint(self) -> str:
+        page = f"#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
         if self.uri.startswith("sqlite:"):
-            return f"mlflow ui --backend-store-uri {self.uri}"
-        return f"open {redact(self.uri)}"
+            return f"mlflow ui --backend-store-uri {self.uri}, then open http://127.0.0.1:5000/{page}"
+        return f"open {redact(self.uri).rstrip('/')}/{page}"
 
 
 def follow_run_root(uri: str, exp, artifact_root: Path) -> bool:

@@ -45,17 +45,10 @@ def preflight(cfg):
                               f"the reference set would be short; lower eval.n_real or raise the count")
 
 
-def variant_logger(ctx, name):
-    """The variant's own MLflow run (made by the finetune stage), so its metrics sit beside its losses."""
-    run = read_json(ctx.paths.of("finetune").train_dir(name) / "mlflow_run.json", {}) or {}
-    if not run.get("run_id") or not ctx.logger.run_id:
-        return None
-    return ctx.logger.child(name, run_id=run["run_id"])
-
-
 def run(ctx):
     from cartoon_stylegan.metrics import GeneratorDataset, ShardImageDataset, compute_metrics, structure_distance
     from cartoon_stylegan.sampling import Sampler
+    from stages.finetune import variant_logger
     from stages.models import device, fresh_models, load_source, load_variants
 
     cfg, ec = ctx.cfg, ctx.cfg.eval
@@ -120,12 +113,13 @@ def run(ctx):
         score("source_vs_target", lambda: GeneratorDataset(Sampler(G_src), ec.n_samples, seed=cfg.seed + 1,
                                                            batch=ec.batch), target_real)
         stop_point()
-    for name, sampler in variants.items():
+    for run, sampler in variants:
+        name = run.dir
         m = score(name, lambda: GeneratorDataset(sampler, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch),
                   target_real,
                   structure=lambda: structure_distance(source, sampler, n=ec.structure_n, seed=cfg.seed + 2,
                                                        batch=ec.batch, device=dev))
-        vlog = variant_logger(ctx, name)  # again for a kept score: a stop may have come before this
+        vlog = variant_logger(ctx, run)  # again for a kept score: a stop may have come before this
         if vlog is not None:
             vlog.metrics({f"eval/{k}": v for k, v in _eval_names(m).items()})
             vlog.finish("FINISHED")

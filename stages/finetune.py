@@ -52,6 +52,31 @@ def default_variants():
     }
 
 
+@dataclass(frozen=True)
+class VariantRun:
+    """One training run of a variant: its folder under finetune/ (also its label in swap and eval)."""
+    dir: str
+    variant: str
+    config: VariantConfig
+    seed: int
+
+    @property
+    def title(self) -> str:
+        """The MLflow run name, e.g. ``finetune/freezesg seed 1``."""
+        return f"finetune/{self.variant}" + (f" seed {self.seed}" if self.dir != self.variant else "")
+
+
+def variant_logger(ctx, run: VariantRun):
+    """The MLflow run of a trained variant (made by the finetune stage), so that swap grids and eval
+    figures sit beside its losses and samples; None when tracking is off."""
+    from pipeline.artifacts import StagePaths, read_json
+
+    rec = read_json(StagePaths(ctx.cfg, "finetune").train_dir(run.dir) / "mlflow_run.json", {}) or {}
+    if not rec.get("run_id") or not ctx.logger.run_id:
+        return None
+    return ctx.logger.child(run.title, run_id=rec["run_id"])
+
+
 @dataclass
 class FinetuneConfig(loop_section("FinetuneLoop", exclude=("pl_weight", "ada", "ema_rampup"))):
     pl_weight: Optional[float] = spec(None, min=0.0, help="path-length weight; null: off when G blocks are "
@@ -66,15 +91,27 @@ class FinetuneConfig(loop_section("FinetuneLoop", exclude=("pl_weight", "ada", "
     init: InitConfig = spec(factory=InitConfig, help="start from these weights instead of the pretrain stage (a transfer)")
     variants: dict[str, VariantConfig] = spec(factory=default_variants, help="fine-tuning methods, each trained into its own dir")
     run_variants: Optional[list[str]] = spec(None, help="which variants to train (null: all)")
+    seeds: Optional[list[int]] = spec(None, min=0, help="train every variant once per seed, each in "
+                                      "finetune/<variant>-seed<k>/ with its own MLflow run, for results over "
+                                      "seeds (`pipeline compare`: mean +- std); null: once, at the root seed, "
+                                      "in finetune/<variant>/")
 
     def selected(self) -> dict[str, VariantConfig]:
         names = self.run_variants if self.run_variants is not None else list(self.variants)
         return {n: self.variants[n] for n in names}
 
+    def runs(self, root_seed: int) -> list["VariantRun"]:
+        """Every (variant, seed) run this config trains, in order."""
+        if self.seeds is None:
+            return [VariantRun(n, n, v, root_seed) for n, v in self.selected().items()]
+        return [VariantRun(f"{n}-seed{k}", n, v, k) for n, v in self.selected().items() for k in self.seeds]
+
     def validate_against(self, root):
         res = root.data.resolution
         if not self.variants:
             raise ConfigError("finetune.variants: at least one variant is needed")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ConfigError(f"finetune.seeds: {self.seeds!r} must be a non-empty list of different seeds, or null")
         if self.run_variants is not None and not self.run_variants:
             raise ConfigError("finetune.run_variants: empty; list the variants to train, or null for all")
         for n in self.run_variants or []:
@@ -108,15 +145,15 @@ def run(ctx):
     cfg = ctx.cfg
     path, fmt = source_path(cfg, ctx.paths)
     out = {}
-    for name, variant in cfg.finetune.selected().items():
+    for run in cfg.finetune.runs(cfg.seed):
         nets = load_weights(cfg, path, fmt)
         # G, G_ema and the frozen source all start as the source generator (its EMA weights): every
         # frozen tensor agrees between them from step 0 on, and the structure loss starts at 0
         nets["g"] = copy.deepcopy(nets["g_ema"])
         G_source = copy.deepcopy(nets["g_ema"]).eval().requires_grad_(False)
-        ctx.say(f"[finetune/{name}] source generator: {path}")
-        out[name] = run_training(ctx, section=cfg.finetune, data_name="target", nets=nets, G_source=G_source,
-                                 variant=(name, variant), source=path)
+        ctx.say(f"[{run.title}] source generator: {path}")
+        out[run.dir] = run_training(ctx, section=cfg.finetune, data_name="target", nets=nets, G_source=G_source,
+                                    variant=run, source=path)
     return out
 
 
@@ -124,7 +161,7 @@ def digest(cfg) -> str:
     from pipeline.artifacts import StagePaths, digest_of, file_digest
 
     paths = StagePaths(cfg, "finetune")
-    return digest_of({name: file_digest(paths.final_network(name)) for name in cfg.finetune.selected()})
+    return digest_of({r.dir: file_digest(paths.final_network(r.dir)) for r in cfg.finetune.runs(cfg.seed)})
 
 
 STAGE = Stage(

@@ -34,6 +34,7 @@ class SwapConfig:
 def run(ctx):
     from cartoon_stylegan import checkpoint
     from cartoon_stylegan.swap import swap_grid, weight_swap
+    from stages.finetune import variant_logger
     from stages.models import device, load_source, load_variants
 
     cfg, sc = ctx.cfg, ctx.cfg.swap
@@ -44,12 +45,16 @@ def run(ctx):
     res = cfg.data.resolution
     resolutions = [r for r in (2 ** k for k in range(2, 11)) if sc.min_res <= r <= res]
     out = {}
-    for name, sampler in variants.items():
+    for run, sampler in variants:
+        name = run.dir
+        vlog = variant_logger(ctx, run)
         for kind in sc.kinds:
             grid, labels = swap_grid(G_src, sampler, seeds=list(range(sc.seeds)), resolutions=resolutions, kind=kind,
                                      truncation=sc.truncation, mapping=sc.mapping, blend_width=sc.blend_width)
             path = ctx.paths.stage_dir / f"{name}-{kind}.png"
             ctx.log_image(grid, path, "grids")
+            if vlog is not None:  # also on the variant's own MLflow run, beside its samples and scores
+                vlog.artifact(path, "swap")
             out[f"{name}/{kind}"] = {"grid": str(path), "rows": labels}
             ctx.say(f"[swap] {name} ({kind}): {path}")
         if sc.export_at:

@@ -83,9 +83,9 @@ def claim_dir(train_dir, owner: dict, say) -> None:
 def run_training(ctx, *, section, data_name, nets, G_source=None, variant=None, source=None):
     """Train ``nets`` ({"g", "d", "g_ema"}) on the ``data_name`` shards with ``section``'s loop settings.
 
-    variant: (name, VariantConfig) for a fine-tuning variant (its own dir, MLflow run, freezing
-    and structure loss); G_source: the frozen source generator a variant may need; source: the
-    file the networks came from (part of the model's lineage).
+    variant: a fine-tuning ``VariantRun`` (its own dir, seed, MLflow run, freezing and structure
+    loss); G_source: the frozen source generator a variant may need; source: the file the
+    networks came from (part of the model's lineage).
 
     A dir whose model has the same lineage is continued: a larger ``kimg`` trains on from its
     newest checkpoint; a smaller or equal one keeps the model as it is. A model of another
@@ -97,15 +97,27 @@ def run_training(ctx, *, section, data_name, nets, G_source=None, variant=None, 
     from cartoon_stylegan.training import FreezePlan, StructureLoss, find_latest_resume, train
 
     cfg, acc = ctx.cfg, ctx.accelerator
-    name, v = variant if variant else (None, None)
+    name, v, seed = (variant.dir, variant.config, variant.seed) if variant else (None, None, cfg.seed)
     train_dir = ctx.paths.train_dir(name)
     ckpt_dir = ctx.paths.checkpoint_dir(name)
-    opts = loop_options(section, v, seed=cfg.seed)
-    label = f"{ctx.stage}/{name}" if name else ctx.stage
+    opts = loop_options(section, v, seed=seed)
+    label = variant.title if variant else ctx.stage
+    freeze = structure = None
+    if v is not None:
+        d_above = v.freeze_d_above if v.freeze_d_above is not None else getattr(section, "freeze_d_above", None)
+        freeze = FreezePlan(freeze_d_above=d_above, freeze_g_up_to=v.freeze_g_up_to,
+                            freeze_style_up_to=v.freeze_style_up_to, freeze_mapping=v.freeze_mapping)
+        if v.structure_loss:
+            structure = StructureLoss(up_to=v.structure_loss.up_to, weight=v.structure_loss.weight,
+                                      on=v.structure_loss.on)
+
     if ctx.is_main:
         train_dir.mkdir(parents=True, exist_ok=True)
         init = None if variant is not None else getattr(section, "init", None)
-        claim_dir(train_dir, lineage(cfg, data_name, opts, variant=v, source=source, init=init), ctx.say)
+        owner = lineage(cfg, data_name, opts, variant=v, source=source, init=init)
+        if freeze is not None:
+            owner["freeze"] = freeze.to_dict()  # the variant's own and the shared D side
+        claim_dir(train_dir, owner, ctx.say)
     acc.wait_for_everyone()
     done = read_json(train_dir / "done.json")
     if done and done["kimg"] >= opts.kimg - 1e-9:
@@ -117,28 +129,20 @@ def run_training(ctx, *, section, data_name, nets, G_source=None, variant=None, 
     logger = ctx.logger
     if name is not None and ctx.is_main:
         run_file = train_dir / "mlflow_run.json"
-        logger = ctx.child_logger(name, run_id=(read_json(run_file, {}) or {}).get("run_id"))
+        logger = ctx.child_logger(variant.title, tags={"variant": variant.variant, "seed": str(seed)},
+                                  run_id=(read_json(run_file, {}) or {}).get("run_id"))
         if logger.run_id:
             write_json(run_file, {"run_id": logger.run_id})
-    ctx.log_params({"variant": {"name": name, **_variant_dict(v)} if v else None,
+    ctx.log_params({"variant": {"name": variant.variant, "seed": seed, **_variant_dict(v)} if v else None,
                     "loop": {k: getattr(opts, k) for k in opts.__dataclass_fields__},
                     "model": cfg.model, "data": cfg.data}, logger=logger)
-
-    freeze = structure = None
-    if v is not None:
-        d_above = v.freeze_d_above if v.freeze_d_above is not None else getattr(section, "freeze_d_above", None)
-        freeze = FreezePlan(freeze_d_above=d_above, freeze_g_up_to=v.freeze_g_up_to,
-                            freeze_style_up_to=v.freeze_style_up_to, freeze_mapping=v.freeze_mapping)
-        if v.structure_loss:
-            structure = StructureLoss(up_to=v.structure_loss.up_to, weight=v.structure_loss.weight,
-                                      on=v.structure_loss.on)
 
     shard_dir = ctx.paths.dataset_dir(data_name)
 
     def data(start_step: int):
         # the stream of a resumed run is a function of (seed, step): no batch is seen twice in a row
         return make_loader(shard_dir, batch_size=opts.batch, rank=acc.process_index, world_size=acc.num_processes,
-                           seed=cfg.seed * 1_000_003 + start_step, num_workers=cfg.data.num_workers,
+                           seed=seed * 1_000_003 + start_step, num_workers=cfg.data.num_workers,
                            shuffle_buffer=cfg.data.shuffle_buffer, xflip=cfg.data.xflip)
 
     samples_dir = train_dir / "samples"

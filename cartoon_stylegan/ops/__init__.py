@@ -2,7 +2,7 @@
 
 `impl` (None | "auto" | "ref" | "cuda") picks the implementation per call; None defers
 to the environment variable CARTOON_STYLEGAN_OPS, then "auto" (CUDA kernels for CUDA
-tensors when the extension builds, else the reference). See `_backend`.
+tensors when the extension builds, else the reference). See `backend`.
 
 `build_ops()` builds the kernels ahead of time into their cache (``python -m pipeline
 build-ops``); it raises `OpsBuildError` with a one-line reason when it cannot.

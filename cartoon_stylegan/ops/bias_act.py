@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from . import _backend
+from . import backend
 
 __all__ = ["Activation", "ACTIVATIONS", "register_activation", "fused_bias_act"]
 
@@ -141,7 +141,7 @@ def fused_bias_act(x, b=None, dim=1, act="lrelu", alpha=None, gain=None, clamp=N
             raise ValueError(f"fused_bias_act: b must be 1-D of length x.shape[{dim}] = {x.shape[dim]}, got {got}")
         b = b.to(dtype=x.dtype)
 
-    if _backend.use_cuda(x, impl) and spec.cuda:
+    if backend.use_cuda(x, impl) and spec.cuda:
         from .cuda_impl import fused_bias_act_cuda
         return fused_bias_act_cuda(x, b, dim, act, alpha, gain, clamp)
     return _bias_act_ref(x, b, dim, spec, alpha, gain, clamp)

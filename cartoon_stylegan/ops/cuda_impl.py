@@ -1,6 +1,6 @@
 """The CUDA path of ``cartoon_stylegan.ops``: operator schemas, autograd, and the calls
 into the compiled kernels (``csrc/``). Reached through ``fused_bias_act`` and
-``upfirdn2d`` when ``_backend.use_cuda`` says so; arguments arrive normalised.
+``upfirdn2d`` when ``backend.use_cuda`` says so; arguments arrive normalised.
 
 Why ``torch.library`` operators driven by ``torch.autograd.Function`` (and not
 ``torch.library.custom_op`` + ``register_autograd``):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _backend
+from . import backend
 
 __all__ = ["setup_filter", "upfirdn2d", "filter2d", "upsample2d", "downsample2d"]
 
@@ -128,7 +128,7 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl=Non
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise ValueError(f"upfirdn2d: x must be a 4-D [N, C, H, W] tensor, got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    cuda = _backend.use_cuda(x, impl)  # validates impl / CARTOON_STYLEGAN_OPS first
+    cuda = backend.use_cuda(x, impl)  # validates impl / CARTOON_STYLEGAN_OPS first
     upx, upy = _parse_scaling(up, "up")
     downx, downy = _parse_scaling(down, "down")
     padx0, padx1, pady0, pady1 = _parse_padding(padding)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from cartoon_stylegan import ops
 
-__all__ = ["AugmentPipe", "AdaptiveAugment", "AUGMENT_PRESETS", "make_augment_pipe"]
+__all__ = ["AugmentPipe", "AdaptiveAugment", "AUGMENT_PRESETS", "make_augment_pipe", "translate2d"]
 
 # Orthogonal low-pass filter of the geometric pipeline (Daubechies symlet, 6 vanishing moments).
 _SYM6 = [
@@ -68,7 +68,8 @@ def _mat(rows, like: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack(r, dim=-1) for r in out], dim=-2)
 
 
-def _translate2d(tx, ty, like):
+def translate2d(tx, ty, like):
+    """Batched 3x3 homogeneous 2-D translation matrices (N, 3, 3) for per-sample shifts tx, ty."""
     return _mat([[1, 0, tx], [0, 1, ty], [0, 0, 1]], like)
 
 
@@ -171,7 +172,7 @@ class AugmentPipe(torch.nn.Module):
         if self.xint > 0:
             t = (self._rand(n, gen, dev, 2) * 2 - 1) * self.xint_max
             t = torch.where(self._gate(self.xint, n, gen, dev)[:, None], t, torch.zeros_like(t))
-            g_inv = g_inv @ _translate2d(-torch.round(t[:, 0] * w), -torch.round(t[:, 1] * h), f32)
+            g_inv = g_inv @ translate2d(-torch.round(t[:, 0] * w), -torch.round(t[:, 1] * h), f32)
             geometric = True
         if self.scale > 0:
             s = torch.exp2(self._randn(n, gen, dev) * self.scale_std)
@@ -198,7 +199,7 @@ class AugmentPipe(torch.nn.Module):
         if self.xfrac > 0:
             t = self._randn(n, gen, dev, 2) * self.xfrac_std
             t = torch.where(self._gate(self.xfrac, n, gen, dev)[:, None], t, torch.zeros_like(t))
-            g_inv = g_inv @ _translate2d(-t[:, 0] * w, -t[:, 1] * h, f32)
+            g_inv = g_inv @ translate2d(-t[:, 0] * w, -t[:, 1] * h, f32)
             geometric = True
         if geometric:
             images = self._warp(images, g_inv)
@@ -263,7 +264,7 @@ class AugmentPipe(torch.nn.Module):
         mx0, my0, mx1, my1 = (int(v) for v in margin.ceil().tolist())
 
         images = F.pad(images, [mx0, mx1, my0, my1], mode="reflect")
-        g_inv = _translate2d(torch.full((n,), (mx0 - mx1) / 2, device=dev),
+        g_inv = translate2d(torch.full((n,), (mx0 - mx1) / 2, device=dev),
                              torch.full((n,), (my0 - my1) / 2, device=dev), g_inv[:, 0, 0]) @ g_inv
 
         # 2x upsample; in the upsampled grid, centred coordinates double, and the filter's
@@ -272,7 +273,7 @@ class AugmentPipe(torch.nn.Module):
         one = torch.ones(n, device=dev)
         g_inv = _scale2d(2 * one, 2 * one, one) @ g_inv @ _scale2d(0.5 * one, 0.5 * one, one)
         half = torch.full((n,), 0.5, device=dev)
-        g_inv = _translate2d(-half, -half, one) @ g_inv @ _translate2d(half, half, one)
+        g_inv = translate2d(-half, -half, one) @ g_inv @ translate2d(half, half, one)
 
         # Warp into an output canvas of (size + 2*fpad) * 2, normalised coordinates.
         out_h, out_w = (h + 2 * fpad) * 2, (w + 2 * fpad) * 2

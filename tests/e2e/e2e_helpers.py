@@ -144,3 +144,58 @@ def assert_png(path: Path, min_side: int = 16):
     with Image.open(path) as im:
         assert im.format == "PNG", path
         assert min(im.size) >= min_side, (path, im.size)
+
+
+# ---------------------------------------------------------------------------------- a real browser
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str | None:
+    """Debian's chromium (installed by .ci/run), or None."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_ui(store_uri: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """`mlflow ui` on 127.0.0.1 (a free port) over ``store_uri``; returns (process, base URL) once healthy."""
+    import urllib.request
+
+    port = free_port()
+    mlflow = str(Path(PYTHON).parent / "mlflow")
+    fh = open(log, "w")
+    proc = subprocess.Popen([mlflow, "ui", "--backend-store-uri", store_uri, "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"], stdout=fh, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env())
+    fh.close()
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    wait_for(healthy, timeout=120, proc=proc, log=log, what="mlflow ui", poll=0.5)
+    return proc, url
+
+
+def browse(url: str, tmp: Path, *, screenshot: Path | None = None, size=(1400, 1000)) -> str:
+    """Load ``url`` in headless Chromium, let its scripts run (20 s of virtual time), return the DOM;
+    with ``screenshot``, also write a PNG of the page."""
+    base = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'chromium-profile'}",
+            "--virtual-time-budget=20000", f"--window-size={size[0]},{size[1]}"]
+    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    if screenshot is not None:
+        subprocess.run([*base, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+    return dom

@@ -95,7 +95,7 @@ def test_mlflow_parent_stage_and_variant_runs(run):
         st = stage_state(run.root, EXP, stage)
         assert r.info.run_id == st["mlflow_run_id"] and r.data.tags["fingerprint"] == st["fingerprint"]
         assert r.info.status == "FINISHED" and r.info.run_name == stage
-    parents = {r.data.tags["mlflow.parentRunId"] for r in stage_run.values()}
+    parents = {r.data.tags["mlflow.parentRunId"] for r in stage_run.values()}  # stage runs stay nested
     assert len(parents) == 1
     parent = by_id[parents.pop()]
     assert "mlflow.parentRunId" not in parent.data.tags
@@ -114,12 +114,18 @@ def test_mlflow_parent_stage_and_variant_runs(run):
     for r in variant_runs:
         v = r.data.tags["variant"]
         assert r.data.tags["stage"] == "finetune"
-        assert r.data.tags["mlflow.parentRunId"] == stage_run["finetune"].info.run_id
+        # a top-level run (the runs table lines the variants up), linked to its stage run by a tag
+        assert "mlflow.parentRunId" not in r.data.tags
+        assert r.data.tags["pipeline.parent"] == stage_run["finetune"].info.run_id
+        assert r.info.run_name == f"finetune/{v}" and r.data.tags["seed"] == "0"
+        assert r.data.params["variant.name"] == v and "loop.lr_g" in r.data.params
         assert r.info.status == "FINISHED"
         m = r.data.metrics
         assert m["eval/fid"] == pytest.approx(metrics[v]["fid"])
         assert "eval/structure_ratio" in m and "train/minutes" in m and "Loss/G" in m
         assert read_json(run.exp / "finetune" / v / "mlflow_run.json")["run_id"] == r.info.run_id
+        arts = {a.path for a in client.list_artifacts(r.info.run_id, "swap")}
+        assert {f"swap/{v}-weight.png", f"swap/{v}-activation.png"} <= arts, arts
 
 
 def test_second_run_all_skips_every_stage(run):
@@ -138,11 +144,12 @@ def test_compare_reads_variants_back_from_mlflow(run, tmp_path):
     out = cli("compare", *ARGS, "--out", str(png), run_root=run.root).stdout
     metrics = read_json(run.exp / "eval" / "metrics.json")
     lines = out.splitlines()
-    assert lines[0].split()[:2] == ["variant", "FID"], out
+    assert lines[0].split()[:3] == ["variant", "n", "FID"], out
     for v in VARIANTS:
         row = next((ln for ln in lines if ln.split() and ln.split()[0] == v), None)
         assert row is not None, f"no row for {v}:\n{out}"
-        assert float(row.split()[1].rstrip("*")) == pytest.approx(metrics[v]["fid"], abs=1e-3)
+        assert row.split()[1] == "1"  # one seed
+        assert float(row.split()[2].rstrip("*")) == pytest.approx(metrics[v]["fid"], abs=1e-3)
     assert f"bar chart: {png}" in out
     assert_png(png, min_side=100)
     # the default output path: <run_root>/<experiment>/compare.png
@@ -177,3 +184,37 @@ def test_stopped_eval_keeps_its_scores_and_rerun_scores_only_the_rest(run, tmp_p
     for label, m in kept.items():
         assert metrics[label] == m
     assert stage_state(root, EXP, "eval")["status"] == "done" and not partial.exists()
+
+
+def test_variants_compare_in_mlflows_own_ui(run, tmp_path):
+    """The experiment opens as a model-training experiment in `mlflow ui`, its runs table lists the
+    variant runs, and MLflow's compare page lines them up with their eval metrics -- checked in a
+    real browser (headless Chromium)."""
+    import json
+    import urllib.parse
+
+    from e2e_helpers import browse, chromium, start_mlflow_ui
+
+    if chromium() is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
+    client, runs = mlflow_runs(run.root, EXP)
+    exp = client.get_experiment_by_name(EXP)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    variants = [r for r in runs if "variant" in r.data.tags]
+    proc, url = start_mlflow_ui(f"sqlite:///{run.root / 'mlflow.db'}", tmp_path / "ui.log")
+    try:
+        table = browse(f"{url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning", tmp_path)
+        for v in VARIANTS:
+            assert f"finetune/{v}" in table, v
+        ids = urllib.parse.quote(json.dumps([r.info.run_id for r in variants]))
+        page = browse(f"{url}/#/compare-runs?runs={ids}&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}",
+                      tmp_path, screenshot=tmp_path / "compare.png")
+    finally:
+        kill_group(proc)
+    assert f"Comparing {len(VARIANTS)} Runs" in page
+    for r in variants:
+        assert r.info.run_name in page
+        fid = r.data.metrics["eval/fid"]
+        assert f"{fid:.2f}"[:5] in page, (r.info.run_name, fid)  # the UI rounds; its leading digits are there
+    assert "eval/structure_ratio" in page and "variant.freeze_g_up_to" in page
+    assert_png(tmp_path / "compare.png", min_side=500)

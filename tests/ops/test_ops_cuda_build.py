@@ -30,7 +30,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 import cartoon_stylegan.ops as ops
-from cartoon_stylegan.ops import _backend, build, cuda_impl
+from cartoon_stylegan.ops import backend, build, cuda_impl
 
 ARCHES = ("8.0", "9.0")
 SOURCES = build.compiled_sources(build.source_files())
@@ -213,7 +213,7 @@ def test_upfirdn2d_public_helpers_route_to_the_kernels(emulated, monkeypatch):
         "upfirdn2d": ops.upfirdn2d(x, BLUR2D, up=(2, 1), down=(1, 2), padding=(1, 2, 0, 1), impl="ref"),
         "bias_act": ops.fused_bias_act(x, torch.arange(4.0, dtype=torch.float64), clamp=1.0, impl="ref"),
     }
-    monkeypatch.setattr(_backend, "use_cuda", lambda x, impl=None: True)
+    monkeypatch.setattr(backend, "use_cuda", lambda x, impl=None: True)
     got = {
         "upsample2d": ops.upsample2d(x, BLUR),
         "downsample2d": ops.downsample2d(x, BLUR2D),

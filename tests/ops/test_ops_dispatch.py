@@ -19,7 +19,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import cartoon_stylegan.ops as ops
-from cartoon_stylegan.ops import _backend, build
+from cartoon_stylegan.ops import backend, build
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,10 +27,10 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(autouse=True)
 def clean_backend(monkeypatch):
     """Each test starts with no load attempt made and no impl forced by the environment."""
-    monkeypatch.delenv(_backend.ENV_IMPL, raising=False)
-    _backend.reset()
+    monkeypatch.delenv(backend.ENV_IMPL, raising=False)
+    backend.reset()
     yield
-    _backend.reset()
+    backend.reset()
 
 
 def fake_cuda_tensor(*shape):
@@ -52,31 +52,31 @@ def failing_loader(reason="nvcc not found at /opt/cuda/bin/nvcc", fix="set CUDA_
 
 
 def test_requested_impl_defaults_env_and_explicit(monkeypatch):
-    assert _backend.requested_impl(None) == "auto"
-    assert _backend.requested_impl("auto") == "auto"
-    monkeypatch.setenv(_backend.ENV_IMPL, "ref")
-    assert _backend.requested_impl(None) == "ref"
-    assert _backend.requested_impl("auto") == "ref"      # the environment overrides auto ...
-    assert _backend.requested_impl("cuda") == "cuda"     # ... but not an explicit choice
-    monkeypatch.setenv(_backend.ENV_IMPL, "CUDA ")
-    assert _backend.requested_impl(None) == "cuda"
+    assert backend.requested_impl(None) == "auto"
+    assert backend.requested_impl("auto") == "auto"
+    monkeypatch.setenv(backend.ENV_IMPL, "ref")
+    assert backend.requested_impl(None) == "ref"
+    assert backend.requested_impl("auto") == "ref"      # the environment overrides auto ...
+    assert backend.requested_impl("cuda") == "cuda"     # ... but not an explicit choice
+    monkeypatch.setenv(backend.ENV_IMPL, "CUDA ")
+    assert backend.requested_impl(None) == "cuda"
 
 
 def test_invalid_impl_names_its_source(monkeypatch):
     with pytest.raises(ValueError, match=r"impl="):
-        _backend.requested_impl("triton")
-    monkeypatch.setenv(_backend.ENV_IMPL, "fast")
-    with pytest.raises(ValueError, match=_backend.ENV_IMPL):
-        _backend.use_cuda(torch.zeros(1))
+        backend.requested_impl("triton")
+    monkeypatch.setenv(backend.ENV_IMPL, "fast")
+    with pytest.raises(ValueError, match=backend.ENV_IMPL):
+        backend.use_cuda(torch.zeros(1))
 
 
 def test_cpu_tensor_auto_uses_reference_without_loading(monkeypatch):
     load, calls = failing_loader()
-    monkeypatch.setattr(_backend, "_load", load)
+    monkeypatch.setattr(backend, "_load", load)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert _backend.use_cuda(torch.zeros(2), None) is False
-        assert _backend.use_cuda(torch.zeros(2), "auto") is False
+        assert backend.use_cuda(torch.zeros(2), None) is False
+        assert backend.use_cuda(torch.zeros(2), "auto") is False
         y = ops.fused_bias_act(torch.randn(2, 3), torch.randn(3))
     assert calls == []
     assert y.shape == (2, 3)
@@ -84,28 +84,28 @@ def test_cpu_tensor_auto_uses_reference_without_loading(monkeypatch):
 
 def test_ref_never_loads(monkeypatch):
     load, calls = failing_loader()
-    monkeypatch.setattr(_backend, "_load", load)
-    monkeypatch.setenv(_backend.ENV_IMPL, "ref")
-    assert _backend.use_cuda(fake_cuda_tensor(2), None) is False
-    assert _backend.use_cuda(fake_cuda_tensor(2), "ref") is False
+    monkeypatch.setattr(backend, "_load", load)
+    monkeypatch.setenv(backend.ENV_IMPL, "ref")
+    assert backend.use_cuda(fake_cuda_tensor(2), None) is False
+    assert backend.use_cuda(fake_cuda_tensor(2), "ref") is False
     assert calls == []
 
 
 def test_no_cuda_auto_is_reference():
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    assert _backend.use_cuda(torch.zeros(3), None) is False
+    assert backend.use_cuda(torch.zeros(3), None) is False
     # A CUDA tensor without CUDA (only a FakeTensor can be one): warns and falls back.
     with pytest.warns(RuntimeWarning, match="CUDA is not available"):
-        assert _backend.use_cuda(fake_cuda_tensor(3), None) is False
+        assert backend.use_cuda(fake_cuda_tensor(3), None) is False
 
 
 def test_forced_cuda_on_cpu_tensor_names_the_device(monkeypatch):
     load, calls = failing_loader()
-    monkeypatch.setattr(_backend, "_load", load)
+    monkeypatch.setattr(backend, "_load", load)
     with pytest.raises(RuntimeError, match=r"device 'cpu'"):
-        _backend.use_cuda(torch.zeros(2), "cuda")
-    monkeypatch.setenv(_backend.ENV_IMPL, "cuda")
+        backend.use_cuda(torch.zeros(2), "cuda")
+    monkeypatch.setenv(backend.ENV_IMPL, "cuda")
     with pytest.raises(RuntimeError, match=r"device 'cpu'"):
         ops.upfirdn2d(torch.zeros(1, 1, 4, 4), torch.ones(2, 2))
     assert calls == []
@@ -116,12 +116,12 @@ def test_forced_cuda_on_cpu_tensor_names_the_device(monkeypatch):
 
 def test_build_failure_warns_once_with_reason_and_falls_back(monkeypatch):
     load, calls = failing_loader()
-    monkeypatch.setattr(_backend, "_load", load)
+    monkeypatch.setattr(backend, "_load", load)
     with warnings.catch_warnings(record=True) as caught, FakeTensorMode():
         warnings.simplefilter("always")
         x = torch.empty(2, 3, 4, 4, device="cuda")
-        assert _backend.use_cuda(x, None) is False
-        assert _backend.use_cuda(x, "auto") is False
+        assert backend.use_cuda(x, None) is False
+        assert backend.use_cuda(x, "auto") is False
         y = ops.fused_bias_act(x, torch.zeros(3, device="cuda"))   # runs the reference
         z = ops.upsample2d(x, torch.tensor([1.0, 3.0, 3.0, 1.0]))
     ours = [w for w in caught if "cartoon_stylegan.ops" in str(w.message)]
@@ -130,22 +130,22 @@ def test_build_failure_warns_once_with_reason_and_falls_back(monkeypatch):
     assert issubclass(ours[0].category, RuntimeWarning)
     assert "nvcc not found at /opt/cuda/bin/nvcc" in msg      # why
     assert "set CUDA_HOME to the CUDA toolkit" in msg         # how to fix
-    assert "reference" in msg and f"{_backend.ENV_IMPL}=ref" in msg
+    assert "reference" in msg and f"{backend.ENV_IMPL}=ref" in msg
     assert len(calls) == 1                                    # tried once per process
     assert y.shape == (2, 3, 4, 4) and z.shape == (2, 3, 8, 8)
 
 
 def test_build_failure_with_forced_cuda_raises_the_reason(monkeypatch):
     load, calls = failing_loader(reason="compiling the CUDA kernels failed")
-    monkeypatch.setattr(_backend, "_load", load)
+    monkeypatch.setattr(backend, "_load", load)
     x = fake_cuda_tensor(2, 3)
     with pytest.raises(RuntimeError, match="compiling the CUDA kernels failed"):
-        _backend.use_cuda(x, "cuda")
+        backend.use_cuda(x, "cuda")
     # ... and again (no retry, same error), while auto still falls back quietly after one warning.
     with pytest.raises(RuntimeError, match="compiling the CUDA kernels failed"):
-        _backend.use_cuda(x, "cuda")
+        backend.use_cuda(x, "cuda")
     with pytest.warns(RuntimeWarning):
-        assert _backend.use_cuda(x, "auto") is False
+        assert backend.use_cuda(x, "auto") is False
     assert len(calls) == 1
 
 
@@ -153,9 +153,9 @@ def test_unexpected_loader_exception_is_reported_too(monkeypatch):
     def load():
         raise OSError("libcudart.so.13: cannot open shared object file")
 
-    monkeypatch.setattr(_backend, "_load", load)
+    monkeypatch.setattr(backend, "_load", load)
     with pytest.warns(RuntimeWarning, match="libcudart.so.13"):
-        assert _backend.load_extension() is None
+        assert backend.load_extension() is None
 
 
 def test_successful_load_is_used_and_cached(monkeypatch):
@@ -166,19 +166,19 @@ def test_successful_load_is_used_and_cached(monkeypatch):
         calls.append(1)
         return sentinel
 
-    monkeypatch.setattr(_backend, "_load", load)
+    monkeypatch.setattr(backend, "_load", load)
     x = fake_cuda_tensor(4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert _backend.use_cuda(x, None) is True
-        assert _backend.use_cuda(x, "cuda") is True
-        assert _backend.load_extension() is sentinel
+        assert backend.use_cuda(x, None) is True
+        assert backend.use_cuda(x, "cuda") is True
+        assert backend.load_extension() is sentinel
     assert len(calls) == 1
 
 
 def test_use_cuda_traces_under_torch_compile():
     def f(x):
-        return x * 2 if _backend.use_cuda(x, None) else x + 1
+        return x * 2 if backend.use_cuda(x, None) else x + 1
 
     explained = torch._dynamo.explain(f)(torch.ones(3))
     assert explained.graph_break_count == 0
@@ -187,8 +187,8 @@ def test_use_cuda_traces_under_torch_compile():
 
 def test_import_builds_nothing():
     code = (
-        "import sys, cartoon_stylegan.ops as o; from cartoon_stylegan.ops import _backend;"
-        "assert not _backend._state.tried;"
+        "import sys, cartoon_stylegan.ops as o; from cartoon_stylegan.ops import backend;"
+        "assert not backend._state.tried;"
         "assert 'torch.utils.cpp_extension' not in sys.modules, 'cpp_extension imported at import time'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=300)

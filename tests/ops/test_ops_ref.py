@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cartoon_stylegan import ops
-from cartoon_stylegan.ops import (ACTIVATIONS, _backend, downsample2d, filter2d, fused_bias_act, setup_filter,
+from cartoon_stylegan.ops import (ACTIVATIONS, backend, downsample2d, filter2d, fused_bias_act, setup_filter,
                                   upfirdn2d, upsample2d)
 
 D = torch.float64
@@ -474,12 +474,12 @@ def test_impl_ref_and_env_var_select_reference(monkeypatch):
     x = torch.randn(1, 2, 4, 4)
     f = setup_filter([1, 2, 1])
     monkeypatch.delenv("CARTOON_STYLEGAN_OPS", raising=False)
-    assert _backend.use_cuda(x, "ref") is False
+    assert backend.use_cuda(x, "ref") is False
     want_up, want_ba = upfirdn2d(x, f, up=2, padding=1), fused_bias_act(x)
     torch.testing.assert_close(upfirdn2d(x, f, up=2, padding=1, impl="ref"), want_up)
     torch.testing.assert_close(fused_bias_act(x, impl="ref"), want_ba)
     monkeypatch.setenv("CARTOON_STYLEGAN_OPS", "ref")
-    assert _backend.use_cuda(x, None) is False
+    assert backend.use_cuda(x, None) is False
     torch.testing.assert_close(upfirdn2d(x, f, up=2, padding=1), want_up)
     torch.testing.assert_close(fused_bias_act(x), want_ba)
 
@@ -507,7 +507,7 @@ def test_cuda_dispatch_gets_normalised_arguments(monkeypatch):
     fake.upfirdn2d_cuda = lambda *a: calls.append(("upfirdn2d", a)) or "cuda-up"
     monkeypatch.setitem(sys.modules, "cartoon_stylegan.ops.cuda_impl", fake)
     seen_impl = []
-    monkeypatch.setattr(_backend, "use_cuda", lambda x, impl=None: seen_impl.append(impl) or impl == "cuda")
+    monkeypatch.setattr(backend, "use_cuda", lambda x, impl=None: seen_impl.append(impl) or impl == "cuda")
 
     x = torch.randn(1, 2, 4, 4, dtype=D)
     b = torch.zeros(2)

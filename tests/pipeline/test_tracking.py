@@ -98,7 +98,7 @@ def test_close_orphans_marks_runs_of_a_dead_pipeline_process_killed(tmp_path):
     dead.wait()
     orphan = tracker.parent("run all", tags={"pid": str(dead.pid)})   # overrides the live pid tag
     stage = orphan.child("pretrain", tags={"stage": "pretrain"})
-    variant = stage.child("freezed", tags={"stage": "finetune", "variant": "freezed"})
+    variant = stage.child("freezed", tags={"stage": "finetune", "variant": "freezed"}, nested=False)
     live = tracker.parent("run all")                                   # this process: alive
     live_stage = live.child("shard", tags={"stage": "shard"})
     finished = tracker.parent("run all", tags={"pid": str(dead.pid)})

@@ -475,7 +475,7 @@ def test_finetune_script_trains_selected_variants_into_one_mlflow_stage_run(clus
     assert run.info.run_id == state["mlflow_run_id"] and run.info.status == "FINISHED"
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.info.run_name == "run finetune" and parent.info.status == "FINISHED"  # the job's pipeline run
-    kids = {r.data.tags.get("variant"): r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id}
+    kids = {r.data.tags.get("variant"): r for r in runs if r.data.tags.get("pipeline.parent") == run.info.run_id}
     assert sorted(kids) == sorted(VARIANTS)
     for v, r in kids.items():
         assert r.info.status == "FINISHED" and r.data.tags["stage"] == "finetune", v
@@ -530,7 +530,8 @@ def test_submit_all_runs_the_whole_dag_as_a_chain_of_jobs(cluster, tmp_path):
         assert (exp / "finetune" / v / "checkpoints" / "network-final.pt").is_file()
 
     _, runs = _mlflow(tmp_path / "runs")  # one pipeline run per job, one stage run per stage, all finished
-    parents = sorted((r.info.run_name, r.info.status) for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    parents = sorted((r.info.run_name, r.info.status) for r in runs
+                     if "mlflow.parentRunId" not in r.data.tags and "pipeline.parent" not in r.data.tags)
     assert parents == sorted((f"run {s}", "FINISHED") for s in DAG), parents
     for s in DAG:
         assert [r.info.status for r in _stage_runs(runs, s)] == ["FINISHED"], s

@@ -69,7 +69,7 @@ def test_variant_sampling_comes_from_the_checkpoint(ran):
     cfg, exp = ran
     paths = __import__("pipeline.artifacts", fromlist=["StagePaths"]).StagePaths(cfg, "eval")
     G_src = load_source(cfg, paths)
-    samplers = load_variants(cfg, paths, G_src)
+    samplers = {run.dir: s for run, s in load_variants(cfg, paths, G_src)}
     assert samplers["freezesg_structure"].prefix_len == 4 and samplers["freezed"].prefix_len == 0
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cartoon_stylegan.training.ada import AdaptiveAugment, AugmentPipe, _translate2d, make_augment_pipe
+from cartoon_stylegan.training.ada import AdaptiveAugment, AugmentPipe, translate2d, make_augment_pipe
 from cartoon_stylegan.training.ema import EMA, ema_beta
 
 
@@ -81,7 +81,7 @@ def test_identity_and_blits_are_exact():
                                          "contrast", "lumaflip", "hue", "saturation")}, xint=1, xint_max=0.0, p=1.0)
     torch.testing.assert_close(pipe(x, torch.Generator().manual_seed(0)), x, atol=1e-5, rtol=0)
     # An integer translation by 3 px moves the pixels (the uncovered border is reflected).
-    y = pipe._warp(x, _translate2d(torch.full((2,), -3.0), torch.zeros(2), torch.zeros(2)))
+    y = pipe._warp(x, translate2d(torch.full((2,), -3.0), torch.zeros(2), torch.zeros(2)))
     torch.testing.assert_close(y[..., 3:], x[..., :-3], atol=1e-5, rtol=0)
     # x-flip / 90-degree rotations: each sample is left as is (exactly) or becomes the
     # flipped / rotated image up to the resampling filter (the asymmetric wavelet filter
