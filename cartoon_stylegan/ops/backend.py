@@ -29,6 +29,8 @@ ENV_IMPL = "CARTOON_STYLEGAN_OPS"
 def requested_impl(impl=None):
     """The effective implementation choice: 'auto', 'ref' or 'cuda'."""
     source = "impl="
+    if (impl is None or impl == "auto") and _state.agreed is not None:
+        return _state.agreed  # what all ranks agreed on (settle)
     if impl is None or impl == "auto":
         env = os.environ.get(ENV_IMPL)
         if env:
@@ -49,6 +51,7 @@ class _State:
         self.lib = None
         self.error = None      # OpsBuildError / Exception from the attempt
         self.warned = False
+        self.agreed = None     # 'ref' | 'cuda' once the ranks of a job agreed (settle)
 
 
 _state = _State()
@@ -117,6 +120,7 @@ def reset():
         _state.lib = None
         _state.error = None
         _state.warned = False
+        _state.agreed = None
 
 
 @torch.compiler.assume_constant_result
@@ -137,3 +141,51 @@ def use_cuda(x, impl=None):
             )
         return False
     return _kernels_ready(impl == "cuda")
+
+
+def settle(accelerator, say=print) -> str:
+    """Make every rank of a job use the same implementation; returns it ('cuda' or 'ref').
+
+    The kernels are built once per machine: the local main process of each node finds or
+    builds them while the other ranks wait at a barrier, then those load the finished build
+    (or fail at once on the failure marker a failed build leaves). The ranks then agree: the
+    CUDA kernels only if every rank has them, else the reference everywhere -- mixing the two
+    across ranks would make the replicas compute slightly different things. Said once, by the
+    main process. Without CUDA tensors (CPU training) or with ``ref`` requested: 'ref', no build.
+    """
+    if accelerator.device.type != "cuda" or requested_impl() == "ref":
+        return "ref"  # CPU tensors always take the reference: nothing to agree on
+    required = requested_impl() == "cuda"
+    ok = False
+    if accelerator.is_local_main_process:
+        ok = _try_load(required)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_local_main_process:
+        ok = _try_load(required)
+    agreed = "cuda" if all_ranks_min(accelerator, 1.0 if ok else 0.0) > 0 else "ref"
+    if required and agreed != "cuda":
+        raise RuntimeError(f"CUDA kernels were requested ({ENV_IMPL}=cuda) but some rank could not load them")
+    with _state.lock:
+        _state.agreed = agreed
+    if accelerator.is_main_process:
+        why = "" if agreed == "cuda" or ok else f" ({getattr(_state.error, 'reason', None) or _state.error})"
+        say(f"cartoon_stylegan.ops: all {accelerator.num_processes} rank(s) use the "
+            f"{'CUDA kernels' if agreed == 'cuda' else 'reference ops'}{why}")
+    return agreed
+
+
+def all_ranks_min(accelerator, value: float) -> float:
+    """The minimum of ``value`` over the job's ranks (a collective: every rank must call it)."""
+    if accelerator.num_processes == 1:
+        return value
+    t = torch.tensor([value], device=accelerator.device)
+    return float(accelerator.reduce(t, "min").item())
+
+
+def _try_load(required: bool) -> bool:
+    try:
+        return load_extension(required=required) is not None
+    except RuntimeError:
+        if required:
+            raise
+        return False

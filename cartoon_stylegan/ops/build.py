@@ -417,12 +417,33 @@ def load_library(build_dir: Path) -> Path:
     return lib
 
 
+def failure_marker(root: Path, key: str, arches: Sequence[str], ptx: bool) -> Path:
+    """Where a failed build of these sources for these architectures leaves its reason."""
+    return root / f"{key}-{arch_tag(arches, ptx)}.failed.json"
+
+
+def _raise_recorded_failure(marker: Path) -> None:
+    try:
+        rec = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return
+    raise OpsBuildError(f"an earlier build of these kernel sources failed ({rec.get('when', '?')}, pid "
+                        f"{rec.get('pid', '?')}): {rec.get('reason', '?')}",
+                        (rec.get("fix") + "; then " if rec.get("fix") else "")
+                        + f"run `python -m pipeline build-ops` (it retries), or delete {marker}",
+                        rec.get("detail", ""))
+
+
 def ensure_built(arches: Sequence[str] | None = None, ptx: bool | None = None, verbose: bool = False,
-                 root: Path | None = None) -> Path:
+                 root: Path | None = None, retry_failed: bool = False) -> Path:
     """Find or build (once, under the lock) a build covering ``arches``; return its directory.
 
     Runtime use passes the visible GPUs' architectures; the build then targets exactly
-    those. Raises OpsBuildError with the reason when that is not possible.
+    those. Raises OpsBuildError with the reason when that is not possible. A build that
+    fails leaves a marker next to the cache entry: every other process (the ranks waiting
+    on the lock, later runs) fails at once with the same message instead of compiling again
+    -- 8 ranks must not spend 8 x the build time before an NCCL timeout.
+    ``retry_failed`` (``build_ops``) ignores the marker and builds again.
     """
     from . import cuda_impl  # noqa: F401,PLC0415  (a load during the build needs the schemas)
 
@@ -438,6 +459,9 @@ def ensure_built(arches: Sequence[str] | None = None, ptx: bool | None = None, v
     found = find_build(key, arches, root)
     if found is not None:
         return found
+    marker = failure_marker(root, key, arches, ptx)
+    if marker.exists() and not retry_failed:
+        _raise_recorded_failure(marker)
 
     tc = toolchain()
     ok = supported_arches(tc["nvcc"])
@@ -451,11 +475,18 @@ def ensure_built(arches: Sequence[str] | None = None, ptx: bool | None = None, v
                     root / f"{key}.lock")
 
     def build(tmp: Path) -> None:
+        if marker.exists() and not retry_failed:  # failed while this process waited on the lock
+            _raise_recorded_failure(marker)
         t0 = time.time()
         targets = ", ".join("sm_" + a.replace(".", "") for a in arches)
         print(f"cartoon_stylegan.ops: building the CUDA kernels for {targets} into {final} "
               "(first use only; about a minute) ...", file=sys.stderr, flush=True)
-        _compile(tmp, key, arches, ptx, tc, verbose)
+        try:
+            _compile(tmp, key, arches, ptx, tc, verbose)
+        except OpsBuildError as e:
+            _write_marker(marker, e)
+            raise
+        marker.unlink(missing_ok=True)
         print(f"cartoon_stylegan.ops: built in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
     try:
@@ -470,6 +501,19 @@ def ensure_built(arches: Sequence[str] | None = None, ptx: bool | None = None, v
                          "set CARTOON_STYLEGAN_CACHE to a writable directory") from e
 
 
+def _write_marker(marker: Path, e: OpsBuildError) -> None:
+    import datetime
+
+    rec = {"reason": e.reason, "fix": e.fix, "detail": e.detail[-20000:], "pid": os.getpid(),
+           "when": datetime.datetime.now().isoformat(timespec="seconds")}
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(rec))
+        os.replace(tmp, marker)
+    except OSError:  # a read-only cache: the others will retry, no worse than before
+        pass
+
+
 def build_ops(verbose: bool = True, arches: Sequence[str] | None = None, ptx: bool | None = None) -> Path:
     """Ahead-of-time build for ``python -m pipeline build-ops``; returns the build directory.
 
@@ -480,7 +524,7 @@ def build_ops(verbose: bool = True, arches: Sequence[str] | None = None, ptx: bo
     toolkit's headers are missing, the architectures are not understood, or the build fails.
     """
     try:
-        path = ensure_built(arches, ptx=ptx, verbose=verbose)
+        path = ensure_built(arches, ptx=ptx, verbose=verbose, retry_failed=True)
     except ValueError as e:  # an architecture like "9.0" / "sm_90" expected (arguments or TORCH_CUDA_ARCH_LIST)
         raise OpsBuildError(str(e), "pass architectures like 8.6 or sm_90 (TORCH_CUDA_ARCH_LIST)") from e
     load_library(path)

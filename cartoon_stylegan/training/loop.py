@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -50,6 +51,7 @@ import torch
 
 from cartoon_stylegan import checkpoint as ckpt
 from cartoon_stylegan.imageutil import tile_images, to_uint8
+from cartoon_stylegan.ops import backend as ops_backend
 from cartoon_stylegan.sampling import Sampler
 from cartoon_stylegan.training.ada import AdaptiveAugment, make_augment_pipe
 from cartoon_stylegan.training.ema import EMA
@@ -138,6 +140,9 @@ class TrainingLoop:
         if G_source is not None and G_source.config != G.config:
             raise ValueError("G_source must have the same architecture as G")
         self.n_prefix = self.freeze.n_wplus_prefix(G)
+        # every rank on one implementation of the custom ops; on a GPU node the local main process
+        # builds the kernels once while the others wait (ops.backend.settle)
+        self.ops_impl = ops_backend.settle(accelerator, say=lambda m: print(m, file=sys.stderr, flush=True))
 
         # Freezing happens once, before Accelerate wraps anything.
         g_names, d_names = self.freeze.apply(G, D)
