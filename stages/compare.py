@@ -101,7 +101,10 @@ def format_table(rows: dict[str, dict[str, dict]]) -> str:
     lines.append("mean±std over seeds (n = seeds). * best mean in column. structure: matched/mismatched "
                  "low-pass distance to the source generator (1.0 = no structure kept); src rank: mean rank "
                  "of the true source image (1 = best).")
-    if BASELINE in rows:
+    n_paired = max((len(set(rows[v]) & set(rows.get(BASELINE, {}))) for v in rows if v != BASELINE), default=0)
+    if BASELINE in rows and n_paired < 2:
+        lines.append(f"(paired comparison against {BASELINE}: needs >= 2 seeds per variant, finetune.seeds)")
+    elif BASELINE in rows:
         lines.append("")
         lines.append(f"paired against {BASELINE} (same seeds; variant - {BASELINE}; paired t-test):")
         for name in rows:
