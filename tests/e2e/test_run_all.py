@@ -216,5 +216,5 @@ def test_variants_compare_in_mlflows_own_ui(run, tmp_path):
         assert r.info.run_name in page
         fid = r.data.metrics["eval/fid"]
         assert f"{fid:.4g}" in page, (r.info.run_name, fid)  # the UI shows 4 significant digits
-    assert "eval/structure_ratio" in page and "variant.freeze_g_up_to" in page
+    assert "eval/fid" in page and "eval/kid_mean" in page and "variant.freeze_g_up_to" in page
     assert_png(tmp_path / "compare.png", min_side=500)
