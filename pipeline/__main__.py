@@ -185,7 +185,7 @@ def _common(p: argparse.ArgumentParser, items: bool = True, stages_help: str = "
 def _parsers() -> dict[str, tuple[argparse.ArgumentParser, callable]]:
     out = {}
 
-    def add(name, func, help_, **kw):
+    def add(name, func, help_):
         p = argparse.ArgumentParser(prog=f"python -m pipeline {name}", description=help_)
         out[name] = (p, func)
         return p

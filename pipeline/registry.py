@@ -44,10 +44,6 @@ class Stage:
     digest: Optional[Callable[[Any], str]] = None
     help: str = ""
 
-    @property
-    def section(self) -> str | None:
-        return self.name if self.config is not None else None
-
 
 @dataclass(frozen=True)
 class Section:

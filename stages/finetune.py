@@ -145,8 +145,9 @@ def run(ctx):
     cfg = ctx.cfg
     path, fmt = source_path(cfg, ctx.paths)
     out = {}
+    loaded = load_weights(cfg, path, fmt)  # once: every (variant, seed) run starts from copies
     for run in cfg.finetune.runs(cfg.seed):
-        nets = load_weights(cfg, path, fmt)
+        nets = {k: copy.deepcopy(v) for k, v in loaded.items()}
         # G, G_ema and the frozen source all start as the source generator (its EMA weights): every
         # frozen tensor agrees between them from step 0 on, and the structure loss starts at 0
         nets["g"] = copy.deepcopy(nets["g_ema"])

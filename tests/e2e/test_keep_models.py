@@ -42,7 +42,6 @@ def test_config_changes_keep_or_continue_the_model(tmp_path):
 
     # a bad init checkpoint fails in preflight, before anything is touched
     before = _files(pre)
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     bad = cli("run", "pretrain", *BASE, "pretrain.kimg=0.032", "model.style_dim=16",
               f"pretrain.init.path={tmp_path / 'missing.pt'}", run_root=root, expect=None)
     assert bad.returncode == 2 and "pretrain.init.path" in bad.stdout
