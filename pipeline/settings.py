@@ -30,6 +30,27 @@ class LaunchConfig:
     cpu: Optional[bool] = setting(None, help="force CPU (null: CPU when no CUDA device)")
     accelerate_config: Optional[str] = setting(None, help="accelerate config file passed to accelerate launch")
     main_process_port: int = setting(0, min=0, max=65535, help="rendezvous port for local multi-process (0: a free one)")
+    backend: Literal["ddp", "deepspeed"] = setting(
+        "ddp", help="training backend: ddp (Accelerate DDP) or deepspeed (G and D as DeepSpeed ZeRO-1/2 engines)")
+    deepspeed: str = setting("zero2", help="DeepSpeed config for backend=deepspeed: a shipped name (zero1, zero2: "
+                             "configs/deepspeed/<name>.json) or a JSON file")
+
+    def __post_init__(self):
+        if self.backend != "deepspeed":
+            return
+        import importlib.util
+
+        from cartoon_stylegan.training.backends import DeepSpeedConfigError, load_deepspeed_config
+
+        try:
+            load_deepspeed_config(self.deepspeed)
+        except DeepSpeedConfigError as e:
+            raise SettingError(f"launch.deepspeed: {e}") from None
+        if self.mixed_precision == "fp16":
+            raise SettingError("launch.mixed_precision: fp16 is not supported with backend=deepspeed (ZeRO's backward takes "
+                               "no loss scaler from Accelerate); use bf16")
+        if importlib.util.find_spec("deepspeed") is None:
+            raise SettingError("launch.backend: deepspeed needs the deepspeed package: pip install -e '.[deepspeed]'")
 
 
 @dataclass

@@ -95,6 +95,7 @@ def run_training(ctx, *, section, data_name, nets, G_source=None, variant=None, 
 
     from cartoon_stylegan.data import make_loader
     from cartoon_stylegan.training import FreezePlan, StructureLoss, find_latest_resume, train
+    from cartoon_stylegan.training.backends import make_backend
 
     cfg, acc = ctx.cfg, ctx.accelerator
     name, v, seed = (variant.dir, variant.config, variant.seed) if variant else (None, None, cfg.seed)
@@ -157,9 +158,12 @@ def run_training(ctx, *, section, data_name, nets, G_source=None, variant=None, 
     if latest is not None:
         ctx.say(f"[{label}] resuming from {latest}")
     t0 = time.time()
+    backend = make_backend(acc, cfg.launch.backend, deepspeed_config=cfg.launch.deepspeed, batch=opts.batch)
+    if backend.name != "ddp" or acc.num_processes > 1:
+        ctx.say(f"[{label}] backend: {backend.describe()}")
     result = train(acc, G=nets["g"], D=nets["d"], G_ema=nets["g_ema"], data=data, opts=opts, ckpt_dir=ckpt_dir,
                    report=report, report_image=report_image, G_source=G_source, freeze=freeze,
-                   structure=structure, should_stop=ctx.should_stop)
+                   structure=structure, should_stop=ctx.should_stop, backend=backend)
     if result.status == "stopped":
         raise dag.StageStopped(f"{label} stopped at {result.kimg:.2f} kimg (step {result.step}); "
                                f"checkpoint {result.last_checkpoint}")

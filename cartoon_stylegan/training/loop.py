@@ -54,6 +54,7 @@ from cartoon_stylegan.imageutil import tile_images, to_uint8
 from cartoon_stylegan.ops import backend as ops_backend
 from cartoon_stylegan.sampling import Sampler
 from cartoon_stylegan.training.ada import AdaptiveAugment, make_augment_pipe
+from cartoon_stylegan.training.backends import DDPBackend
 from cartoon_stylegan.training.ema import EMA
 from cartoon_stylegan.training.freeze import FreezePlan, build_optimizers
 from cartoon_stylegan.training.losses import StructureLoss
@@ -62,7 +63,6 @@ from cartoon_stylegan.training.phases import StyleGAN2Phases, step_seed
 from cartoon_stylegan.training.state import (
     RESUME_FORMAT,
     CheckpointStore,
-    LocalCheckpoints,
     LoopState,
     capture_state,
     find_latest_resume,
@@ -115,12 +115,15 @@ class _Tick:
 class TrainingLoop:
     """State of one `train` call (see `train` for the arguments); `train_step()` runs one step.
 
-    store: where resume files go; default ``LocalCheckpoints(ckpt_dir, opts.keep_checkpoints)``.
+    backend: how gradients are reduced and optimisers stepped (``training.backends``: DDPBackend,
+        the default, or DeepSpeedBackend).
+    store: where resume files go; default: the backend's (``LocalCheckpoints(ckpt_dir, keep)`` for DDP).
     """
 
     def __init__(self, accelerator, *, G, D, G_ema, data, opts: LoopOptions, ckpt_dir, report, report_image=None,
                  G_source=None, freeze: FreezePlan | None = None, structure: StructureLoss | None = None,
-                 should_stop=lambda: False, state: dict | None = None, store: CheckpointStore | None = None):
+                 should_stop=lambda: False, state: dict | None = None, store: CheckpointStore | None = None,
+                 backend=None):
         self.acc, self.opts, self.ckpt_dir = accelerator, opts, Path(ckpt_dir)
         self.report, self.report_image, self.should_stop = report, report_image, should_stop
         self.freeze = freeze or FreezePlan()
@@ -129,7 +132,10 @@ class TrainingLoop:
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.batch_total = opts.batch * self.world
         self.total_nimg = int(round(opts.kimg * 1000))
-        self.store = store or LocalCheckpoints(self.ckpt_dir, opts.keep_checkpoints, writer=self.main)
+        self.backend = backend if backend is not None else DDPBackend(accelerator)
+        if state is not None and self.backend.held:
+            raise ValueError(f"a resume dict cannot be passed to the {self.backend.name} backend: its checkpoint "
+                             "store holds the networks and optimizers; let it find its newest snapshot")
 
         if (self.freeze.needs_source or self.structure is not None) and G_source is None:
             raise ValueError("freeze_style_up_to and the structure loss need G_source (the frozen source generator)")
@@ -160,11 +166,13 @@ class TrainingLoop:
             pipe = make_augment_pipe(opts.ada_preset, p=opts.ada_p_init).to(self.device)
             ada = AdaptiveAugment(pipe, target=opts.ada_target, ada_kimg=opts.ada_kimg, interval=opts.ada_interval)
 
-        self.G, self.D, self.opt_g, self.opt_d = accelerator.prepare(G, D, opt_g, opt_d)
+        self.G, self.D = self.backend.prepare(G, D, opt_g, opt_d)
+        self.opt_g, self.opt_d = self.backend.optimizers
         self.G_raw, self.D_raw = accelerator.unwrap_model(self.G), accelerator.unwrap_model(self.D)
+        self.store = store or self.backend.store(self.ckpt_dir, opts.keep_checkpoints, writer=self.main)
         self.sampler = Sampler(self.G_raw, source=G_source, prefix_len=self.n_prefix)
         self.phases = StyleGAN2Phases(accelerator, G=self.G, D=self.D, sampler=self.sampler, opts=opts, ada=ada,
-                                      G_source=G_source, structure=self.structure)
+                                      G_source=G_source, structure=self.structure, backend=self.backend)
         self.s = LoopState(G=self.G_raw, D=self.D_raw, G_ema=G_ema, opt_g=self.opt_g, opt_d=self.opt_d, ema=ema,
                            ada=ada, phases=self.phases)
 
@@ -174,7 +182,9 @@ class TrainingLoop:
             if found is not None:
                 self.resumed_from, state = found
         if state is not None:
-            scaler = restore_state(self.s, state, run=self._run_record())
+            scaler = restore_state(self.s, state, run=self._run_record(), held=self.backend.held)
+            if self.resumed_from is not None:
+                self.store.restore(self.resumed_from)
             if scaler is not None and getattr(accelerator, "scaler", None) is not None:
                 accelerator.scaler.load_state_dict(scaler)
         self.last_checkpoint = self.resumed_from
@@ -211,7 +221,8 @@ class TrainingLoop:
 
     # ------------------------------------------------------------------ checkpoints
     def _save_resume(self) -> str:
-        state = capture_state(self.s, run=self._run_record(), scaler=getattr(self.acc, "scaler", None))
+        state = capture_state(self.s, run=self._run_record(), scaler=getattr(self.acc, "scaler", None),
+                              held=self.backend.held)
         path = self.store.save(state, self.s.nimg)
         self.acc.wait_for_everyone()
         self.last_checkpoint = path
@@ -235,10 +246,10 @@ class TrainingLoop:
         real = self._next_real()
         figures: dict[str, torch.Tensor] = {}
         for phase in self.phases.schedule(s.step):
-            opt = self.opt_d if phase.startswith("D") else self.opt_g
-            opt.zero_grad(set_to_none=True)
+            net = phase[0]  # "D" or "G"
+            self.backend.zero_grad(net)
             figures.update(self.phases.accumulate_gradients(phase, real))
-            opt.step()
+            self.backend.step(net)
         s.nimg += self.batch_total
         s.step += 1
         s.ema.update(self.G_raw, batch_total=self.batch_total, images_seen=s.nimg)
@@ -318,7 +329,7 @@ class TrainingLoop:
 
         final = None
         if status == "done":
-            if self.last_checkpoint != str(resume_path(self.ckpt_dir, s.nimg)):
+            if self.last_checkpoint != str(self.store.path_for(s.nimg)):
                 self._save_resume()
             if not _crossed(s.nimg - self.batch_total, s.nimg, o.sample_kimg) and s.step > self.start_step:
                 self.emit_samples()
@@ -343,6 +354,7 @@ def train(
     structure: StructureLoss | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     state: dict | None = None,
+    backend=None,
 ) -> TrainResult:
     """Train G and D with `opts` until `opts.kimg` thousand images have been shown.
 
@@ -359,10 +371,11 @@ def train(
     freeze: which parameters train (`FreezePlan`); None trains everything.
     structure: the structure loss setting; None or weight 0 = off.
     should_stop: polled after every step; True -> checkpoint and return "stopped".
-    state: a resume dict (as written by this loop) to start from instead of ckpt_dir's.
+    state: a resume dict (as written by this loop) to start from instead of ckpt_dir's (DDP only).
+    backend: ``training.backends.DDPBackend`` (default) or ``DeepSpeedBackend``.
     Raises NonFiniteLossError (no checkpoint written) if a loss becomes NaN/Inf.
     """
     loop = TrainingLoop(accelerator, G=G, D=D, G_ema=G_ema, data=data, opts=opts, ckpt_dir=ckpt_dir, report=report,
                         report_image=report_image, G_source=G_source, freeze=freeze, structure=structure,
-                        should_stop=should_stop, state=state)
+                        should_stop=should_stop, state=state, backend=backend)
     return loop.run()

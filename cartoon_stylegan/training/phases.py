@@ -58,18 +58,21 @@ def _no_param_grads(params: list[torch.nn.Parameter]):
 class StyleGAN2Phases:
     """Losses and their backward passes for one GAN step.
 
-    accelerator: supplies ``autocast()`` and ``backward()``.
-    G, D: the networks as Accelerate prepared them (maybe DDP-wrapped): the phases that train
-        a network run it through its wrapper, so gradients are synchronised.
+    accelerator: supplies ``autocast()`` (and ``backward()`` when no backend is given).
+    G, D: the networks as the backend prepared them (DDP-wrapped, or DeepSpeed's bare modules):
+        the phases that train a network run it through these, so gradients are synchronised.
     sampler: ``cartoon_stylegan.sampling.Sampler`` of the bare G (FreezeSG's source prefix).
     opts: ``LoopOptions`` (batch, mixing_prob, r1_*, pl_*).
     ada: ``AdaptiveAugment`` or None; its pipe augments every D input, Dmain feeds its statistics.
     G_source, structure: the frozen source generator and the ``StructureLoss`` (None = off).
+    backend: ``training.backends`` object whose ``backward(loss, net)`` each phase calls.
     """
 
     def __init__(self, accelerator, *, G, D, sampler, opts, ada=None, G_source=None,
-                 structure: StructureLoss | None = None):
+                 structure: StructureLoss | None = None, backend=None):
         self.acc, self.G, self.D, self.sampler, self.opts = accelerator, G, D, sampler, opts
+        # backward(loss, "G" | "D"): the training backend's (DeepSpeed: that network's engine)
+        self.backward = backend.backward if backend is not None else (lambda loss, net: accelerator.backward(loss))
         self.D_raw = accelerator.unwrap_model(D)
         self.ada, self.G_source, self.structure = ada, G_source, structure
         self.device = accelerator.device
@@ -130,7 +133,7 @@ class StyleGAN2Phases:
             fake_pred = self.D(self._augment(fake.detach()))
             real_pred = self.D(self._augment(real))
             loss = d_logistic_loss(real_pred.float(), fake_pred.float())
-        acc.backward(loss)
+        self.backward(loss, "D")
         if self.ada is not None:
             self.ada.accumulate(real_pred)
         return {"Loss/D": loss.detach(), "Scores/real": real_pred.detach().float().mean(),
@@ -142,7 +145,7 @@ class StyleGAN2Phases:
         with acc.autocast():
             pred = self.D(self._augment(real_r))
         r1 = d_r1_loss(pred.float(), real_r)
-        acc.backward(r1 * (o.r1_gamma / 2 * o.r1_every) + 0 * pred.float()[0].sum())
+        self.backward(r1 * (o.r1_gamma / 2 * o.r1_every) + 0 * pred.float()[0].sum(), "D")
         return {"Loss/R1": r1.detach()}
 
     def _Gmain(self, real):
@@ -160,7 +163,7 @@ class StyleGAN2Phases:
                 loss_s = s(src_extras, extras)
                 total = total + s.weight * loss_s
                 figures["Loss/structure"] = loss_s.detach()
-        acc.backward(total)
+        self.backward(total, "G")
         figures["Loss/G"] = loss.detach()
         return figures
 
@@ -179,5 +182,5 @@ class StyleGAN2Phases:
             img = self.G(wplus, input_is="wplus", noise=noise)
         pl_noise = torch.randn(img.shape, generator=self.gen, device=self.device, dtype=img.dtype)
         penalty, self.pl_mean, lengths = g_path_regularize(img, wplus, self.pl_mean, decay=o.pl_decay, noise=pl_noise)
-        acc.backward(penalty * (o.pl_weight * o.pl_every) + 0 * img.float()[:, 0, 0, 0].sum())
+        self.backward(penalty * (o.pl_weight * o.pl_every) + 0 * img.float()[:, 0, 0, 0].sum(), "G")
         return {"Loss/PL": penalty.detach(), "Loss/PL_length": lengths.detach().mean()}

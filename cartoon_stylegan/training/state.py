@@ -2,12 +2,14 @@
 
 Three parts, each replaceable on its own:
 
-* naming: ``<ckpt_dir>/resume-<images seen:09d>.pt`` (:func:`resume_path`), newest = most
-  images seen (:func:`find_latest_resume`, :func:`read_resume_step`);
+* naming: ``<ckpt_dir>/resume-<images seen:09d>.pt`` (:func:`resume_path`; a directory
+  ``resume-<images seen:09d>.ds`` under DeepSpeed), newest = most images seen
+  (:func:`find_latest_resume`, :func:`read_resume_step`);
 * storage: a :class:`CheckpointStore` saves and loads the state dict. :class:`LocalCheckpoints`
   is the one-file-per-snapshot store written by the main process (atomic temp + rename,
-  through :mod:`cartoon_stylegan.checkpoint`); a DeepSpeed backend would replace it with
-  one that writes a file per rank;
+  through :mod:`cartoon_stylegan.checkpoint`); the DeepSpeed backend's store
+  (``backends.DeepSpeedCheckpoints``) writes a directory with a file per rank and holds
+  the networks and optimisers itself (the keys its backend lists in ``held``);
 * content: :func:`capture_state` turns the loop's objects (:class:`LoopState`) into a plain
   dict of tensors, numbers and strings, :func:`restore_state` loads such a dict back after
   checking it was written for the same networks, freezing plan and global batch.
@@ -33,23 +35,23 @@ from cartoon_stylegan import checkpoint as ckpt
 
 __all__ = [
     "RESUME_FORMAT", "resume_path", "resume_files", "find_latest_resume", "read_resume_step",
-    "rng_state", "set_rng_state", "CheckpointStore", "LocalCheckpoints", "LoopState", "capture_state",
+    "rng_state", "set_rng_state", "newest_readable", "CheckpointStore", "LocalCheckpoints", "LoopState", "capture_state",
     "restore_state",
 ]
 
 RESUME_FORMAT = ckpt.RESUME_FORMAT
-_RESUME_RE = re.compile(r"^resume-(\d{9,})\.pt$")
+_RESUME_RE = re.compile(r"^resume-(\d{9,})\.(pt|ds)$")
 
 
 # ----------------------------------------------------------------------------- naming
 
-def resume_path(ckpt_dir: str | os.PathLike, nimg: int) -> Path:
-    """ckpt_dir/resume-<images seen:09d>.pt"""
-    return Path(ckpt_dir) / f"resume-{int(nimg):09d}.pt"
+def resume_path(ckpt_dir: str | os.PathLike, nimg: int, kind: str = ".pt") -> Path:
+    """ckpt_dir/resume-<images seen:09d>.pt (kind ".ds": the DeepSpeed backend's directory)"""
+    return Path(ckpt_dir) / f"resume-{int(nimg):09d}{kind}"
 
 
 def resume_files(ckpt_dir: str | os.PathLike) -> list[Path]:
-    """The resume files in ckpt_dir, oldest (fewest images seen) first."""
+    """The resume files (and DeepSpeed resume directories) in ckpt_dir, oldest (fewest images seen) first."""
     d = Path(ckpt_dir)
     if not d.is_dir():
         return []
@@ -57,7 +59,7 @@ def resume_files(ckpt_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _newest_readable(files: list[Path], load: Callable[[Path], dict]) -> tuple[Path, dict] | None:
+def newest_readable(files: list[Path], load: Callable[[Path], dict]) -> tuple[Path, dict] | None:
     """(path, state) of the newest file ``load`` can read; warns about each newer one it skips."""
     for path in reversed(files):
         try:
@@ -70,18 +72,18 @@ def _newest_readable(files: list[Path], load: Callable[[Path], dict]) -> tuple[P
 
 def _peek(path: Path) -> dict:
     """The state of a resume file with its tensors memory-mapped (cheap: checks the file, reads little)."""
-    return ckpt.load_resume(path, mmap=True)
+    return ckpt.load_resume(path / "loop.pt" if path.is_dir() else path, mmap=True)
 
 
 def find_latest_resume(ckpt_dir: str | os.PathLike) -> Path | None:
     """The newest readable resume file in ckpt_dir (most images seen), or None: where `train` resumes."""
-    found = _newest_readable(resume_files(ckpt_dir), _peek)
+    found = newest_readable(resume_files(ckpt_dir), _peek)
     return None if found is None else found[0]
 
 
 def read_resume_step(ckpt_dir: str | os.PathLike) -> int:
     """The step `train` would resume at (0 for a fresh run)."""
-    found = _newest_readable(resume_files(ckpt_dir), _peek)
+    found = newest_readable(resume_files(ckpt_dir), _peek)
     return 0 if found is None else int(found[1]["step"])
 
 
@@ -103,6 +105,14 @@ class CheckpointStore(abc.ABC):
         """The state dict of one snapshot."""
 
     @abc.abstractmethod
+    def path_for(self, nimg: int) -> Path:
+        """Where the snapshot at ``nimg`` images goes."""
+
+    def restore(self, path: str | os.PathLike) -> None:
+        """Load what the store holds itself (not in the state dict) from snapshot ``path``; called by
+        the loop after the state dict is restored. Nothing for a one-file store."""
+
+    @abc.abstractmethod
     def prune(self) -> None:
         """Delete the snapshots the store no longer keeps."""
 
@@ -116,12 +126,22 @@ class LocalCheckpoints(CheckpointStore):
             raise ValueError(f"LocalCheckpoints: keep must be >= 1, got {keep}")
         self.dir, self.keep, self.writer = Path(ckpt_dir), int(keep), bool(writer)
 
+    def path_for(self, nimg: int) -> Path:
+        return resume_path(self.dir, nimg)
+
+    def _mine(self) -> list[Path]:
+        files = resume_files(self.dir)
+        if files and files[-1].suffix != ".pt":
+            raise ValueError(f"{files[-1]} was written by launch.backend=deepspeed; this run uses launch.backend=ddp. "
+                             "Resume it with launch.backend=deepspeed, or move the checkpoints aside to start over")
+        return [p for p in files if p.suffix == ".pt"]
+
     def latest(self) -> tuple[str, dict] | None:
-        found = _newest_readable(resume_files(self.dir), self.load)
+        found = newest_readable(self._mine(), self.load)
         return None if found is None else (str(found[0]), found[1])
 
     def save(self, state: dict, nimg: int) -> str:
-        path = resume_path(self.dir, nimg)
+        path = self.path_for(nimg)
         if self.writer:
             ckpt.save_resume(path, state)  # temp file + fsync + rename
             self.prune()
@@ -132,7 +152,7 @@ class LocalCheckpoints(CheckpointStore):
 
     def prune(self) -> None:
         if self.writer:
-            for old in resume_files(self.dir)[:-self.keep]:
+            for old in [p for p in resume_files(self.dir) if p.suffix == ".pt"][:-self.keep]:
                 old.unlink(missing_ok=True)
 
 
@@ -178,10 +198,11 @@ class LoopState:
     nimg: int = 0
 
 
-def capture_state(s: LoopState, *, run: dict, scaler=None) -> dict:
+def capture_state(s: LoopState, *, run: dict, scaler=None, held=frozenset()) -> dict:
     """The resume dict of ``s``. ``run``: what the run was started with (``batch_total``, ``world_size``,
-    ``opts``, ``freeze``, ``structure``), checked again by :func:`restore_state`."""
-    return {
+    ``opts``, ``freeze``, ``structure``), checked again by :func:`restore_state`. ``held``: keys
+    ("g", "d", "opt_g", "opt_d") the checkpoint store writes itself, left out here."""
+    state = {
         "format": RESUME_FORMAT,
         "step": s.step,
         "nimg": s.nimg,
@@ -199,13 +220,17 @@ def capture_state(s: LoopState, *, run: dict, scaler=None) -> dict:
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_state(),
     }
+    for key in held:
+        del state[key]
+    return state
 
 
-def restore_state(s: LoopState, state: dict, *, run: dict) -> dict | None:
+def restore_state(s: LoopState, state: dict, *, run: dict, held=frozenset()) -> dict | None:
     """Load ``state`` into ``s`` (modules, optimisers, EMA, ADA, phases, counters, global RNGs).
 
     Refuses (ValueError) a state written for other networks, another freezing plan, another
-    global batch or another ADA setting. Returns the grad scaler's state (or None), which can
+    global batch or another ADA setting. ``held``: keys the checkpoint store restores itself.
+    Returns the grad scaler's state (or None), which can
     only be loaded once Accelerate has made the scaler.
     """
     if state.get("format") != RESUME_FORMAT:
@@ -219,10 +244,12 @@ def restore_state(s: LoopState, state: dict, *, run: dict) -> dict | None:
     if (state["ada"] is None) != (s.ada is None):
         raise ValueError("resume checkpoint and options disagree on ADA")
     for module, key in ((s.G, "g"), (s.D, "d"), (s.G_ema, "g_ema")):
-        ckpt.check_compatible(module, state[key])
-        module.load_state_dict(state[key], strict=True)
-    s.opt_g.load_state_dict(state["opt_g"])
-    s.opt_d.load_state_dict(state["opt_d"])
+        if key not in held:
+            ckpt.check_compatible(module, state[key])
+            module.load_state_dict(state[key], strict=True)
+    for opt, key in ((s.opt_g, "opt_g"), (s.opt_d, "opt_d")):
+        if key not in held:
+            opt.load_state_dict(state[key])
     s.ema.load_state_dict(state["ema"])
     if s.ada is not None:
         s.ada.load_state_dict(state["ada"])
