@@ -222,8 +222,9 @@ class DeepSpeedBackend:
         if total not in ("auto", per_rank * world):
             raise DeepSpeedConfigError(f"{self.where}: train_batch_size is {total}, but {world} processes x "
                                        f"{per_rank} per process = {per_rank * world}; remove the key or set it to 'auto'")
+        # gradient_clipping: DeepSpeed clips to norm 1.0 unless told otherwise; StyleGAN2 never clips
         cfg.update(train_micro_batch_size_per_gpu=per_rank, train_batch_size=per_rank * world,
-                   gradient_accumulation_steps=1, zero_allow_untested_optimizer=True)
+                   gradient_accumulation_steps=1, zero_allow_untested_optimizer=True, gradient_clipping=0.0)
         cfg.setdefault("steps_per_print", 2**31 - 1)
         cfg.setdefault("wall_clock_breakdown", False)
         return cfg
@@ -237,11 +238,34 @@ class DeepSpeedBackend:
         import logging
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        self._single_process_group()
         cfg = self._engine_config()
         for net, module, opt in (("G", G, opt_g), ("D", D, opt_d)):
             engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, config=cfg)
             self.engines[net] = engine
         return self.engines["G"].module, self.engines["D"].module
+
+    def _single_process_group(self) -> None:
+        """DeepSpeed needs a process group; a stage run in this process (one process, no launcher) has none:
+        make a one-process group on a free local port."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return
+        if self.acc.num_processes != 1:
+            raise RuntimeError("DeepSpeed: several processes but no torch.distributed process group")
+        import socket
+
+        import deepspeed
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                           ("MASTER_PORT", str(port))):
+            os.environ.setdefault(key, value)
+        deepspeed.init_distributed(dist_backend="nccl" if self.acc.device.type == "cuda" else "gloo",
+                                   auto_mpi_discovery=False, verbose=False)
 
     @property
     def optimizers(self):

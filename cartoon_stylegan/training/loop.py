@@ -15,8 +15,9 @@ Every random number the loop draws comes from the phases' torch.Generator on the
 and host ``random.Random``, both re-seeded at the start of every step from (opts.seed,
 process index, step). The loop never uses the global RNGs, so a run's trajectory depends
 only on its state at a step boundary; that state (G, D, G_ema, both optimisers, EMA
-counters, ADA state, the running path-length mean, step, images seen, the grad scaler) is
-what a resume checkpoint holds (``state.capture_state``). The global RNG states (torch CPU,
+counters, ADA state, each process's running path-length mean, step, images seen, the grad
+scaler) is what a resume checkpoint holds (``state.capture_state``; under DeepSpeed the networks
+and optimisers go to the engines' own per-rank files, see ``backends.py``). The global RNG states (torch CPU,
 CUDA, numpy, python) are also saved and restored, for code outside the loop.
 
 The data stream can not be checkpointed. `data` is therefore either
@@ -174,7 +175,7 @@ class TrainingLoop:
         self.phases = StyleGAN2Phases(accelerator, G=self.G, D=self.D, sampler=self.sampler, opts=opts, ada=ada,
                                       G_source=G_source, structure=self.structure, backend=self.backend)
         self.s = LoopState(G=self.G_raw, D=self.D_raw, G_ema=G_ema, opt_g=self.opt_g, opt_d=self.opt_d, ema=ema,
-                           ada=ada, phases=self.phases)
+                           ada=ada, phases=self.phases, rank=self.rank)
 
         self.resumed_from = None
         if state is None:
@@ -221,6 +222,9 @@ class TrainingLoop:
 
     # ------------------------------------------------------------------ checkpoints
     def _save_resume(self) -> str:
+        # each process keeps its own running path-length mean: gather them all, so each resumes with its own
+        self.s.pl_means = (self.acc.gather(self.phases.pl_mean.detach().reshape(1)) if self.world > 1
+                           else self.phases.pl_mean.detach().reshape(1))
         state = capture_state(self.s, run=self._run_record(), scaler=getattr(self.acc, "scaler", None),
                               held=self.backend.held)
         path = self.store.save(state, self.s.nimg)

@@ -196,6 +196,8 @@ class LoopState:
     phases: Any                  # training.phases.StyleGAN2Phases (holds the running path-length mean)
     step: int = 0
     nimg: int = 0
+    rank: int = 0                # this process; picks its own running path-length mean on restore
+    pl_means: Any = None         # every process's path-length mean (1-d, by rank), gathered before a save
 
 
 def capture_state(s: LoopState, *, run: dict, scaler=None, held=frozenset()) -> dict:
@@ -216,7 +218,7 @@ def capture_state(s: LoopState, *, run: dict, scaler=None, held=frozenset()) -> 
         "opt_d": s.opt_d.state_dict(),
         "ema": s.ema.state_dict(),
         "ada": s.ada.state_dict() if s.ada is not None else None,
-        "pl_mean": s.phases.pl_mean.detach().cpu(),
+        "pl_mean": (s.pl_means if s.pl_means is not None else s.phases.pl_mean).detach().cpu(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_state(),
     }
@@ -253,7 +255,12 @@ def restore_state(s: LoopState, state: dict, *, run: dict, held=frozenset()) -> 
     s.ema.load_state_dict(state["ema"])
     if s.ada is not None:
         s.ada.load_state_dict(state["ada"])
-    s.phases.pl_mean = state["pl_mean"].to(s.phases.pl_mean.device)
+    pl = state["pl_mean"]
+    if pl.ndim == 1:  # one per process: each rank's mean follows its own batches (as in NVlabs' and rosinality's)
+        if s.rank >= pl.numel():
+            raise ValueError(f"resume checkpoint holds path-length means of {pl.numel()} processes; this is rank {s.rank}")
+        pl = pl[s.rank]
+    s.phases.pl_mean = pl.to(s.phases.pl_mean.device)
     s.step, s.nimg = int(state["step"]), int(state["nimg"])
     set_rng_state(state["rng"])
     return state.get("scaler")
