@@ -51,6 +51,20 @@ class StopRequest:
         return False
 
 
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Linux: the kernel sends ``sig`` to this process when its parent dies (PR_SET_PDEATHSIG).
+
+    The launcher runs its ranks in sessions of their own (torch elastic), so killing the runner's
+    process group would otherwise leave them training, and writing checkpoints, behind a rerun.
+    Set in the launcher (``preexec_fn``) and in each rank (``pipeline.worker``): runner dies ->
+    launcher dies -> ranks die. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+
 def in_slurm() -> bool:
     from pipeline import slurm
 
@@ -162,7 +176,7 @@ def _run_launched(registry, cfg, name, fp, logger, paths):
                 "--mixed_precision", "no" if cpu else cfg.launch.mixed_precision]
         cmd += worker
     print(f"[{name}] launching: {' '.join(cmd)}", flush=True)
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
     while True:
         try:
             rc = proc.wait()

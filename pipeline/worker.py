@@ -13,10 +13,11 @@ from pipeline import dag, registry as registries, tracking
 from pipeline.artifacts import StagePaths, write_json
 from pipeline.config import load_config
 from pipeline.context import StageContext
-from pipeline.launch import make_accelerator
+from pipeline.launch import die_with_parent, make_accelerator
 
 
 def main(argv=None) -> int:
+    die_with_parent()  # the launcher started this rank in a session of its own: go when it goes
     ap = argparse.ArgumentParser(prog="python -m pipeline.worker")
     ap.add_argument("--registry", default=registries.DEFAULT_REGISTRY)
     ap.add_argument("--stage", required=True)
