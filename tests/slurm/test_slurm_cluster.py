@@ -623,3 +623,28 @@ def test_two_node_pretrain_trains_with_gloo_ddp(two_nodes, tmp_path, monkeypatch
     assert "launching: srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in text
     done = json.loads((tmp_path / "runs" / "default" / "pretrain" / "done.json").read_text())
     assert done["step"] == round(float(kimg) * 1000 / (8 * 2))  # 8 images per step on each of 2 ranks
+
+
+@pytest.mark.slow
+def test_two_node_pretrain_trains_with_deepspeed_zero2(two_nodes, tmp_path, monkeypatch):
+    """`sbatch --nodes=2 slurm/pipeline.sh ... launch.backend=deepspeed`: one launcher per node, as for DDP,
+    and G and D as ZeRO-2 engines over the 2 ranks (one per node): each rank wrote its optimizer partition."""
+    pytest.importorskip("deepspeed")
+    kimg = "0.048"
+    args = _tiny(tmp_path, f"pretrain.kimg={kimg}", "launch.backend=deepspeed", "launch.deepspeed=zero2")
+    out = tmp_path / "pre.out"
+    monkeypatch.setenv("STAGES", "shard pretrain")
+    job = _sbatch("--nodes=2", f"--output={out}", str(REPO / "slurm" / "pipeline.sh"), _config(tmp_path), *args)
+    state = slurm.wait_for_job(job, timeout=500, poll=1)
+    text = out.read_text().replace("\r", "\n")
+    assert state == "COMPLETED", text[-4000:]
+    assert "launching: srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in text
+    assert "backend: deepspeed ZeRO-2 (2 processes" in text
+    stage = tmp_path / "runs" / "default" / "pretrain"
+    assert json.loads((stage / "result.json").read_text())["world_size"] == 2
+    done = json.loads((stage / "done.json").read_text())
+    assert done["step"] == round(float(kimg) * 1000 / (8 * 2))
+    snap = sorted((stage / "checkpoints").glob("resume-*.ds"))[-1]
+    for net in ("G", "D"):
+        assert sorted(p.name for p in (snap / net).glob("zero_pp_rank_*")) == [
+            f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)]
