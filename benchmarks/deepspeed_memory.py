@@ -12,8 +12,10 @@ exists. Then, per rank, measured from the engines' own tensors (not from a formu
   params      the module's weights (every rank holds all of them under ZeRO-1/2)
   adam        Adam's moments this rank holds (exp_avg + exp_avg_sq)
   master      ZeRO's fp32 copy of this rank's weight partition (none under DDP)
-  grads       gradient storage held after the backward: DDP's ``.grad`` tensors; ZeRO-1's
-              full ``.grad`` tensors; ZeRO-2's partition of averaged gradients (+ its IPG bucket)
+  grads       gradient storage held after the backward: DDP's ``.grad`` tensors; under ZeRO this
+              rank's partition of the averaged gradients (+ the reduce bucket, + any ``.grad`` left).
+              Not in the table: during the backward ZeRO-1 holds the full gradients until it
+              reduces them at the end, while ZeRO-2 reduces them bucket by bucket as they come
 
 and with CUDA, `torch.cuda.max_memory_allocated` after the step. Prints one table (mebibytes,
 rank 0; the ranks differ by alignment padding only) and writes it to benchmarks/results/.
@@ -30,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 MIB = 2**20
 
 
@@ -73,12 +76,11 @@ def rank_main(out_dir: Path, backend_name: str, size: int) -> None:
             grads = _bytes(p.grad for p in module.parameters())
         else:
             zero = backend.engines[net].optimizer
-            if backend.zero_stage == 2:  # this rank's partition of averaged gradients, and the reduce bucket
-                part = getattr(zero, "averaged_gradients", {}) or {}
-                grads = _bytes(t for ts in part.values() for t in ts)
-                grads += _bytes(getattr(zero, "ipg_buffer", None) or [])
-            else:
-                grads = _bytes(p.grad for p in module.parameters())
+            # this rank's partition of averaged gradients, the reduce bucket, and any .grad left on the weights
+            part = getattr(zero, "averaged_gradients", {}) or {}
+            grads = _bytes(t for ts in part.values() for t in ts)
+            grads += _bytes(getattr(zero, "ipg_buffer", None) or [])
+            grads += _bytes(p.grad for p in module.parameters())
         backend.step(net)
         opt = backend.engines[net].optimizer if kind != "ddp" else backend.opt[net]
         if kind == "ddp":
@@ -151,7 +153,8 @@ def main() -> None:
     n = rows[0]["G"]["n_params"] + rows[0]["D"]["n_params"]
     lines += ["", f"G + D: {n / 1e6:.1f} M parameters (fp32). ZeRO keeps an fp32 master copy of each rank's "
               "partition even for fp32 weights; its win is the Adam moments (and, at stage 2, the gradients) "
-              "divided by the number of ranks."]
+              "divided by the number of ranks. Gradients are as held after the backward: ZeRO-1 holds full gradients "
+              "during its backward (reduced at the end), ZeRO-2 only a bucket at a time, so ZeRO-2's peak is the lower (reduce_bucket_size: 10 M elements in configs/deepspeed/zero2.json)."]
     table = "\n".join(lines)
     print(table)
     out = args.out or REPO / "benchmarks" / "results" / (
