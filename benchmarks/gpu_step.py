@@ -259,8 +259,9 @@ def main() -> int:
             if proc.returncode == 0 and found:
                 results.append({**json.loads(found.group(1)), "status": "ok", "wall_s": time.time() - t0})
             else:
-                tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-                results.append({"row": row, "status": "failed: " + " | ".join(tail)[-300:]})
+                lines = [ln for ln in (proc.stdout + proc.stderr).strip().splitlines() if ln.strip()]
+                why = next((ln for ln in reversed(lines) if re.match(r"^\w*(Error|Exception)\b", ln)), lines[-1] if lines else "")
+                results.append({"row": row, "status": ("failed: " + why.replace("|", "/"))[:400]})
                 failed += row != "nvlabs" and "compile" not in row  # the peer and compile rows inform, not gate
         except subprocess.TimeoutExpired:
             results.append({"row": row, "status": f"failed: timed out after {timeout:.0f} s"})
