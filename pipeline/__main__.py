@@ -100,13 +100,21 @@ def cmd_list(args) -> int:
         state = dag.read_state(cfg, name)
         when = state.get("finished_at") or state.get("started_at") or "-"
         job = read_json(StagePaths(cfg, name).slurm_file, None)
-        slurm_col = "-"
+        slurm_col, stuck = "-", None
         if job:
-            from pipeline import slurm
+            from pipeline import slurm, slurm_resources
 
-            slurm_col = f"job {job['job_id']} {slurm.job_state(job['job_id'])}"
+            state_now = slurm.job_state(job["job_id"])
+            slurm_col = f"job {job['job_id']} {state_now}"
+            if state_now == "PENDING":
+                reason = slurm_resources.pending_reason(job["job_id"])
+                slurm_col += f" ({reason})" if reason else ""
+                hint = slurm_resources.never_clears(reason)
+                stuck = f"          blocked for good: {hint}" if hint else None
         print(f"{name:9s} {dag.status(reg, cfg, name):10s} {when:20s} {dag.fmt_duration(state.get('duration')):>9s}  "
               f"{','.join(st.needs) or '-':9s} {slurm_col}")
+        if stuck:
+            print(stuck)
         if state.get("status") == "failed" and state.get("error"):
             print(f"          error: {state['error']}")
     return 0
@@ -140,18 +148,70 @@ def cmd_submit(args) -> int:
     if not order:
         print("every stage is up to date; nothing to submit")
         return 0
-    if not args.dry_run:
-        slurm_log_dir(cfg).mkdir(parents=True, exist_ok=True)
     # the jobs read a frozen copy of the resolved config: editing the YAML while they queue changes nothing
     frozen = experiment_dir(cfg) / "submitted" / f"config-{datetime.now():%Y%m%d-%H%M%S}.yaml"
+    extra = [*cfg.slurm.sbatch_args, *(args.sbatch_arg or [])]
+    try:
+        stage_args = _slurm_requests(reg, cfg, order, frozen, extra, check=not args.no_check, dry_run=args.dry_run)
+    except Exception as e:  # noqa: BLE001 -- ResourceError / SlurmError: one line, no traceback
+        from pipeline.slurm_resources import ResourceError
+
+        if not isinstance(e, (ResourceError, slurm.SlurmError)):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if stage_args is None:
+        return 1
     if not args.dry_run:
+        slurm_log_dir(cfg).mkdir(parents=True, exist_ok=True)
         frozen.parent.mkdir(parents=True, exist_ok=True)
         frozen.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         print(f"config frozen for these jobs: {frozen}")
     jobs = slurm.submit(order, config_path=str(frozen), overrides=[],
                         log_dir=slurm_log_dir(cfg), state_file_for=lambda n: StagePaths(cfg, n).ensure().slurm_file,
-                        extra_sbatch_args=args.sbatch_arg or (), dry_run=args.dry_run)
+                        extra_sbatch_args=extra, dry_run=args.dry_run, stage_sbatch_args=stage_args)
     return 0 if jobs is not None else 1
+
+
+def _slurm_requests(reg, cfg, order, frozen, extra, *, check: bool, dry_run: bool):
+    """Each stage's resource arguments for ``partition`` (derived, printed), every job checked with
+    ``sbatch --test-only``; None (after saying why) when a job could never start."""
+    from pipeline import slurm
+    from pipeline import slurm_resources as sr
+    from pipeline.artifacts import slurm_log_dir
+
+    try:
+        found = sr.partitions()
+    except FileNotFoundError:
+        if not dry_run:
+            raise slurm.SlurmError("sinfo not found: is this a SLURM login node?") from None
+        print("note: no sinfo here: the requests are the scripts' #SBATCH defaults")
+        return {}
+    part = sr.pick_partition(found, cfg.slurm.partition)
+    print(part.describe())
+    requests = {}
+    for name in order:
+        script, _ = slurm.script_for(name)
+        req = sr.derive(name, reg[name].needs_on_slurm(cfg), cfg.slurm, part, sr.script_defaults(script))
+        requests[name] = req
+        print(f"  {name:9s} {req.describe()}")
+        for note in req.notes:
+            print(f"            note: {note}")
+    if check:
+        bad = []
+        for name, req in requests.items():
+            cmd = slurm.sbatch_command(name, config_path=frozen, log_dir=slurm_log_dir(cfg),
+                                       extra_sbatch_args=[*req.args(), *extra])
+            why = sr.test_only(cmd)
+            if why:
+                bad.append(f"stage {name}: {req.describe()}{' ' + ' '.join(extra) if extra else ''} can never start "
+                           f"here: sbatch --test-only says: {why}. {part.describe()}")
+        if bad:
+            for line in bad:
+                print(f"error: {line}", file=sys.stderr)
+            print("error: nothing submitted; change slurm.* (or --sbatch-arg) and submit again", file=sys.stderr)
+            return None
+    return {name: req.args() for name, req in requests.items()}
 
 
 def cmd_compare(args) -> int:
@@ -202,7 +262,9 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, callable]]:
     _common(p)
     p.add_argument("--force", action="store_true", help="submit stages even if up to date")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch commands, submit nothing")
-    p.add_argument("--sbatch-arg", action="append", help="extra sbatch argument (repeatable)")
+    p.add_argument("--sbatch-arg", action="append", help="extra sbatch argument (repeatable; after the derived ones, "
+                   "so it wins)")
+    p.add_argument("--no-check", action="store_true", help="skip the sbatch --test-only check of every job")
     p = add("compare", cmd_compare, "The fine-tuning variants side by side, read back from MLflow, and a bar chart.")
     _common(p, stages_help="(no stage names)")
     p.add_argument("--experiment", default=None, help="experiment name (default: the config's)")

@@ -181,7 +181,8 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:bool",
-                                                                                  "tag:yaml.org,2002:float")]
+                                                                                  "tag:yaml.org,2002:float",
+                                                                                  "tag:yaml.org,2002:int")]
                                    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()}
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
@@ -191,6 +192,19 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
    |[-+]?\.(?:inf|Inf|INF)
    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+
+
+# ints: decimal (with _), 0x, 0o; no YAML 1.1 sexagesimal (a time limit 4:00:00 stays a string, not 14400)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"),
+                              list("-+0123456789"))
+
+
+def _int_12(loader, node):
+    text = loader.construct_scalar(node).replace("_", "")
+    return int(text[2:], 8) if text.startswith("0o") else int(text, 0) if text.startswith("0x") else int(text, 10)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _int_12)
 
 
 def yaml_load(text: str):

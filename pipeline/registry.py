@@ -32,6 +32,9 @@ class Stage:
     digest:      ``digest(cfg) -> str``: a hash of what it wrote, for its dependents' fingerprints
                  (None: its fingerprint and finish time stand for its outputs)
     help:        one line for the config schema
+    resources:   ``resources(cfg) -> {"gpu": bool, "cpus": int, "procs": int}``: what a SLURM job of the
+                 stage needs (GPU or not, CPUs per process, processes per node); None: a GPU and one
+                 process per GPU for a distributed stage, else one CPU (pipeline/slurm_resources.py)
     """
     name: str
     run: Callable[[Any], Any]
@@ -43,6 +46,13 @@ class Stage:
     preflight: Optional[Callable[[Any], None]] = None
     digest: Optional[Callable[[Any], str]] = None
     help: str = ""
+    resources: Optional[Callable[[Any], dict]] = None
+
+    def needs_on_slurm(self, cfg) -> dict:
+        """What a SLURM job of this stage needs (see ``resources``)."""
+        base = {"gpu": self.distributed, "cpus": 2 if self.distributed else 1,
+                "procs": cfg.launch.num_processes if self.distributed else 1}
+        return {**base, **(self.resources(cfg) if self.resources else {})}
 
 
 @dataclass(frozen=True)

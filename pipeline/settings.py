@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from cartoon_stylegan.settings import SettingError, setting
 
@@ -54,6 +54,37 @@ class LaunchConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """What ``pipeline submit`` asks SLURM for (slurm/README.md); derived per stage where unset."""
+
+    partition: Optional[str] = setting(None, help="partition (null: the cluster's default)")
+    account: Optional[str] = setting(None, help="account (--account)")
+    qos: Optional[str] = setting(None, help="quality of service (--qos)")
+    gpus: Union[Literal["auto", "all"], int] = setting("auto", help="GPUs per node for GPU stages: auto (launch.num_processes for training, 1 for "
+                        "swap/eval; none on a CPU-only partition), all (every GPU of a node), or a number")
+    cpus_per_task: Optional[int] = setting(None, min=1, max=4096, help="CPUs per task (null: from the stage, "
+                                           "capped at a node's)")
+    mem: Optional[str] = setting(None, help="memory per node, e.g. 64G (null: the cluster's default)")
+    time: list[str] = setting(factory=list, help="time limits: 'STAGE=D-HH:MM:SS' entries, or one bare limit for "
+                              "every stage (default: each script's #SBATCH --time, capped at the partition's)")
+    sbatch_args: list[str] = setting(factory=list, help="extra sbatch arguments for every job")
+
+    def __post_init__(self):
+        for key in ("partition", "account", "qos"):
+            value = getattr(self, key)
+            if value is not None and not re.fullmatch(r"[A-Za-z0-9_.,+-]+", value):
+                raise SettingError(f"slurm.{key}: {value!r} is not a SLURM name")
+        if self.gpus not in ("auto", "all") and not (isinstance(self.gpus, int) and 0 <= self.gpus <= 64):
+            raise SettingError(f"slurm.gpus: {self.gpus!r} must be auto, all or a number of GPUs per node (0-64)")
+        if self.mem is not None and not re.fullmatch(r"\d+(\.\d+)?[KMGT]?B?", str(self.mem), re.I):
+            raise SettingError(f"slurm.mem: {self.mem!r} is not a memory size (e.g. 64G, 4000M)")
+        for entry in self.time:
+            limit = entry.split("=", 1)[-1]
+            if not re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}|infinite|unlimited", limit.strip(), re.I):
+                raise SettingError(f"slurm.time: {entry!r} must be 'STAGE=D-HH:MM:SS' or a limit like 12:00:00")
+
+
+@dataclass
 class TrackingConfig:
     uri: Optional[str] = setting(None, help="MLflow tracking URI (default sqlite:///<run_root>/mlflow.db; "
                                  "MLFLOW_TRACKING_URI wins over this)")
@@ -75,7 +106,7 @@ def root_config(registry) -> type:
         ("run_root", str, setting("runs", help="root of all outputs (relative paths: to the current directory)")),
         ("seed", int, setting(0, min=0, help="global seed")),
     ]
-    taken = {"experiment", "run_root", "seed", "launch", "tracking", "config_path"}
+    taken = {"experiment", "run_root", "seed", "launch", "tracking", "slurm", "config_path"}
     for name, cls, help_ in registry.sections():
         if name in taken:
             raise ValueError(f"registry {registry.name}: section {name!r} clashes with a runner setting")
@@ -84,6 +115,7 @@ def root_config(registry) -> type:
     fields += [
         ("launch", LaunchConfig, setting(factory=LaunchConfig, help="process launch")),
         ("tracking", TrackingConfig, setting(factory=TrackingConfig, help="MLflow")),
+        ("slurm", SlurmConfig, setting(factory=SlurmConfig, help="SLURM requests of `pipeline submit`")),
         ("config_path", str, dataclasses.field(default="", metadata={"help": "(set by the loader)"})),
     ]
     cls = dataclasses.make_dataclass("RootConfig", fields, namespace={

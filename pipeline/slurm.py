@@ -380,13 +380,15 @@ def submit(stages: Sequence[str], *, config_path: str | Path | None, overrides: 
            state_dir_for: Callable[[str], Path] | None = None,
            state_file_for: Callable[[str], Path] | None = None,
            log_dir: str | Path = "slurm-logs", dry_run: bool = False,
-           run: Runner = subprocess.run, out: Callable[[str], None] = print) -> list[SubmittedJob] | None:
+           run: Runner = subprocess.run, out: Callable[[str], None] = print,
+           stage_sbatch_args: Mapping[str, Sequence[str]] | None = None) -> list[SubmittedJob] | None:
     """One sbatch job per stage, in the given order, each ``afterok`` the one before.
 
     A child of a failed job is cancelled (``--kill-on-invalid-dep=yes``), not left pending.
     Creates ``log_dir`` (sbatch does not), prints one line per job, and records
     ``{job_id, stage, submitted_at, cmd, after, log}`` to ``state_file_for(stage)`` (or
-    ``state_dir_for(stage) / JOB_RECORD``). When an sbatch fails, the jobs this call already
+    ``state_dir_for(stage) / JOB_RECORD``). ``stage_sbatch_args``: each stage's resource arguments
+    (pipeline/slurm_resources.py), placed before ``extra_sbatch_args``. When an sbatch fails, the jobs this call already
     submitted are cancelled, the error is printed and None is returned. ``dry_run`` prints
     the command lines and runs nothing.
     """
@@ -400,7 +402,8 @@ def submit(stages: Sequence[str], *, config_path: str | Path | None, overrides: 
     for stage in stages:
         cmd = sbatch_command(stage, config_path=config_path, overrides=overrides,
                              after=(after or "<job of previous stage>") if jobs else None,
-                             log_dir=log_dir, script_dir=script_dir, extra_sbatch_args=extra_sbatch_args)
+                             log_dir=log_dir, script_dir=script_dir,
+                             extra_sbatch_args=[*(stage_sbatch_args or {}).get(stage, ()), *extra_sbatch_args])
         if dry_run:
             out("[dry-run] " + shlex.join(cmd))
             jobs.append(SubmittedJob(stage, "", jobs[-1].stage if jobs else None, tuple(cmd),

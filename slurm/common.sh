@@ -38,6 +38,9 @@ cs_run() {
     echo "[slurm] job ${SLURM_JOB_ID:-none} (${SLURM_JOB_NAME:-}) restart ${SLURM_RESTART_COUNT:-0}" \
          "nodes ${SLURM_JOB_NODELIST:-$(hostname)} gpus/node ${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}}" \
          "cpus/task ${SLURM_CPUS_PER_TASK:-?} at $(date '+%F %T')"
+    if [[ -n ${SLURM_JOB_ID:-} && ${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}} =~ ^0*$ ]]; then
+        echo "[slurm] no GPU in this job: ${stages[*]} runs on CPU"
+    fi
     echo "[slurm] $py -m pipeline run ${stages[*]} ${cfg[*]} $*"
     exec "$py" -m pipeline run "${stages[@]}" "${cfg[@]}" "$@"
 }

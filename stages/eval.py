@@ -164,4 +164,5 @@ def format_metrics(table) -> str:
 
 
 STAGE = Stage(name="eval", run=run, config=EvalConfig, needs=("finetune",), reads=("seed", "eval"), preflight=preflight,
-              makes="eval/metrics.json", help="eval stage: FID/KID/PR and structure distance")
+              makes="eval/metrics.json", help="eval stage: FID/KID/PR and structure distance",
+              resources=lambda cfg: {"gpu": True, "cpus": 4, "procs": 1})

@@ -165,8 +165,13 @@ def digest(cfg) -> str:
     return digest_of({r.dir: file_digest(paths.final_network(r.dir)) for r in cfg.finetune.runs(cfg.seed)})
 
 
+def _resources(cfg):
+    """SLURM: a GPU per process; per process the loader's workers, the process itself and one spare."""
+    return {"gpu": True, "cpus": cfg.data.num_workers + 2, "procs": cfg.launch.num_processes}
+
+
 STAGE = Stage(
-    name="finetune", run=run, config=FinetuneConfig, needs=("pretrain",), preflight=preflight, distributed=True,
+    name="finetune", run=run, config=FinetuneConfig, needs=("pretrain",), preflight=preflight, distributed=True, resources=_resources,
     digest=digest, makes="finetune/<variant>/checkpoints/network-final.pt",
     reads=("seed", "data.resolution", "data.target", "data.xflip", "data.shuffle_buffer", "model", "finetune"),
     help="finetune stage: one sub-run per variant")

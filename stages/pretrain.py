@@ -36,8 +36,13 @@ def digest(cfg) -> str:
     return file_digest(StagePaths(cfg, "pretrain").final_network())[:16]
 
 
+def _resources(cfg):
+    """SLURM: a GPU per process; per process the loader's workers, the process itself and one spare."""
+    return {"gpu": True, "cpus": cfg.data.num_workers + 2, "procs": cfg.launch.num_processes}
+
+
 STAGE = Stage(
-    name="pretrain", run=run, config=PretrainConfig, needs=("shard",), preflight=preflight, distributed=True,
+    name="pretrain", run=run, config=PretrainConfig, needs=("shard",), preflight=preflight, distributed=True, resources=_resources,
     digest=digest, makes="pretrain/checkpoints/network-final.pt",
     reads=("seed", "data.resolution", "data.source", "data.xflip", "data.shuffle_buffer", "model", "pretrain"),
     help="pretrain stage: the training loop on the source domain (was `train`)")

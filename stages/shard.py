@@ -88,4 +88,5 @@ STAGE = Stage(
     name="shard", run=run, config=ShardConfig, preflight=preflight, digest=digest,
     reads=("seed", "data.resolution", "data.source", "data.target", "shard.format", "shard.quality",
            "shard.max_per_shard", "shard.min_size"),  # not shard.workers: the same shards either way
-    makes="shard/<dataset>/*.tar + manifest.json", help="shard stage")
+    makes="shard/<dataset>/*.tar + manifest.json", help="shard stage",
+    resources=lambda cfg: {"gpu": False, "cpus": cfg.shard.workers + 1, "procs": 1})

@@ -70,4 +70,5 @@ def run(ctx):
 
 
 STAGE = Stage(name="swap", run=run, config=SwapConfig, needs=("finetune",), reads=("seed", "swap"),
-              makes="swap/<variant>-<kind>.png", help="swap stage: layer-swap grids")
+              makes="swap/<variant>-<kind>.png", help="swap stage: layer-swap grids",
+              resources=lambda cfg: {"gpu": True, "cpus": 2, "procs": 1})

@@ -14,8 +14,9 @@
 #   /etc/munge/munge.key   created when missing.
 # `stop` undoes the first two and stops only the processes whose PIDs `start` recorded.
 #
-# The cluster: partition "debug" (default) with node1 [node2], each a slurmd on 127.0.0.1
-# with its own port, CPUs/RealMemory from `slurmd -C`, no GPUs. No systemd/cgroups
+# The cluster: partition "debug" (default) with node1 [node2], no GPUs, and partition "gpu" with
+# gpu1, whose 2 GPUs are fake (gres files with no device: scheduled and counted, never used);
+# each node a slurmd on 127.0.0.1 with its own port, CPUs/RealMemory from `slurmd -C`. No systemd/cgroups
 # needed: proctrack/linuxproc, task/none. No accounting database: job states outlive
 # squeue (MinJobAge=5 s) in the jobcomp/filetxt file <state>/jobcomp.txt.
 set -euo pipefail
@@ -72,7 +73,10 @@ start_munge() {
     die "munged did not come up (see /var/log/munge/munged.log)"
 }
 
-node_names() { local k; for ((k = 1; k <= $1; k++)); do echo "node$k"; done; }
+# node1 [node2] in partition debug (CPU only), and gpu1 in partition gpu: 2 fake GPUs (gres with
+# no device behind it: SLURM schedules and counts them; torch sees no CUDA, so jobs train on CPU)
+node_names() { local k; for ((k = 1; k <= $1; k++)); do echo "node$k"; done; echo gpu1; }
+GPU_NODE_PORT_OFFSET=2
 
 write_conf() {
     local nodes=$1 cpus mem k
@@ -122,10 +126,16 @@ SlurmdLogFile=$STATE_DIR/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 EOF
+    local names=()
     for ((k = 1; k <= nodes; k++)); do
         echo "NodeName=node$k NodeAddr=127.0.0.1 NodeHostname=node$k Port=$((NODE_PORT0 + k - 1)) CPUs=$cpus RealMemory=$mem State=UNKNOWN" >>"$CONF"
+        names+=("node$k")
     done
-    echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP" >>"$CONF"
+    echo "NodeName=gpu1 NodeAddr=127.0.0.1 NodeHostname=gpu1 Port=$((NODE_PORT0 + GPU_NODE_PORT_OFFSET)) CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN" >>"$CONF"
+    echo "PartitionName=debug Nodes=$(IFS=,; echo "${names[*]}") Default=YES MaxTime=INFINITE State=UP" >>"$CONF"
+    echo "PartitionName=gpu Nodes=gpu1 MaxTime=INFINITE State=UP" >>"$CONF"
+    touch "$STATE_DIR/fakegpu0" "$STATE_DIR/fakegpu1"
+    echo "NodeName=gpu1 Name=gpu File=$STATE_DIR/fakegpu[0-1]" >"$STATE_DIR/gres.conf"
 }
 
 link_conf() {
@@ -199,8 +209,8 @@ cmd_start() {
         mkdir -p "$STATE_DIR/spool/$name"
         slurmd -f "$CONF" -N "$name"
     done
-    wait_idle "$nodes"
-    log "up: $nodes node(s); state, logs and jobcomp.txt in $STATE_DIR"
+    wait_idle "$((nodes + 1))"
+    log "up: $nodes node(s) in partition debug + gpu1 (2 fake GPUs) in partition gpu; state, logs and jobcomp.txt in $STATE_DIR"
     [[ -f "$STATE_DIR/linked-conf" ]] || log "export SLURM_CONF=$CONF"
 }
 

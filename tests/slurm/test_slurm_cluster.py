@@ -487,13 +487,20 @@ def test_finetune_script_trains_selected_variants_into_one_mlflow_stage_run(clus
 
 
 @pytest.mark.slow
-def test_submit_all_runs_the_whole_dag_as_a_chain_of_jobs(cluster, tmp_path):
-    """`pipeline submit all`: five jobs, each afterok the one before, all COMPLETED, in order;
-    `pipeline list` shows every stage done with its job; eval/metrics.json and the swap grids exist."""
-    args = _tiny(tmp_path, "tracking.enabled=true")
+@pytest.mark.parametrize("partition", ["debug", "gpu"])
+def test_submit_all_runs_the_whole_dag_as_a_chain_of_jobs(cluster, tmp_path, partition):
+    """`pipeline submit all` with no sbatch arguments, on a CPU-only partition (debug: the scripts'
+    `--gpus-per-node`/`--cpus-per-task=32` defaults could never start there) and on one with (fake)
+    GPUs: requests derived from the partition, five jobs, each afterok the one before, all COMPLETED,
+    in order; `pipeline list` shows every stage done with its job; eval/metrics.json and the swap grids exist."""
+    args = _tiny(tmp_path, "tracking.enabled=true", *([f"slurm.partition={partition}"] if partition != "debug" else []))
     args = ["--config", _config(tmp_path), *args]
-    sub = _pipeline("submit", "all", *args, *(f"--sbatch-arg={a}" for a in JOB_ARGS))
+    sub = _pipeline("submit", "all", *args)
     assert sub.returncode == 0, sub.stdout + sub.stderr
+    gpus = {"debug": 0, "gpu": 1}[partition]  # launch.num_processes=1: one (fake) GPU per training job
+    for stage, g in (("shard", 0), ("pretrain", gpus), ("swap", gpus)):
+        assert re.search(rf"^  {stage} +--partition={partition} --gpus-per-node={g} --cpus-per-task=\d+ --time=",
+                         sub.stdout, re.M), sub.stdout
     exp = tmp_path / "runs" / "default"
     recs = {s: slurm.read_job_record(exp / s) for s in DAG}
     assert all(recs.values()), recs
@@ -648,3 +655,46 @@ def test_two_node_pretrain_trains_with_deepspeed_zero2(two_nodes, tmp_path, monk
     for net in ("G", "D"):
         assert sorted(p.name for p in (snap / net).glob("zero_pp_rank_*")) == [
             f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)]
+
+
+@pytest.mark.slow
+def test_submit_refuses_a_job_that_could_never_start_and_queues_nothing(cluster, tmp_path):
+    args = ["--config", _config(tmp_path), *_tiny(tmp_path)]
+    for extra, words in ((["slurm.cpus_per_task=64"], ["stage shard: slurm.cpus_per_task=64", "2 CPUs"]),
+                         (["slurm.partition=gpu", "slurm.gpus=4"], ["stage pretrain: slurm.gpus=4", "2 GPUs each"]),
+                         (["slurm.partition=nope"], ["'nope' is not a partition here"])):
+        sub = _pipeline("submit", "all", *args, *extra)
+        assert sub.returncode == 2, sub.stdout + sub.stderr
+        for w in words:
+            assert w in sub.stderr, sub.stderr
+    # what only SLURM knows: its --test-only answer names the stage, the request and the partition
+    sub = _pipeline("submit", "all", *args, "--sbatch-arg=--mem=900G")
+    assert sub.returncode == 1 and "stage shard: " in sub.stderr and "--mem=900G can never start here" in sub.stderr
+    assert "Requested node configuration is not available" in sub.stderr and "partition debug" in sub.stderr
+    assert "nothing submitted" in sub.stderr
+    assert not (tmp_path / "runs" / "default" / "shard" / "slurm.json").exists()
+
+
+@pytest.mark.slow
+def test_list_says_when_a_queued_job_is_blocked_for_good(cluster, tmp_path):
+    """A job that waits on a reason that never clears (the partition's time limit shrank under it)."""
+    subprocess.run(["scontrol", "update", "PartitionName=gpu", "MaxTime=1"], check=True, timeout=30)
+    job = None
+    try:
+        job = _sbatch("--partition=gpu", "--time=00:30:00", f"--output={tmp_path}/x.out", "--wrap", "true")
+        args = ["--config", _config(tmp_path), *_tiny(tmp_path)]
+        stage = tmp_path / "runs" / "default" / "pretrain"
+        stage.mkdir(parents=True)
+        (stage / "slurm.json").write_text(json.dumps({"job_id": job, "stage": "pretrain"}))
+        deadline = time.monotonic() + 30
+        while True:
+            listing = _pipeline("list", *args)
+            if "PartitionTimeLimit" in listing.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert f"job {job} PENDING (PartitionTimeLimit)" in listing.stdout, listing.stdout
+        assert "blocked for good: the time limit exceeds the partition's MaxTime" in listing.stdout
+    finally:
+        if job:
+            subprocess.run(["scancel", job], timeout=30)
+        subprocess.run(["scontrol", "update", "PartitionName=gpu", "MaxTime=INFINITE"], timeout=30)
