@@ -182,10 +182,11 @@ def _slurm_requests(reg, cfg, order, frozen, extra, *, check: bool, dry_run: boo
 
     try:
         found = sr.partitions()
-    except FileNotFoundError:
+    except (FileNotFoundError, sr.ResourceError) as e:
+        why = "sinfo not found: is this a SLURM login node?" if isinstance(e, FileNotFoundError) else str(e)
         if not dry_run:
-            raise slurm.SlurmError("sinfo not found: is this a SLURM login node?") from None
-        print("note: no sinfo here: the requests are the scripts' #SBATCH defaults")
+            raise slurm.SlurmError(why) from None
+        print(f"note: {why}; the requests shown are the scripts' #SBATCH defaults")
         return {}
     part = sr.pick_partition(found, cfg.slurm.partition)
     print(part.describe())

@@ -194,14 +194,17 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
 
 
-# ints: decimal (with _), 0x, 0o; no YAML 1.1 sexagesimal (a time limit 4:00:00 stays a string, not 14400)
-_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"),
+# ints: decimal without leading zeros (with _) and 0x hex; no YAML 1.1 sexagesimal (a time limit 4:00:00
+# stays a string, not 14400) and no 0-prefixed octal. Every string that yaml.safe_dump writes unquoted
+# (it follows YAML 1.1: "0809", "0o17", "4:00:00") therefore reads back as the same string.
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int",
+                              re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F][0-9a-fA-F_]*)$"),
                               list("-+0123456789"))
 
 
 def _int_12(loader, node):
     text = loader.construct_scalar(node).replace("_", "")
-    return int(text[2:], 8) if text.startswith("0o") else int(text, 0) if text.startswith("0x") else int(text, 10)
+    return int(text, 16) if text.startswith("0x") else int(text, 10)
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _int_12)

@@ -51,18 +51,27 @@ class StopRequest:
         return False
 
 
+def _prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+_PRCTL = _prctl()  # resolved here, in the parent: a forked child (preexec_fn) must not dlopen
+
+
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """Linux: the kernel sends ``sig`` to this process when its parent dies (PR_SET_PDEATHSIG).
 
     The launcher runs its ranks in sessions of their own (torch elastic), so killing the runner's
     process group would otherwise leave them training, and writing checkpoints, behind a rerun.
     Set in the launcher (``preexec_fn``) and in each rank (``pipeline.worker``): runner dies ->
-    launcher dies -> ranks die. Elsewhere a no-op."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    launcher dies -> ranks die. Elsewhere a no-op. (The signal follows the parent *thread* that
+    started the child: the runner starts launchers from its main thread.)"""
+    if _PRCTL is not None:
+        _PRCTL(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
 
 
 def in_slurm() -> bool:

@@ -29,7 +29,6 @@ NEVER_CLEARS = {
     "InvalidQOS": "the QOS is not valid here: scancel and set slurm.qos",
     "QOSMaxGRESPerJob": "more GPUs than the QOS allows per job: scancel and ask for fewer",
     "DependencyNeverSatisfied": "the job it waits for failed: scancel it; fix the failed stage and submit again",
-    "ReqNodeNotAvail, UnavailableNodes": "the nodes it needs are down or drained",
 }
 
 
@@ -101,8 +100,11 @@ def parse_mem_mb(text: str) -> int:
 
 def partitions(*, run: Runner = subprocess.run) -> dict[str, Partition]:
     """Every partition ``sinfo`` shows (nodes that are down or drained left out), by name."""
-    proc = run(["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G|%P|%l|%t"], capture_output=True, text=True,
-               timeout=CMD_TIMEOUT)
+    try:
+        proc = run(["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G|%P|%l|%t"], capture_output=True, text=True,
+                   timeout=CMD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise ResourceError(f"sinfo did not answer within {CMD_TIMEOUT} s: is slurmctld reachable?") from None
     if proc.returncode != 0:
         raise ResourceError(f"sinfo failed: {(proc.stderr or proc.stdout).strip()}")
     rows: dict[str, list] = {}
@@ -115,7 +117,8 @@ def partitions(*, run: Runner = subprocess.run) -> dict[str, Partition]:
         default = part.endswith("*")
         part = part.rstrip("*")
         meta[part] = (default, parse_minutes(limit))
-        if state.rstrip("*~#!%$@^-").lower() in ("down", "drain", "drained", "fail", "failing", "inval"):
+        if state.rstrip("*~#!%$@^-").lower() in ("down", "drain", "drained", "draining", "drng", "fail", "failing",
+                                                   "inval", "maint", "futr", "future", "plnd", "planned", "unk"):
             continue
         rows.setdefault(part, [])
         if node not in [r[0] for r in rows[part]]:
@@ -124,9 +127,9 @@ def partitions(*, run: Runner = subprocess.run) -> dict[str, Partition]:
     out = {}
     for part, (default, limit) in meta.items():
         nodes = rows.get(part, [])
+        gpu_nodes = [n[3] for n in nodes if n[3] > 0]  # a GPU partition with a CPU node in it still has GPUs
         out[part] = Partition(part, len(nodes), min((n[1] for n in nodes), default=0),
-                              min((n[2] for n in nodes), default=0), min((n[3] for n in nodes), default=0),
-                              limit, default)
+                              min((n[2] for n in nodes), default=0), min(gpu_nodes, default=0), limit, default)
     return out
 
 
@@ -209,9 +212,16 @@ def derive(stage: str, needs: dict, scfg, part: Partition, defaults: dict[str, s
     if not wants_gpu:
         gpus = 0
     elif str(scfg.gpus) == "auto":
-        gpus = min(procs, part.gpus)
+        # launch.num_processes > 1 says how many; 1 (the default) means "the GPUs of the job" under SLURM,
+        # so the script's #SBATCH --gpus-per-node says how many, capped at a node's
+        script_gpus = int(defaults.get("gpus-per-node") or 1) if str(defaults.get("gpus-per-node", "1")).isdigit() else 1
+        want_gpus = procs if procs > 1 else script_gpus
+        gpus = min(want_gpus, part.gpus)
         if part.gpus == 0:
             notes.append(f"{part.name} has no GPUs: {stage} runs on CPU")
+        elif procs == 1 and want_gpus > part.gpus:
+            notes.append(f"{stage}: the script's {want_gpus} GPUs per node, a node of {part.name} has {part.gpus}: "
+                         f"asking {gpus}")
         elif procs > part.gpus:
             raise ResourceError(f"stage {stage}: launch.num_processes={procs} needs {procs} GPUs per node; "
                                 f"{part.describe()} (set launch.num_processes, or slurm.gpus=all)")

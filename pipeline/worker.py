@@ -6,6 +6,7 @@ Accelerator and runs the stage, rank 0 logs into the given run and writes result
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -17,7 +18,10 @@ from pipeline.launch import die_with_parent, make_accelerator
 
 
 def main(argv=None) -> int:
+    parent = os.getppid()
     die_with_parent()  # the launcher started this rank in a session of its own: go when it goes
+    if os.getppid() != parent:  # it died before the line above took effect
+        return 1
     ap = argparse.ArgumentParser(prog="python -m pipeline.worker")
     ap.add_argument("--registry", default=registries.DEFAULT_REGISTRY)
     ap.add_argument("--stage", required=True)

@@ -66,6 +66,7 @@ from cartoon_stylegan import checkpoint as ckpt
 from cartoon_stylegan.training.state import (
     CheckpointStore,
     LocalCheckpoints,
+    SnapshotMismatch,
     newest_readable,
     resume_files,
     resume_path,
@@ -332,8 +333,13 @@ class DeepSpeedCheckpoints(CheckpointStore):
         state = ckpt.load_resume(path / "loop.pt")
         world = int(state.get("world_size", self.world))
         if world != self.world:
-            raise ValueError(f"written by {world} processes, now {self.world}: DeepSpeed's partitioned optimizer "
-                             "state resumes on the same number of processes")
+            raise SnapshotMismatch(f"{path} was written by {world} processes, now {self.world}: DeepSpeed's "
+                                   "partitioned optimizer state resumes on the same number of processes (set "
+                                   f"launch.num_processes / --nodes to give {world}, or move the checkpoints aside)")
+        stage = int(state.get("zero_stage", self.zero_stage))
+        if stage != self.zero_stage:
+            raise SnapshotMismatch(f"{path} was written with ZeRO stage {stage}, now {self.zero_stage}: resume with "
+                                   f"the same launch.deepspeed config, or move the checkpoints aside")
         missing = [str(f.relative_to(path)) for net in _NETS for f in partition_files(path / net, world, self.zero_stage)
                    if not f.is_file()]
         if missing:
@@ -358,7 +364,7 @@ class DeepSpeedCheckpoints(CheckpointStore):
         for net in _NETS:
             self.engines[net].save_checkpoint(str(partial), tag=net, save_latest=False)
         if self.writer:
-            ckpt.save_resume(partial / "loop.pt", state)
+            ckpt.save_resume(partial / "loop.pt", {**state, "zero_stage": self.zero_stage})
         self.barrier()  # every rank's partition is on disk
         if self.writer:
             _fsync_tree(partial)
@@ -379,8 +385,11 @@ class DeepSpeedCheckpoints(CheckpointStore):
         if not self.writer:
             return
         for old in [p for p in resume_files(self.dir) if p.suffix == self.kind][:-self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        for stale in self.dir.glob(".partial-resume-*"):
+            gone = old.with_name(f".deleting-{old.name}")  # a kill mid-delete leaves no half snapshot behind
+            os.replace(old, gone)
+            shutil.rmtree(gone, ignore_errors=True)
+        for stale in [*self.dir.glob(".partial-resume-*"), *self.dir.glob(".old-resume-*"),
+                      *self.dir.glob(".deleting-resume-*")]:
             shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -35,7 +35,7 @@ from cartoon_stylegan import checkpoint as ckpt
 
 __all__ = [
     "RESUME_FORMAT", "resume_path", "resume_files", "find_latest_resume", "read_resume_step",
-    "rng_state", "set_rng_state", "newest_readable", "CheckpointStore", "LocalCheckpoints", "LoopState", "capture_state",
+    "rng_state", "set_rng_state", "newest_readable", "SnapshotMismatch", "CheckpointStore", "LocalCheckpoints", "LoopState", "capture_state",
     "restore_state",
 ]
 
@@ -59,11 +59,19 @@ def resume_files(ckpt_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+class SnapshotMismatch(ValueError):
+    """A snapshot that is intact but was written for another setup (world size, ZeRO stage): resuming
+    must stop with this message, not fall back to an older snapshot or a fresh start."""
+
+
 def newest_readable(files: list[Path], load: Callable[[Path], dict]) -> tuple[Path, dict] | None:
-    """(path, state) of the newest file ``load`` can read; warns about each newer one it skips."""
+    """(path, state) of the newest file ``load`` can read; warns about each newer one it skips.
+    A :class:`SnapshotMismatch` is raised, not skipped."""
     for path in reversed(files):
         try:
             return path, load(path)
+        except SnapshotMismatch:
+            raise
         except Exception as e:  # noqa: BLE001 -- truncated zip, foreign pickle, wrong format: all mean "skip"
             warnings.warn(f"resume file {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0]}); "
                           "falling back to the previous one", RuntimeWarning, stacklevel=3)
@@ -257,9 +265,8 @@ def restore_state(s: LoopState, state: dict, *, run: dict, held=frozenset()) -> 
         s.ada.load_state_dict(state["ada"])
     pl = state["pl_mean"]
     if pl.ndim == 1:  # one per process: each rank's mean follows its own batches (as in NVlabs' and rosinality's)
-        if s.rank >= pl.numel():
-            raise ValueError(f"resume checkpoint holds path-length means of {pl.numel()} processes; this is rank {s.rank}")
-        pl = pl[s.rank]
+        # the same processes: each its own; another number of them: all start from the mean of the means
+        pl = pl[s.rank] if pl.numel() == int(run.get("world_size", pl.numel())) else pl.mean()
     s.phases.pl_mean = pl.to(s.phases.pl_mean.device)
     s.step, s.nimg = int(state["step"]), int(state["nimg"])
     set_rng_state(state["rng"])

@@ -497,8 +497,10 @@ def test_submit_all_runs_the_whole_dag_as_a_chain_of_jobs(cluster, tmp_path, par
     args = ["--config", _config(tmp_path), *args]
     sub = _pipeline("submit", "all", *args)
     assert sub.returncode == 0, sub.stdout + sub.stderr
-    gpus = {"debug": 0, "gpu": 1}[partition]  # launch.num_processes=1: one (fake) GPU per training job
-    for stage, g in (("shard", 0), ("pretrain", gpus), ("swap", gpus)):
+    # launch.num_processes=1: the scripts' GPUs (pretrain 4, capped at the node's 2: two CPU ranks through
+    # srun and accelerate; finetune and swap 1); none on the CPU-only partition
+    gpus = {"debug": (0, 0), "gpu": (2, 1)}[partition]
+    for stage, g in (("shard", 0), ("pretrain", gpus[0]), ("finetune", gpus[1]), ("swap", gpus[1])):
         assert re.search(rf"^  {stage} +--partition={partition} --gpus-per-node={g} --cpus-per-task=\d+ --time=",
                          sub.stdout, re.M), sub.stdout
     exp = tmp_path / "runs" / "default"

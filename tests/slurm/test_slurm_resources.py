@@ -14,6 +14,8 @@ node2|2|24105|(null)|debug*|infinite|mix
 gpu1|64|512000|gpu:a100:8(S:0-1)|gpu|2-00:00:00|idle
 gpu2|32|256000|gpu:a100:4,shard:8|gpu|2-00:00:00|alloc
 gpu3|64|512000|gpu:8|gpu|2-00:00:00|drain
+gpu4|64|512000|gpu:8|gpu|2-00:00:00|maint
+cpu9|16|64000|(null)|gpu|2-00:00:00|idle
 """
 
 
@@ -48,7 +50,8 @@ def test_partitions_from_sinfo_leave_out_drained_nodes_and_take_the_smallest():
     debug, gpu = found["debug"], found["gpu"]
     assert debug.default and not gpu.default
     assert (debug.nodes, debug.cpus, debug.gpus, debug.max_minutes) == (2, 2, 0, None)
-    assert (gpu.nodes, gpu.cpus, gpu.mem_mb, gpu.gpus, gpu.max_minutes) == (2, 32, 256000, 4, 2880)
+    # drained / maintenance nodes left out; a CPU node in a GPU partition does not hide its GPUs
+    assert (gpu.nodes, gpu.cpus, gpu.mem_mb, gpu.gpus, gpu.max_minutes) == (3, 16, 64000, 4, 2880)
     assert "2 nodes with 2 CPUs, 23.5 GiB, no GPUs each" in debug.describe()
     assert sr.pick_partition(found, None) is debug and sr.pick_partition(found, "gpu") is gpu
     with pytest.raises(sr.ResourceError, match=r"'a100' is not a partition here; sinfo shows debug, gpu"):
@@ -71,6 +74,9 @@ def test_gpu_partition_requests_follow_num_processes_or_all():
     r = sr.derive("pretrain", {"gpu": True, "cpus": 4, "procs": 4}, _scfg(account="proj", qos="high"), gpu,
                   {"time": "3-00:00:00"})
     assert (r.gpus_per_node, r.cpus_per_task) == (4, 16)
+    # launch.num_processes=1 under SLURM means "the job's GPUs": the script's default, capped at a node's
+    one = sr.derive("pretrain", {"gpu": True, "cpus": 2, "procs": 1}, _scfg(), gpu, {"gpus-per-node": "8"})
+    assert one.gpus_per_node == 4 and any("the script's 8 GPUs per node" in n for n in one.notes)
     assert "--time=2-00:00:00" in r.args() and any("exceeds gpu's limit" in n for n in r.notes)
     assert r.args()[-2:] == ["--account=proj", "--qos=high"]
     assert sr.derive("pretrain", {"gpu": True, "cpus": 2, "procs": 1}, _scfg(gpus="all"), gpu, {}).gpus_per_node == 4
@@ -80,8 +86,8 @@ def test_gpu_partition_requests_follow_num_processes_or_all():
 @pytest.mark.parametrize("scfg, needs, words", [
     (dict(gpus="8"), {"gpu": True, "procs": 1}, ["slurm.gpus=8", "4 GPUs each"]),
     (dict(), {"gpu": True, "procs": 8}, ["launch.num_processes=8 needs 8 GPUs", "4 GPUs each"]),
-    (dict(cpus_per_task=64), {"gpu": True, "procs": 1}, ["slurm.cpus_per_task=64", "32 CPUs"]),
-    (dict(mem="1T"), {"gpu": False}, ["slurm.mem=1T", "250.0 GiB"]),
+    (dict(cpus_per_task=64), {"gpu": True, "procs": 1}, ["slurm.cpus_per_task=64", "16 CPUs"]),
+    (dict(mem="1T"), {"gpu": False}, ["slurm.mem=1T", "62.5 GiB"]),
     (dict(time=["pretrain=5-00:00:00"]), {"gpu": True}, ["slurm.time 5-00:00:00", "time limit 2-00:00:00"]),
 ])
 def test_explicit_requests_that_cannot_fit_are_refused_naming_stage_and_partition(scfg, needs, words):

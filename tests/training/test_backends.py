@@ -118,6 +118,8 @@ def test_deepspeed_store_writes_complete_directories_and_keeps_the_newest(tmp_pa
         assert where == str(tmp_path / f"resume-{step * 8:09d}.ds")
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["resume-000000016.ds", "resume-000000024.ds"]  # keep=2, no partial left
+    store.save(_state(3), 24)  # the same images-seen count again: replaced, nothing left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
     newest = tmp_path / "resume-000000024.ds"
     assert sorted(p.name for p in newest.iterdir()) == ["D", "G", "loop.pt"]
     assert len(list((newest / "G").glob("zero_pp_rank_*_optim_states.pt"))) == 2
@@ -146,12 +148,19 @@ def test_deepspeed_store_skips_a_killed_save_and_an_incomplete_snapshot(tmp_path
     assert not partial.exists()
 
 
-def test_deepspeed_store_refuses_another_world_size(tmp_path):
+def test_deepspeed_store_stops_on_another_world_size_or_zero_stage(tmp_path):
+    """Not a fallback to an older snapshot or a fresh start: the run stops, saying what to change."""
+    from cartoon_stylegan.training.state import SnapshotMismatch
+
     store, _ = _store(tmp_path, world=2)
     store.save(_state(1, world=2), 8)
     four, _ = _store(tmp_path, world=4)
-    with pytest.warns(RuntimeWarning, match="written by 2 processes, now 4"):
-        assert four.latest() is None
+    with pytest.raises(SnapshotMismatch, match="written by 2 processes, now 4"):
+        four.latest()
+    zero1, _ = _store(tmp_path, world=2, stage=1)
+    with pytest.raises(SnapshotMismatch, match="ZeRO stage 2, now 1"):
+        zero1.latest()
+    assert store.latest()[1]["step"] == 1
 
 
 def test_each_backend_refuses_the_others_checkpoints(tmp_path):
