@@ -8,6 +8,7 @@
   python -m pipeline submit all                    # SLURM: one sbatch job per stage, chained
   python -m pipeline compare                       # variants side by side, from MLflow
   python -m pipeline build-ops                     # build the CUDA kernels into their cache
+  python -m pipeline generate --variant freezesg --seeds 0-15 --out samples/   # use a trained model
   python -m pipeline COMMAND --help                # the options of one command
 
 The stages come from a registry module (``--registry``, default ``stages``): this CLI is
@@ -275,9 +276,39 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, callable]]:
     return out
 
 
+def _registry_name(argv) -> str:
+    for i, a in enumerate(argv):
+        if a == "--registry" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--registry="):
+            return a.split("=", 1)[1]
+    return registries.DEFAULT_REGISTRY
+
+
+def _command_parsers(argv) -> dict:
+    """The registry's model commands (generate, ...), each with the config options."""
+    try:
+        reg = registries.load(_registry_name(argv))
+    except KeyError:
+        return {}
+    out = {}
+    for c in reg.commands:
+        p = argparse.ArgumentParser(prog=f"python -m pipeline {c.name}", description=c.help)
+        _common(p, stages_help="(no stage names)")
+        c.arguments(p)
+
+        def func(args, c=c):
+            reg_, cfg, _ = _load(args)
+            return c.run(reg_, cfg, args)
+        out[c.name] = (p, func)
+    return out
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parsers = _parsers()
+    if argv and argv[0] not in parsers and not argv[0].startswith("-"):
+        parsers.update(_command_parsers(argv))
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in parsers:
         print(__doc__.strip(), file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
         if argv and argv[0] not in ("-h", "--help"):

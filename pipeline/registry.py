@@ -63,18 +63,33 @@ class Section:
     help: str = ""
 
 
+@dataclass(frozen=True)
+class Command:
+    """A command of the CLI that uses what the stages made (``python -m pipeline NAME``), e.g. generate.
+
+    arguments: ``arguments(parser)`` adds its options (the config options are added for it)
+    run:       ``run(registry, cfg, args) -> exit code``
+    """
+    name: str
+    help: str
+    arguments: Callable[[Any], None]
+    run: Callable[[Any, Any, Any], int]
+
+
 @dataclass
 class Registry:
     """The stages of a pipeline (in a valid run order), the shared config sections, and extras.
 
     renamed:  old section name -> new one; the loader accepts the old key with a deprecation note
     compare:  ``compare(cfg, experiment=None, out=None) -> exit code`` for ``python -m pipeline compare``
+    commands: :class:`Command` s that use the trained models (``python -m pipeline generate ...``)
     default_config: the YAML file used when no ``--config`` is given (None: every default)
     """
     stages: list[Stage]
     shared: list[Section] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)
     compare: Optional[Callable[..., int]] = None
+    commands: list[Command] = field(default_factory=list)
     default_config: Optional[Path] = None
     name: str = DEFAULT_REGISTRY
 
