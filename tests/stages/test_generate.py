@@ -97,3 +97,63 @@ def test_generate_help_lists_its_options(capsys):
     out = capsys.readouterr().out
     for opt in ("--variant", "--swap-res", "--seeds", "--truncation", "--out", "--config"):
         assert opt in out
+
+
+# ----------------------------------------------------------------------------- sefa, mix
+
+def test_sefa_directions_are_the_top_eigenvectors_of_AtA_in_float64():
+    from cartoon_stylegan.edit import modulation_weights, sefa_directions
+    from cartoon_stylegan.networks import Generator
+
+    torch.manual_seed(1)
+    G = Generator(16, style_dim=32, n_mlp=2, channel_max=16, use_noise=False)
+    A = modulation_weights(G).double()
+    # every synthesis layer's modulation, no ToRGB: conv1 + 2 convs per resolution above 4 px
+    assert A.shape == (16 * (1 + 2 * 2), 32)
+    vals, dirs = sefa_directions(G, 4)
+    U, S, Vh = torch.linalg.svd(A, full_matrices=False)  # an independent route: right singular vectors
+    assert torch.allclose(vals.double(), S[:4] ** 2, rtol=1e-5)
+    for k in range(4):
+        assert abs(float(dirs[k].double() @ Vh[k])) == pytest.approx(1.0, abs=1e-5)
+        assert float(dirs[k].norm()) == pytest.approx(1.0, abs=1e-6)
+    assert torch.all(vals[:-1] >= vals[1:])
+
+
+def test_sefa_edit_at_zero_is_the_plain_image_and_mix_composes_wplus():
+    from cartoon_stylegan.edit import sefa_edit, style_mix
+    from cartoon_stylegan.networks import Generator
+    from cartoon_stylegan.sampling import Sampler
+
+    torch.manual_seed(2)
+    G = Generator(16, style_dim=32, n_mlp=2, channel_max=16, use_noise=False).eval()
+    s = Sampler(G)
+    z = torch.randn(2, 32)
+    with torch.no_grad():
+        plain = s(z, noise_mode="const")
+        out = sefa_edit(s, z, torch.nn.functional.normalize(torch.randn(32), dim=0), [-2.0, 0.0, 2.0])
+        assert torch.equal(out[2:4], plain) and not torch.allclose(out[0:2], plain)
+        zc = torch.randn(3, 32)
+        mixed = style_mix(s, z, zc, 3)
+        w_r, w_c = G.mapping(z), G.mapping(zc)
+        want = G(G.make_wplus(w_r[1:2], w_c[2:3], 3), input_is="wplus", noise_mode="const")
+        assert torch.allclose(mixed[1 * 3 + 2:1 * 3 + 3], want, atol=1e-6)
+    with pytest.raises(ValueError, match="crossover must be in"):
+        style_mix(s, z, zc, G.n_latent)
+
+
+def test_sefa_and_mix_commands(experiment, tmp_path, capsys):
+    args, _, _ = experiment
+    png = tmp_path / "e" / "sefa.png"
+    assert main(["sefa", "--variant", "freezesg", "--components", "2", "--seeds", "0-1", "--out", str(png), *args]) == 0
+    rec = json.loads(png.with_suffix(".json").read_text())
+    assert rec["rows"] == ["direction 0 on source", "direction 0 on freezesg", "direction 1 on source",
+                           "direction 1 on freezesg"] and len(rec["directions"]) == 2
+    assert _img(png).shape == (4 * 16, 2 * 3 * 16, 3)  # rows (direction, generator) x (seed, -S/0/+S)
+    mix = tmp_path / "m.png"
+    assert main(["mix", "--seeds", "0-1", "--cols", "5-7", "--crossover", "2", "--out", str(mix), *args]) == 0
+    assert _img(mix).shape == (3 * 16, 4 * 16, 3) and json.loads(mix.with_suffix(".json").read_text())["crossover"] == 2
+    capsys.readouterr()
+    assert main(["mix", "--crossover", "99", "--out", str(mix), *args]) == 2
+    assert "--crossover 99: 1.." in capsys.readouterr().err
+    assert main(["sefa", "--out", str(tmp_path / "x.jpg"), *args]) == 2
+    assert "give a .png file" in capsys.readouterr().err
