@@ -294,10 +294,13 @@ def _command_parsers(argv) -> dict:
     out = {}
     for c in reg.commands:
         p = argparse.ArgumentParser(prog=f"python -m pipeline {c.name}", description=c.help)
-        _common(p, stages_help="(no stage names)")
+        _common(p, stages_help="the command's own arguments (e.g. files)")
         c.arguments(p)
 
         def func(args, c=c):
+            # KEY=VALUE items override the config; the others are the command's (args.names: e.g. photos)
+            args.names = [a for a in args.items if "=" not in a]
+            args.items = [a for a in args.items if "=" in a]
             reg_, cfg, _ = _load(args)
             return c.run(reg_, cfg, args)
         out[c.name] = (p, func)

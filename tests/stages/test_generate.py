@@ -157,3 +157,51 @@ def test_sefa_and_mix_commands(experiment, tmp_path, capsys):
     assert "--crossover 99: 1.." in capsys.readouterr().err
     assert main(["sefa", "--out", str(tmp_path / "x.jpg"), *args]) == 2
     assert "give a .png file" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- cartoonize
+
+def test_cartoonize_projects_a_photo_and_draws_it_with_the_variant(experiment, tmp_path, capsys):
+    """The 'photo' is the source's own image (so a W+ that reproduces it exists), made larger and
+    off-square, as a photo would be: the crop brings it back, the projection must find it."""
+    from cartoon_stylegan.imageutil import to_uint8
+    from cartoon_stylegan.sampling import Sampler
+
+    args, src, _ = experiment
+    with torch.no_grad():
+        img = to_uint8(Sampler(src.eval())(torch.randn(1, 32, generator=torch.Generator().manual_seed(4)),
+                                            noise_mode="const"))[0].permute(1, 2, 0).numpy()
+    photo = tmp_path / "me.jpg"
+    big = Image.fromarray(img).resize((64, 64), Image.NEAREST)
+    canvas = Image.new("RGB", (96, 64), (0, 0, 0))
+    canvas.paste(big, (16, 0))
+    canvas.save(photo, quality=95)
+    out = tmp_path / "toon"
+    assert main(["cartoonize", str(photo), "--variant", "freezesg", "--steps", "80", "--out", str(out), *args]) == 0, \
+        capsys.readouterr().err
+    rec = json.loads((out / "cartoonize.json").read_text())
+    (res,) = rec["photos"]
+    assert set(res["files"]) == {"crop", "reconstruction", "cartoon", "strip"}
+    assert _img(out / res["files"]["strip"]).shape == (16, 48, 3)
+    hist = rec["history"]
+    assert hist[-1]["step"] == 79 and hist[-1]["pixel_mse"] < 0.25 * hist[0]["pixel_mse"]
+    assert res["reconstruction_mse"] < 0.05
+    assert not np.array_equal(_img(out / res["files"]["cartoon"]), _img(out / res["files"]["reconstruction"]))
+
+
+@pytest.mark.parametrize("photo, extra, words", [
+    ("missing.png", ["--variant", "freezesg"], ["missing.png: no such file"]),
+    ("text.png", ["--variant", "freezesg"], ["text.png: not an image PIL can read"]),
+    ("ok.png", ["--variant", "source"], ["name a fine-tuned variant"]),
+    ("ok.png", ["--variant", "freezesg", "--box", "1,2,3"], ["--box '1,2,3': expected x,y,w,h"]),
+])
+def test_cartoonize_errors_are_one_line(experiment, tmp_path, capsys, photo, extra, words):
+    args, _, _ = experiment
+    (tmp_path / "text.png").write_text("not a png")
+    Image.new("RGB", (20, 20)).save(tmp_path / "ok.png")
+    assert main(["cartoonize", str(tmp_path / photo), *extra, "--steps", "2", "--out", str(tmp_path / "o"),
+                 *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    for w in words:
+        assert w in err, err
