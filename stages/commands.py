@@ -421,6 +421,42 @@ def run_cartoonize(reg, cfg, args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- serve
+
+def _serve_arguments(p) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (0: a free one; default %(default)s)")
+    p.add_argument("--steps", type=int, default=200, help="default projection steps on the page")
+
+
+def run_serve(reg, cfg, args) -> int:
+    import socket
+    import sys
+
+    from werkzeug.serving import make_server
+
+    from stages.webapp import create_app
+
+    try:
+        if getattr(args, "names", None):
+            raise UseError(f"serve takes no positional arguments: {args.names}")
+        app = create_app(cfg, steps=args.steps)
+    except UseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        server = make_server(args.host, args.port, app, threaded=True)
+    except (OSError, socket.error) as e:
+        print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
+    print(f"serving experiment {cfg.experiment!r} on http://{args.host}:{server.port}/ (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 COMMANDS = [
     Command("generate", "Images from a trained generator: the source, a fine-tuned variant, or the two layer-swapped "
             "(one PNG per seed, grid.png, generate.json).", _generate_arguments, run_generate),
@@ -430,4 +466,6 @@ COMMANDS = [
     Command("cartoonize", "Turn photos into cartoons: crop, project into the source generator's W+ (perceptual loss "
             "from the source discriminator, no download), draw the same W+ with the fine-tuned variant.",
             _cartoonize_arguments, run_cartoonize),
+    Command("serve", "A local web page: cartoonize an uploaded photo, and generate with SeFa sliders.",
+            _serve_arguments, run_serve),
 ]

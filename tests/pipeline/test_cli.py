@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = ["run", "list", "show", "submit", "compare", "build-ops", "generate", "sefa", "mix", "cartoonize"]
+COMMANDS = ["run", "list", "show", "submit", "compare", "build-ops", "generate", "sefa", "mix", "cartoonize", "serve"]
 
 
 def _cli(*args, cwd=REPO, timeout=120, env=None):

@@ -2,6 +2,7 @@
 experiment whose networks the test writes itself (tiny, random): the command's own logic, in-process."""
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -205,3 +206,30 @@ def test_cartoonize_errors_are_one_line(experiment, tmp_path, capsys, photo, ext
     assert err.startswith("error: ") and "\n" not in err
     for w in words:
         assert w in err, err
+
+
+def test_serve_refuses_huge_and_truncated_uploads_with_a_message(experiment, tmp_path):
+    """The page's upload checks, through Flask's test client (the real browser test is in tests/e2e)."""
+    from stages import load_config
+    from stages.webapp import create_app
+
+    args, _, _ = experiment
+    client = create_app(load_config(None, args), steps=3).test_client()
+    huge = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(huge, format="PNG")  # small file, 400 megapixels
+    r = client.post("/api/cartoonize", data={"photo": (io.BytesIO(huge.getvalue()), "huge.png"), "variant": "freezesg"})
+    assert r.status_code == 400 and "huge.png: too large to decode safely" in r.get_json()["error"]
+    big = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(big, format="PNG")  # under PIL's bomb limit, over ours
+    r = client.post("/api/cartoonize", data={"photo": (io.BytesIO(big.getvalue()), "big.png"), "variant": "freezesg"})
+    assert r.status_code == 400 and "8000x8000: at most 40 megapixels" in r.get_json()["error"]
+    jpg = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(jpg, format="JPEG")
+    r = client.post("/api/cartoonize", data={"photo": (io.BytesIO(jpg.getvalue()[:300]), "cut.jpg"),
+                                             "variant": "freezesg"})
+    assert r.status_code == 400 and "cut.jpg: not an image that can be read" in r.get_json()["error"]
+    r = client.post("/api/cartoonize", data={"photo": (io.BytesIO(jpg.getvalue()), "ok.jpg"), "variant": "nope"})
+    assert r.status_code == 400 and "not trained here" in r.get_json()["error"]
+    r = client.get("/api/generate?variant=freezesg&seed=2&d0=1.5")
+    assert r.status_code == 200 and r.mimetype == "image/png"
+    assert client.get("/api/generate?variant=freezesg&truncation=7").status_code == 400

@@ -1,0 +1,122 @@
+"""`python -m pipeline serve` in a real browser: headless Debian chromium driven by Selenium through the
+system chromedriver (no browser or driver download). Upload a photo, find the cartoon on the page; a
+non-image and a truncated JPEG show an error on the page; the generate tab draws an image."""
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+
+from e2e_helpers import REPO, env, free_port
+
+pytestmark = pytest.mark.slow
+TINY = ["data.resolution=16", "model.channel_max=16", "model.style_dim=32", "model.n_mlp=2",
+        "finetune.run_variants=[freezesg]", "tracking.enabled=false"]
+
+
+def _driver():
+    pytest.importorskip("selenium")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+@pytest.fixture
+def server(tmp_path):
+    from cartoon_stylegan import checkpoint
+    from cartoon_stylegan.networks import Discriminator, Generator
+    from pipeline.artifacts import StagePaths
+    from stages import load_config
+
+    args = [f"run_root={tmp_path / 'runs'}", *TINY]
+    cfg = load_config(None, args)
+    torch.manual_seed(0)
+    src, tgt = (Generator(16, style_dim=32, n_mlp=2, channel_max=16, use_noise=False) for _ in range(2))
+    D = Discriminator(16, channel_max=16)
+    paths = StagePaths(cfg, "finetune")
+    for f, g in ((paths.of("pretrain").final_network(), src), (paths.final_network("freezesg"), tgt)):
+        f.parent.mkdir(parents=True)
+        checkpoint.save_transfer(f, g=g, d=D, g_ema=g)
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port), "--steps", "20", *args],
+                            cwd=REPO, env=env(), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.close()
+                pytest.fail(f"serve did not come up:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield url, tmp_path
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+def _photo(path, size=(90, 60)):
+    from PIL import Image
+
+    img = Image.new("RGB", size, (200, 150, 120))
+    for x in range(20, 70):
+        for y in range(10, 50):
+            img.putpixel((x, y), (240, 200, 170) if (x - 45) ** 2 / 625 + (y - 30) ** 2 / 400 < 1 else (60, 40, 30))
+    img.save(path)
+    return path
+
+
+def test_upload_a_photo_and_see_the_cartoon(server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = server
+    photo = _photo(tmp_path / "face.png")
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    buf = io.BytesIO()
+    from PIL import Image
+
+    Image.open(photo).save(buf, format="JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    drv = _driver()
+    try:
+        drv.get(url)
+        wait = WebDriverWait(drv, 90)
+        drv.find_element(By.ID, "photo").send_keys(str(photo))
+        drv.find_element(By.ID, "go").click()
+        img = wait.until(EC.presence_of_element_located((By.ID, "cartoon")))
+        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) == 16)
+        assert "done: pixel mse" in drv.find_element(By.ID, "progress").text
+        assert drv.find_element(By.ID, "download").get_attribute("href").endswith("/cartoon.png")
+        for bad, words in ((text, "not an image that can be read"), (tmp_path / "cut.jpg", "not an image that can be read")):
+            drv.find_element(By.ID, "photo").clear()
+            drv.find_element(By.ID, "photo").send_keys(str(bad))
+            drv.find_element(By.ID, "go").click()
+            wait.until(lambda d: words in d.find_element(By.ID, "error").text)
+            assert bad.name in drv.find_element(By.ID, "error").text
+        drv.find_element(By.ID, "tab-generate").click()
+        gen = drv.find_element(By.ID, "gen")
+        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", gen) == 16)
+        drv.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        drv.quit()
