@@ -11,13 +11,9 @@ import time
 import urllib.request
 
 import pytest
-import torch
-
 from e2e_helpers import REPO, env, free_port
 
 pytestmark = pytest.mark.slow
-TINY = ["data.resolution=16", "model.channel_max=16", "model.style_dim=32", "model.n_mlp=2",
-        "finetune.run_variants=[freezesg]", "tracking.enabled=false"]
 
 
 def _driver():
@@ -37,21 +33,8 @@ def _driver():
 
 
 @pytest.fixture
-def server(tmp_path):
-    from cartoon_stylegan import checkpoint
-    from cartoon_stylegan.networks import Discriminator, Generator
-    from pipeline.artifacts import StagePaths
-    from stages import load_config
-
-    args = [f"run_root={tmp_path / 'runs'}", *TINY]
-    cfg = load_config(None, args)
-    torch.manual_seed(0)
-    src, tgt = (Generator(16, style_dim=32, n_mlp=2, channel_max=16, use_noise=False) for _ in range(2))
-    D = Discriminator(16, channel_max=16)
-    paths = StagePaths(cfg, "finetune")
-    for f, g in ((paths.of("pretrain").final_network(), src), (paths.final_network("freezesg"), tgt)):
-        f.parent.mkdir(parents=True)
-        checkpoint.save_transfer(f, g=g, d=D, g_ema=g)
+def server(tmp_path, tiny_experiment):
+    args, _, _ = tiny_experiment
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port), "--steps", "20", *args],

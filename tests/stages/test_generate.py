@@ -17,26 +17,9 @@ TINY = ["data.resolution=16", "model.channel_max=16", "model.style_dim=32", "mod
 
 
 @pytest.fixture
-def experiment(tmp_path):
-    """run_root with a source network and a trained 'freezesg' variant (freezeg never trained)."""
-    from cartoon_stylegan import checkpoint
-    from cartoon_stylegan.networks import Discriminator, Generator
-    from pipeline.artifacts import StagePaths
-    from stages import load_config
-
-    args = [f"run_root={tmp_path / 'runs'}", *TINY]
-    cfg = load_config(None, args)
-    torch.manual_seed(0)
-    src, tgt = (Generator(16, style_dim=32, n_mlp=2, channel_max=16, use_noise=False) for _ in range(2))
-    D = Discriminator(16, channel_max=16)
-    paths = StagePaths(cfg, "finetune")
-    f = paths.of("pretrain").final_network()
-    f.parent.mkdir(parents=True)
-    checkpoint.save_transfer(f, g=src, d=D, g_ema=src)
-    v = paths.final_network("freezesg")
-    v.parent.mkdir(parents=True)
-    checkpoint.save_transfer(v, g=tgt, d=D, g_ema=tgt, meta={"wplus_prefix_len": 2})
-    return args, src, tgt
+def experiment(tiny_experiment):
+    """run_root with a source network and a trained 'freezesg' variant (freezeg never trained): conftest."""
+    return tiny_experiment
 
 
 def _img(path):
