@@ -7,6 +7,7 @@ JSON of what it did, and says in one line what is missing when it cannot.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -408,7 +409,9 @@ def run_cartoonize(reg, cfg, args) -> int:
         files["strip"] = save_png(tile_images(torch.stack([crop_u8[i], recon[i], cartoon[i]]), 3),
                                   out / f"{stem}-strip.png").name
         err = float(((recon[i].float() - crop_u8[i].float()) / 127.5).pow(2).mean())
-        results.append({"photo": str(ph), "files": files, "reconstruction_mse": round(err, 6)})
+        psnr = 10 * math.log10(4.0 / max(err, 1e-12))  # images in [-1, 1]: peak-to-peak 2
+        results.append({"photo": str(ph), "files": files, "reconstruction_mse": round(err, 6),
+                        "reconstruction_psnr_db": round(psnr, 2)})
     record = {"command": "cartoonize", "experiment": cfg.experiment, "variant": args.variant,
               "swap_res": args.swap_res, "network": str(network), "source": str(src_file), "steps": args.steps,
               "lr": args.lr, "box": box, "perceptual": "source discriminator features + pixel MSE",

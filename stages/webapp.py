@@ -75,7 +75,8 @@ def create_app(cfg, *, steps: int = 200, components: int = 3):
     if "source" not in names:
         raise UseError(f"no source generator in experiment {cfg.experiment!r} under {cfg.run_root}: run "
                        "`python -m pipeline run pretrain` first")
-    variants = [n for n in names if n != "source"]
+    # the paper's method first in the picker
+    variants = sorted((n for n in names if n != "source"), key=lambda n: (not n.startswith("freezesg"), n))
     src_file, fmt = source_path(cfg, StagePaths(cfg, "finetune"))
     nets = load_weights(cfg, src_file, fmt)
     G_src = nets["g_ema"].eval().requires_grad_(False).to(dev)
