@@ -245,10 +245,9 @@ class Acceptance:
         lines += ["| # | check | status | seconds | detail |", "|---|---|---|---:|---|"]
         for s in sorted(self.steps, key=lambda s: s.number):
             lines.append(f"| {s.number} | {s.title} | {s.status} | {s.seconds:.0f} | {s.detail.replace('|', '/')} |")
-        for extra in ("gpu-step.md",):
-            p = self.args.out / extra
-            if p.exists():
-                lines += ["", p.read_text().replace("# ", "## ", 1)]
+        step_table = self.args.out / "gpu-step.md"
+        if step_table.exists():
+            lines += ["", step_table.read_text().replace("# ", "## ", 1)]
         for s in sorted(self.steps, key=lambda s: s.number):
             if s.log:
                 lines += ["", f"### {s.number}. {s.title}: output (tail)", "", "```", s.log, "```"]

@@ -75,7 +75,12 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         except FileNotFoundError:
             pass
         raise
-    try:                                    # make the rename itself durable (POSIX only)
+    fsync_dir(folder)  # make the rename itself durable
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """fsync a directory, so that renames and new entries in it survive a crash (POSIX; else nothing)."""
+    try:
         dfd = os.open(folder, os.O_RDONLY)
     except OSError:
         return

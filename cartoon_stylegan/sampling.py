@@ -146,6 +146,13 @@ class Sampler:
                                                     noise_mode=noise_mode, noise=noise, **returns)
 
 
+def seed_latents(seeds, style_dim: int, device=None) -> torch.Tensor:
+    """z (len(seeds), style_dim): row i is ``torch.randn(style_dim)`` under ``manual_seed(seeds[i])`` on the CPU
+    (the same image for a seed on any device): swap grids, generate, sefa, mix."""
+    z = torch.stack([torch.randn(style_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    return z if device is None else z.to(device)
+
+
 def as_sampler(x, *, truncation: float | None = None) -> Sampler:
     """A Sampler as given, or the plain sampler of a Generator; ``truncation`` overrides the sampler's."""
     s = x if isinstance(x, Sampler) else Sampler(x)

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from cartoon_stylegan.sampling import Sampler, as_sampler
+from cartoon_stylegan.sampling import Sampler, as_sampler, seed_latents
 
 MAPPING_SIDES = ("source", "target")
 SWAP_KINDS = ("weight", "activation")
@@ -170,7 +170,7 @@ def swap_grid(G_src, tgt, *, seeds: Sequence[int], resolutions: Sequence[int] | 
         resolutions = [2 ** k for k in range(2, int(math.log2(size)) + 1)]
     resolutions = [_check_res(G_src, r) for r in resolutions]
 
-    z = torch.stack([torch.randn(G_src.style_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    z = seed_latents(seeds, G_src.style_dim)
     noise, mode = None, noise_mode
     if noise_mode == "random":
         gen = torch.Generator().manual_seed(seeds[0])

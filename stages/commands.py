@@ -6,11 +6,11 @@ JSON of what it did, and says in one line what is missing when it cannot.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
+from pipeline.artifacts import write_json
 from pipeline.registry import Command
 
 
@@ -55,7 +55,16 @@ def _trained(cfg) -> dict[str, Path]:
 
 def load_sampler(cfg, variant: str, *, swap_res: int | None, truncation: float, device):
     """The sampler of ``variant`` ('source', a variant run's folder name, or a variant name with one run),
-    optionally weight-swapped at ``swap_res`` (source layers up to it, the variant's above)."""
+    optionally weight-swapped at ``swap_res`` (source layers up to it, the variant's above), and its file.
+    Raises UseError (one line) for anything missing or unreadable."""
+    try:
+        return _load_sampler(cfg, variant, swap_res=swap_res, truncation=truncation, device=device)
+    except (ValueError, OSError, RuntimeError) as e:  # a checkpoint of another architecture, unreadable, ...
+        raise UseError(str(e).splitlines()[0] + (" (does the config match the experiment's?)"
+                                                 if "does not match" in str(e) else "")) from None
+
+
+def _load_sampler(cfg, variant: str, *, swap_res: int | None, truncation: float, device):
     from cartoon_stylegan import checkpoint
     from cartoon_stylegan.sampling import Sampler
     from cartoon_stylegan.swap import weight_swap
@@ -125,6 +134,7 @@ def run_generate(reg, cfg, args) -> int:
     from tqdm.auto import tqdm
 
     from cartoon_stylegan.imageutil import save_png, tile_images, to_uint8
+    from cartoon_stylegan.sampling import seed_latents
     from stages.models import device
 
     try:
@@ -137,12 +147,8 @@ def run_generate(reg, cfg, args) -> int:
         seeds = parse_seeds(args.seeds)
         out = _check_out(args.out)
         dev = device()
-        try:
-            sampler, network = load_sampler(cfg, args.variant, swap_res=args.swap_res, truncation=args.truncation,
-                                            device=dev)
-        except (ValueError, OSError, RuntimeError) as e:  # a checkpoint of another architecture, unreadable, ...
-            raise UseError(str(e).splitlines()[0] + (" (does the config match the experiment's?)"
-                                                     if "does not match" in str(e) else "")) from None
+        sampler, network = load_sampler(cfg, args.variant, swap_res=args.swap_res, truncation=args.truncation,
+                                        device=dev)
     except UseError as e:
         import sys
 
@@ -153,8 +159,7 @@ def run_generate(reg, cfg, args) -> int:
         bar = tqdm(total=len(seeds), unit="img", desc=f"generate {args.variant}")
         for i in range(0, len(seeds), args.batch):
             chunk = seeds[i:i + args.batch]
-            z = torch.stack([torch.randn(sampler.style_dim, generator=torch.Generator().manual_seed(s))
-                             for s in chunk]).to(dev)
+            z = seed_latents(chunk, sampler.style_dim, dev)
             img = to_uint8(sampler(z, noise_mode="const").float())
             img = img.expand(-1, 3, -1, -1) if img.shape[1] == 1 else img
             for s, a in zip(chunk, img):
@@ -168,21 +173,13 @@ def run_generate(reg, cfg, args) -> int:
     record = {"command": "generate", "experiment": cfg.experiment, "variant": args.variant, "swap_res": args.swap_res,
               "seeds": seeds, "truncation": args.truncation, "noise": "const", "network": str(network),
               "images": files, "grid": grid.name, "grid_cols": cols}
-    tmp = out / ".generate.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out / "generate.json")
+    write_json(out / "generate.json", record)
     print(f"{len(files)} images and {grid} from {args.variant}"
           + (f" swapped at {args.swap_res} px" if args.swap_res else "") + f" ({network})")
     return 0
 
 
 # ----------------------------------------------------------------------------- sefa, mix
-
-def _z(seeds, dim, device):
-    import torch
-
-    return torch.stack([torch.randn(dim, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
-
 
 def _png_out(out: str) -> Path:
     p = Path(out)
@@ -195,11 +192,7 @@ def _png_out(out: str) -> Path:
 
 
 def _write_record(png: Path, record: dict) -> Path:
-    dst = png.with_suffix(".json")
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(dst)
-    return dst
+    return write_json(png.with_suffix(".json"), record)
 
 
 def _common_model_args(p, seeds: str) -> None:
@@ -224,6 +217,7 @@ def run_sefa(reg, cfg, args) -> int:
 
     from cartoon_stylegan.edit import sefa_directions, sefa_edit
     from cartoon_stylegan.imageutil import save_png, tile_images, to_uint8
+    from cartoon_stylegan.sampling import seed_latents
     from stages.models import device
 
     try:
@@ -234,19 +228,16 @@ def run_sefa(reg, cfg, args) -> int:
         seeds = parse_seeds(args.seeds)
         png = _png_out(args.out)
         dev = device()
-        try:
-            target, network = load_sampler(cfg, args.variant, swap_res=None, truncation=args.truncation, device=dev)
-            source = None if args.variant == "source" else load_sampler(cfg, "source", swap_res=None,
-                                                                          truncation=args.truncation, device=dev)[0]
-        except (ValueError, OSError, RuntimeError) as e:
-            raise UseError(str(e).splitlines()[0]) from None
+        target, network = load_sampler(cfg, args.variant, swap_res=None, truncation=args.truncation, device=dev)
+        source = None if args.variant == "source" else load_sampler(cfg, "source", swap_res=None,
+                                                                      truncation=args.truncation, device=dev)[0]
     except UseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     G_dirs = (source or target).G if args.directions_from == "source" else target.G
     vals, dirs = sefa_directions(G_dirs, args.components)
     strengths = [-args.strength, 0.0, args.strength]
-    z = _z(seeds, target.style_dim, dev)
+    z = seed_latents(seeds, target.style_dim, dev)
     rows, labels = [], []
     for k in range(dirs.shape[0]):
         for name, s in (("source", source), (args.variant, target)):
@@ -283,6 +274,7 @@ def run_mix(reg, cfg, args) -> int:
 
     from cartoon_stylegan.edit import style_mix
     from cartoon_stylegan.imageutil import save_png, tile_images, to_uint8
+    from cartoon_stylegan.sampling import seed_latents
     from stages.models import device
 
     try:
@@ -291,10 +283,7 @@ def run_mix(reg, cfg, args) -> int:
         rows_s, cols_s = parse_seeds(args.seeds), parse_seeds(args.cols)
         png = _png_out(args.out)
         dev = device()
-        try:
-            sampler, network = load_sampler(cfg, args.variant, swap_res=None, truncation=args.truncation, device=dev)
-        except (ValueError, OSError, RuntimeError) as e:
-            raise UseError(str(e).splitlines()[0]) from None
+        sampler, network = load_sampler(cfg, args.variant, swap_res=None, truncation=args.truncation, device=dev)
         n = sampler.G.n_latent
         cross = args.crossover if args.crossover is not None else n // 2
         if not 1 <= cross < n:
@@ -303,7 +292,7 @@ def run_mix(reg, cfg, args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     with torch.no_grad():
-        zr, zc = _z(rows_s, sampler.style_dim, dev), _z(cols_s, sampler.style_dim, dev)
+        zr, zc = seed_latents(rows_s, sampler.style_dim, dev), seed_latents(cols_s, sampler.style_dim, dev)
         row_img = to_uint8(sampler(zr, noise_mode="const").float()).cpu()
         col_img = to_uint8(sampler(zc, noise_mode="const").float()).cpu()
         mixed = to_uint8(style_mix(sampler, zr, zc, cross).float()).cpu()
@@ -343,6 +332,7 @@ def run_cartoonize(reg, cfg, args) -> int:
     from tqdm.auto import tqdm
 
     from cartoon_stylegan.imageutil import save_png, tile_images, to_uint8
+    from cartoon_stylegan.sampling import seed_latents
     from cartoon_stylegan.project import center_crop_square, project
     from pipeline.artifacts import StagePaths
     from stages.models import device, load_weights, source_path
@@ -372,11 +362,11 @@ def run_cartoonize(reg, cfg, args) -> int:
                 raise UseError(f"{ph}: not an image PIL can read ({type(e).__name__})") from None
         out = _check_out(args.out)
         dev = device()
+        if args.variant == "source":
+            raise UseError("--variant: name a fine-tuned variant (the source draws the reconstruction)")
+        target, network = load_sampler(cfg, args.variant, swap_res=args.swap_res, truncation=1.0, device=dev)
+        src_file, fmt = source_path(cfg, StagePaths(cfg, "finetune"))
         try:
-            target, network = load_sampler(cfg, args.variant, swap_res=args.swap_res, truncation=1.0, device=dev)
-            if args.variant == "source":
-                raise UseError("--variant: name a fine-tuned variant (the source draws the reconstruction)")
-            src_file, fmt = source_path(cfg, StagePaths(cfg, "finetune"))
             nets = load_weights(cfg, src_file, fmt)
         except (ValueError, OSError, RuntimeError) as e:
             raise UseError(str(e).splitlines()[0]) from None
@@ -416,9 +406,7 @@ def run_cartoonize(reg, cfg, args) -> int:
               "swap_res": args.swap_res, "network": str(network), "source": str(src_file), "steps": args.steps,
               "lr": args.lr, "box": box, "perceptual": "source discriminator features + pixel MSE",
               "photos": results, "history": history[::max(1, args.steps // 100)] + history[-1:]}
-    tmp = out / ".cartoonize.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out / "cartoonize.json")
+    write_json(out / "cartoonize.json", record)
     first, last = history[0]["pixel_mse"], history[-1]["pixel_mse"]
     print(f"{len(photos)} photo(s) -> {out}: pixel MSE {first:.4f} -> {last:.4f} over {args.steps} steps")
     return 0

@@ -65,6 +65,7 @@ def create_app(cfg, *, steps: int = 200, components: int = 3):
     from cartoon_stylegan.edit import sefa_directions
     from cartoon_stylegan.imageutil import to_uint8
     from cartoon_stylegan.project import center_crop_square, project
+    from cartoon_stylegan.sampling import seed_latents
     from pipeline.artifacts import StagePaths
     from stages.commands import UseError, _trained, load_sampler
     from stages.models import device, load_weights, source_path
@@ -194,7 +195,7 @@ def create_app(cfg, *, steps: int = 200, components: int = 3):
         except (ValueError, UseError) as e:
             return jsonify(error=str(e).splitlines()[0]), 400
         with lock, torch.no_grad():
-            z = torch.randn(1, s.style_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
+            z = seed_latents([seed], s.style_dim, dev)
             wplus = s.wplus(z) + sum(a * d for a, d in zip(amounts, dirs[variant])).view(1, 1, -1)
             img = to_uint8(s.G(wplus, input_is="wplus", noise_mode="const").float())[0].permute(1, 2, 0).cpu().numpy()
         return send_file(png(img), mimetype="image/png")

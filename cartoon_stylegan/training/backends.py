@@ -68,7 +68,8 @@ from cartoon_stylegan.training.state import (
     LocalCheckpoints,
     SnapshotMismatch,
     newest_readable,
-    resume_files,
+    own_resume_files,
+    resume_files_of_kind,
     resume_path,
 )
 
@@ -317,15 +318,8 @@ class DeepSpeedCheckpoints(CheckpointStore):
     def path_for(self, nimg: int) -> Path:
         return resume_path(self.dir, nimg, kind=self.kind)
 
-    def _mine(self) -> list[Path]:
-        files = resume_files(self.dir)
-        if files and files[-1].suffix != self.kind:
-            raise ValueError(f"{files[-1]} was written by launch.backend=ddp; this run uses launch.backend=deepspeed. "
-                             "Resume it with launch.backend=ddp, or move the checkpoints aside to start over")
-        return [p for p in files if p.suffix == self.kind]
-
     def latest(self):
-        found = newest_readable(self._mine(), self.load)
+        found = newest_readable(own_resume_files(self.dir, self.kind), self.load)
         return None if found is None else (str(found[0]), found[1])
 
     def load(self, path) -> dict:
@@ -376,7 +370,7 @@ class DeepSpeedCheckpoints(CheckpointStore):
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(partial, final)
-            _fsync_dir(self.dir)
+            ckpt.fsync_dir(self.dir)
             self.prune()
         self.barrier()
         return str(final)
@@ -384,21 +378,13 @@ class DeepSpeedCheckpoints(CheckpointStore):
     def prune(self) -> None:
         if not self.writer:
             return
-        for old in [p for p in resume_files(self.dir) if p.suffix == self.kind][:-self.keep]:
+        for old in resume_files_of_kind(self.dir, self.kind)[:-self.keep]:
             gone = old.with_name(f".deleting-{old.name}")  # a kill mid-delete leaves no half snapshot behind
             os.replace(old, gone)
             shutil.rmtree(gone, ignore_errors=True)
         for stale in [*self.dir.glob(".partial-resume-*"), *self.dir.glob(".old-resume-*"),
                       *self.dir.glob(".deleting-resume-*")]:
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -409,7 +395,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        ckpt.fsync_dir(dirpath)
 
 
 # ----------------------------------------------------------------------------- choice

@@ -35,7 +35,8 @@ from cartoon_stylegan import checkpoint as ckpt
 
 __all__ = [
     "RESUME_FORMAT", "resume_path", "resume_files", "find_latest_resume", "read_resume_step",
-    "rng_state", "set_rng_state", "newest_readable", "SnapshotMismatch", "CheckpointStore", "LocalCheckpoints", "LoopState", "capture_state",
+    "rng_state", "set_rng_state", "newest_readable", "SnapshotMismatch", "own_resume_files",
+    "resume_files_of_kind", "CheckpointStore", "LocalCheckpoints", "LoopState", "capture_state",
     "restore_state",
 ]
 
@@ -62,6 +63,24 @@ def resume_files(ckpt_dir: str | os.PathLike) -> list[Path]:
 class SnapshotMismatch(ValueError):
     """A snapshot that is intact but was written for another setup (world size, ZeRO stage): resuming
     must stop with this message, not fall back to an older snapshot or a fresh start."""
+
+
+_BACKEND_OF_KIND = {".pt": "ddp", ".ds": "deepspeed"}
+
+
+def resume_files_of_kind(ckpt_dir: str | os.PathLike, kind: str) -> list[Path]:
+    return [p for p in resume_files(ckpt_dir) if p.suffix == kind]
+
+
+def own_resume_files(ckpt_dir: str | os.PathLike, kind: str) -> list[Path]:
+    """The resume files of ``kind`` (".pt" DDP, ".ds" DeepSpeed) in ckpt_dir, oldest first; refuses (ValueError)
+    when the newest snapshot there is of the other kind: another backend's run, not to be restarted silently."""
+    files = resume_files(ckpt_dir)
+    if files and files[-1].suffix != kind:
+        other, mine = _BACKEND_OF_KIND[files[-1].suffix], _BACKEND_OF_KIND[kind]
+        raise ValueError(f"{files[-1]} was written by launch.backend={other}; this run uses launch.backend={mine}. "
+                         f"Resume it with launch.backend={other}, or move the checkpoints aside to start over")
+    return resume_files_of_kind(ckpt_dir, kind)
 
 
 def newest_readable(files: list[Path], load: Callable[[Path], dict]) -> tuple[Path, dict] | None:
@@ -137,15 +156,8 @@ class LocalCheckpoints(CheckpointStore):
     def path_for(self, nimg: int) -> Path:
         return resume_path(self.dir, nimg)
 
-    def _mine(self) -> list[Path]:
-        files = resume_files(self.dir)
-        if files and files[-1].suffix != ".pt":
-            raise ValueError(f"{files[-1]} was written by launch.backend=deepspeed; this run uses launch.backend=ddp. "
-                             "Resume it with launch.backend=deepspeed, or move the checkpoints aside to start over")
-        return [p for p in files if p.suffix == ".pt"]
-
     def latest(self) -> tuple[str, dict] | None:
-        found = newest_readable(self._mine(), self.load)
+        found = newest_readable(own_resume_files(self.dir, ".pt"), self.load)
         return None if found is None else (str(found[0]), found[1])
 
     def save(self, state: dict, nimg: int) -> str:
@@ -160,7 +172,7 @@ class LocalCheckpoints(CheckpointStore):
 
     def prune(self) -> None:
         if self.writer:
-            for old in [p for p in resume_files(self.dir) if p.suffix == ".pt"][:-self.keep]:
+            for old in resume_files_of_kind(self.dir, ".pt")[:-self.keep]:
                 old.unlink(missing_ok=True)
 
 
