@@ -214,7 +214,8 @@ def derive(stage: str, needs: dict, scfg, part: Partition, defaults: dict[str, s
     elif str(scfg.gpus) == "auto":
         # launch.num_processes > 1 says how many; 1 (the default) means "the GPUs of the job" under SLURM,
         # so the script's #SBATCH --gpus-per-node says how many, capped at a node's
-        script_gpus = int(defaults.get("gpus-per-node") or 1) if str(defaults.get("gpus-per-node", "1")).isdigit() else 1
+        g = str(defaults.get("gpus-per-node") or "1")
+        script_gpus = int(g) if g.isdigit() else 1
         want_gpus = procs if procs > 1 else script_gpus
         gpus = min(want_gpus, part.gpus)
         if part.gpus == 0:
@@ -234,8 +235,8 @@ def derive(stage: str, needs: dict, scfg, part: Partition, defaults: dict[str, s
         if gpus > part.gpus:
             raise ResourceError(f"stage {stage}: slurm.gpus={gpus} GPUs per node; {part.describe()}")
     # CPUs: per task (one task per node, which runs every process of the node)
-    per_node_procs = max(gpus, 1) if wants_gpu and gpus else (procs if wants_gpu else 1)
-    want = int(needs.get("cpus", 1)) * (per_node_procs if wants_gpu else 1)
+    procs_here = (gpus or procs) if wants_gpu else 1  # a process per GPU; CPU training: launch.num_processes
+    want = int(needs.get("cpus", 1)) * procs_here
     if scfg.cpus_per_task is not None:
         if scfg.cpus_per_task > part.cpus:
             raise ResourceError(f"stage {stage}: slurm.cpus_per_task={scfg.cpus_per_task}; {part.describe()}")
