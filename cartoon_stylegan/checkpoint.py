@@ -23,6 +23,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -109,7 +110,9 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def _load(path: str | os.PathLike, map_location: Any = "cpu", hint: str = "", mmap: bool = False) -> Any:
     try:
-        return torch.load(os.fspath(path), map_location=map_location, weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # a plain pickle (NVlabs') makes torch warn before it refuses it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(os.fspath(path), map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise pickle.UnpicklingError(f"{os.fspath(path)}: refused by the weights-only loader{hint}: {e}") from e
 
@@ -307,14 +310,15 @@ def infer_discriminator_config(state: Mapping[str, torch.Tensor]) -> dict[str, A
             "channel_max": channel_max}
 
 
-def import_rosinality(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, nn.Module | None]:
+def import_rosinality(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Build modules from a rosinality (or Cartoon-StyleGAN) checkpoint -> {"g", "d", "g_ema"}.
 
     The architecture comes from the file's ``args`` (size, latent, n_mlp,
     channel_multiplier) where present, else from the tensor shapes (files from his
     ``convert_weight.py`` have no args); channel_max is always read from the shapes.
     Loading is strict; a file whose tensors do not fit raises :class:`CheckpointMismatch`.
-    Entries absent from the file are None.
+    Entries absent from the file are None. A ``latent_avg`` in the file (his convert_weight.py
+    writes the TF model's ``dlatent_avg``) becomes g_ema's truncation centre and ``out["latent_avg"]``.
     """
     ck = _load_rosinality(path, map_location)
     if not isinstance(ck, dict) or not any(ck.get(k) is not None for k in ("g", "d", "g_ema")):
@@ -333,6 +337,13 @@ def import_rosinality(path: str | os.PathLike, map_location: Any = "cpu") -> dic
             if argd.get(his) is not None:
                 cfg[ours] = int(argd[his])
         out[key] = _build(Generator, cfg, state, f"{os.fspath(path)}:{key}")
+    avg = ck.get("latent_avg")
+    out["latent_avg"] = None
+    if isinstance(avg, torch.Tensor) and out["g_ema"] is not None and avg.numel() == out["g_ema"].style_dim:
+        from cartoon_stylegan.sampling import set_truncation_center
+
+        out["latent_avg"] = avg.detach().float().reshape(1, -1)
+        set_truncation_center(out["g_ema"], out["latent_avg"])  # convert_weight.py's dlatent_avg
     if ck.get("d") is not None:
         state = _strip_module_prefix(ck["d"])
         cfg = infer_discriminator_config(state)

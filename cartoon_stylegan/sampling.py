@@ -16,16 +16,19 @@ everywhere. A fine-tuning run records what its sampler needs in its final checkp
 """
 from __future__ import annotations
 
+import hashlib
 import weakref
 
 import torch
 
-__all__ = ["Sampler", "truncation_center", "as_sampler", "CENTER_SEED", "PREFIX_META_KEY"]
+__all__ = ["Sampler", "truncation_center", "set_truncation_center", "pinned_truncation_center", "as_sampler",
+           "CENTER_SEED", "PREFIX_META_KEY"]
 
 CENTER_SEED = 7919  # seed of the z whose mean mapped w is the truncation centre
 PREFIX_META_KEY = "wplus_prefix_len"  # the transfer checkpoint's meta key of the FreezeSG prefix length
 
 _centers: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_pinned: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -39,16 +42,49 @@ def _mapping_stamp(G) -> tuple:
     return tuple((p.data_ptr(), p._version, str(p.device), p.dtype) for p in G.style.parameters())
 
 
+def _mapping_digest(G) -> str:
+    h = hashlib.sha256()
+    for name, p in G.style.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def set_truncation_center(G, center: torch.Tensor) -> None:
+    """Pin G's truncation centre to ``center`` (1, style_dim) -- an imported network's tracked ``w_avg``
+    (NVlabs) or ``latent_avg`` (rosinality) -- for as long as G's mapping weights stay as they are now;
+    once they change (training), :func:`truncation_center` computes the centre again."""
+    c = center.detach().to("cpu", torch.float32).reshape(1, -1).clone()
+    if c.shape[1] != G.style_dim:
+        raise ValueError(f"set_truncation_center: centre has {c.shape[1]} entries, G's style_dim is {G.style_dim}")
+    _pinned[G] = (_mapping_digest(G), c)
+    _centers.pop(G, None)
+
+
+def pinned_truncation_center(G) -> torch.Tensor | None:
+    """The centre pinned by :func:`set_truncation_center` (on the CPU), if G's mapping is still the one it
+    was pinned for; else None."""
+    pin = _pinned.get(G)
+    if pin is None or pin[0] != _mapping_digest(G):
+        return None
+    return pin[1]
+
+
 @torch.no_grad()
 def truncation_center(G, n: int = 4096, seed: int = CENTER_SEED) -> torch.Tensor:
-    """Mean of G's mapping over ``n`` z drawn on the CPU from ``seed``: (1, style_dim), on G's device.
+    """G's truncation centre (1, style_dim) on G's device: the pinned one (:func:`set_truncation_center`)
+    while G's mapping is unchanged, else the mean of G's mapping over ``n`` z drawn on the CPU from ``seed``.
 
     Cached per generator until its mapping weights change.
     """
     stamp = _mapping_stamp(G)
     cached = _centers.get(G)
     if cached is None or cached[0] != stamp:
-        cached = _centers[G] = (stamp, {})
+        pinned = pinned_truncation_center(G) if G in _pinned else None
+        cached = _centers[G] = (stamp, {}, pinned)
+    if cached[2] is not None:
+        p = next(G.style.parameters())
+        return cached[2].to(device=p.device, dtype=p.dtype)
     key = (int(n), int(seed))
     if key not in cached[1]:
         z = torch.randn(int(n), G.style_dim, generator=torch.Generator().manual_seed(int(seed)))

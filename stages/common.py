@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from cartoon_stylegan import importers
 from cartoon_stylegan.settings import derive
 from cartoon_stylegan.training.options import LoopOptions
 from pipeline.config import ConfigError, spec
@@ -49,10 +50,13 @@ class ModelConfig:
                                       "tiny models otherwise spend themselves on speckle)")
 
 
+IMPORT_FORMATS = Literal[importers.names()]  # the checkpoint formats registered in cartoon_stylegan.importers
+
+
 @dataclass
 class InitConfig:
     path: Optional[str] = spec(None, help="checkpoint to start from (transfer: weights only)")
-    format: Literal["native", "rosinality"] = spec("native", help="native (our transfer file) or rosinality (.pt of stylegan2-pytorch)")
+    format: IMPORT_FORMATS = spec("native", help="; ".join(f"{i.name}: {i.help}" for i in importers.IMPORTERS.values()))
 
 
 # The training loop's settings are declared once, in the library (LoopOptions, with help and

@@ -30,36 +30,60 @@ def fresh_models(cfg, seed):
 
 
 def load_weights(cfg, path, fmt):
-    """A transfer: weights of G, D, G_ema from a file, checked against the configured architecture."""
-    from cartoon_stylegan import checkpoint
+    """A transfer: weights of G, D, G_ema from a file of checkpoint format ``fmt`` (any registered in
+    cartoon_stylegan.importers), checked against the configured architecture."""
+    from cartoon_stylegan import importers
 
     g_cfg, d_cfg = arch(cfg)
-    if fmt == "rosinality":
-        nets = checkpoint.import_rosinality(path)
-        for key, want in (("g", g_cfg), ("g_ema", g_cfg), ("d", d_cfg)):
-            net = nets.get(key)
-            if net is not None:
-                training_only = ("lr_mlp", "use_noise")  # choices of this run, not stored by rosinality
-                got = {k: net.config.get(k) for k in want if k not in training_only}
-                exp = {k: v for k, v in want.items() if k not in training_only}
-                if got != exp:
-                    raise checkpoint.CheckpointMismatch(
-                        f"{path}: {key} has architecture {got}, the config asks for {exp} "
-                        f"(set data.resolution / model.* to match the checkpoint)")
-                if key != "d":
-                    net.use_noise = want["use_noise"]
+    imp = importers.get(fmt)
+    if imp.exact:  # our own file: the recorded config must be the configured one
+        nets = imp.load(path, expect_g_config=g_cfg, expect_d_config=d_cfg)
     else:
-        nets = checkpoint.load_transfer(path, expect_g_config=g_cfg, expect_d_config=d_cfg)
+        nets = _fit_foreign(imp.load(path), path, g_cfg, d_cfg)
     if nets.get("g_ema") is None and nets.get("g") is None:
         raise ValueError(f"{path}: holds no generator")
     if nets.get("g") is None:
-        nets["g"] = copy.deepcopy(nets["g_ema"])
+        nets["g"] = _copy_generator(nets["g_ema"])
     if nets.get("g_ema") is None:
-        nets["g_ema"] = copy.deepcopy(nets["g"])
+        nets["g_ema"] = _copy_generator(nets["g"])
     if nets.get("d") is None:
         from cartoon_stylegan.networks import Discriminator
 
         nets["d"] = Discriminator(**d_cfg)
+    return nets
+
+
+def _copy_generator(G):
+    from cartoon_stylegan.sampling import pinned_truncation_center, set_truncation_center
+
+    new = copy.deepcopy(G)
+    pinned = pinned_truncation_center(G)
+    if pinned is not None:
+        set_truncation_center(new, pinned)
+    return new
+
+
+def _fit_foreign(nets, path, g_cfg, d_cfg):
+    """Networks of another project's file, checked against the configured architecture; the choices of
+    this run that such files do not fix (the mapping's lr multiplier, noise on/off) are taken from the
+    config -- lr_mlp by rescaling the mapping weights, so the network computes the same function."""
+    from cartoon_stylegan import checkpoint
+
+    training_only = ("lr_mlp", "use_noise")
+    for key, want in (("g", g_cfg), ("g_ema", g_cfg), ("d", d_cfg)):
+        net = nets.get(key)
+        if net is None:
+            continue
+        got = {k: net.config.get(k) for k in want if k not in training_only}
+        exp = {k: v for k, v in want.items() if k not in training_only}
+        if got != exp:
+            raise checkpoint.CheckpointMismatch(
+                f"{path}: {key} has architecture {got}, the config asks for {exp} "
+                f"(set data.resolution / model.* to match the checkpoint)")
+        if key != "d":
+            if net.lr_mlp != want["lr_mlp"]:
+                net = nets[key] = net.with_lr_mlp(want["lr_mlp"])
+            net.use_noise = want["use_noise"]
     return nets
 
 
@@ -128,18 +152,23 @@ def check_init(cfg, key: str, init) -> None:
 
 
 def _load_problem(cfg, path, fmt: str, e: Exception) -> str:
-    from cartoon_stylegan import checkpoint
+    import warnings
+
+    from cartoon_stylegan import checkpoint, importers
 
     text = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, checkpoint.CheckpointMismatch):
         return f"does not fit the configured architecture (data.resolution / model.*): {text[:400]}"
     if isinstance(e, EOFError) or "PytorchStreamReader" in text or "zip archive" in text or "central directory" in text:
         return "truncated or damaged: not a complete PyTorch checkpoint file"
-    if fmt == "native":
+    for other in importers.names():
+        if other == fmt:
+            continue
         try:
-            checkpoint.import_rosinality(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importers.get(other).load(path)
         except Exception:  # noqa: BLE001
-            pass
-        else:
-            return "this is a rosinality (stylegan2-pytorch) checkpoint: set init.format=rosinality"
+            continue
+        return f"this is a {other} checkpoint ({importers.get(other).help}): set init.format={other}"
     return f"cannot be read as a {fmt} checkpoint ({type(e).__name__}: {text[:300]})"

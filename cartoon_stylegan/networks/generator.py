@@ -116,6 +116,26 @@ class Generator(nn.Module):
         return ("size", "style_dim", "n_mlp", "channel_multiplier", "blur_kernel", "lr_mlp", "channel_max",
                 "use_noise")
 
+    def with_lr_mlp(self, lr_mlp: float) -> "Generator":
+        """A copy whose mapping trains with ``lr_mlp`` and computes the same function: the stored mapping
+        weights and biases are rescaled by old/new (equalised learning rate keeps ``lr_mlp`` out of the
+        stored values' meaning only up to that factor). A pinned truncation centre stays pinned."""
+        from cartoon_stylegan.sampling import pinned_truncation_center, set_truncation_center
+
+        lr_mlp = float(lr_mlp)
+        if lr_mlp <= 0:
+            raise ValueError(f"with_lr_mlp: lr_mlp must be > 0, got {lr_mlp}")
+        p = next(self.parameters())
+        new = type(self).from_config({**self.config, "lr_mlp": lr_mlp}).to(device=p.device, dtype=p.dtype)
+        ratio = self.lr_mlp / lr_mlp
+        state = {k: (v * ratio if k.startswith("style.") else v) for k, v in self.state_dict().items()}
+        new.load_state_dict(state, strict=True)
+        new.train(self.training)
+        pinned = pinned_truncation_center(self)
+        if pinned is not None:
+            set_truncation_center(new, pinned)
+        return new
+
     def unused_parameter_names(self) -> set[str]:
         """Parameters the forward pass never reads (the noise strengths when ``use_noise`` is off)."""
         if self.use_noise:

@@ -440,3 +440,15 @@ def test_second_order_gradients_through_g_and_d():
     grad.square().sum().backward()
     assert d.convs[1].conv1[0].weight.grad.abs().sum() > 0
     assert d.final_linear[0].weight.grad.abs().sum() > 0
+
+
+def test_with_lr_mlp_keeps_the_function():
+    torch.manual_seed(0)
+    G = Generator(16, style_dim=16, n_mlp=2, channel_max=16, lr_mlp=0.01).double()
+    H = G.with_lr_mlp(0.1)
+    assert H.lr_mlp == 0.1 and H.config == {**G.config, "lr_mlp": 0.1}
+    assert torch.allclose(H.style[1].weight, G.style[1].weight * 0.1)
+    z = torch.randn(3, 16, dtype=torch.float64)
+    torch.testing.assert_close(H(z, noise_mode="const"), G(z, noise_mode="const"), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="lr_mlp must be > 0"):
+        G.with_lr_mlp(0)

@@ -54,9 +54,11 @@ def test_truncated_and_mismatched_and_misnamed_checkpoints(tmp_path):
     his = tmp_path / "his.pt"
     torch.save({"g": G.state_dict(), "d": D.state_dict(), "g_ema": G.state_dict(),
                 "latent_avg": torch.zeros(16)}, his)
-    with pytest.raises(ConfigError, match="rosinality .stylegan2-pytorch. checkpoint: set init.format=rosinality"):
+    with pytest.raises(ConfigError, match="this is a rosinality checkpoint .*: set init.format=rosinality"):
         _preflight(his)
     _preflight(his, "rosinality")
+    with pytest.raises(ConfigError, match="this is a rosinality checkpoint .*: set init.format=rosinality"):
+        _preflight(his, "nvlabs")
 
 
 def test_run_root_that_is_a_file(tmp_path, capsys):

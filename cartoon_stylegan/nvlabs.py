@@ -1,0 +1,548 @@
+"""Import StyleGAN2 networks from NVlabs pickles (stylegan2-ada-pytorch, stylegan3) without running them.
+
+Their ``network-snapshot-*.pkl`` files are plain pickles of ``{"G", "D", "G_ema",
+"augment_pipe", "training_set_kwargs"}`` whose networks are ``torch_utils.persistence``
+classes: each one is stored as a call ``_reconstruct_persistent_obj(meta)`` with
+``meta = {type, version, module_src, class_name, state}``, where ``module_src`` is the
+Python source of the module that defined the class and ``state`` the module's ``__dict__``
+(``_parameters``, ``_buffers``, ``_modules``, ``_init_kwargs``, plain attributes). Loading one
+with ``pickle`` *executes* ``module_src``.
+
+Here a restricted unpickler resolves only the globals such a file needs (the reconstruct hook,
+``OrderedDict``, torch's tensor/parameter rebuilders, the storage loader -- itself read with
+``torch.load(weights_only=True)`` --, numpy scalars, ``dnnlib.EasyDict``) and refuses every
+other one with a message naming it. The reconstruct hook is replaced by one that returns an
+inert :class:`Record` (class name + state); ``module_src`` is never executed or compiled.
+
+The records are then mapped onto this project's (rosinality-layout) networks:
+
+======================================  ==========================================
+NVlabs (``G``, ``G_ema``)               ours
+======================================  ==========================================
+mapping.fc{i}.weight / .bias            style.{i+1}.weight / .bias
+mapping.w_avg                           the truncation centre (sampling)
+synthesis.b4.const (C, 4, 4)            input.input (1, C, 4, 4)
+synthesis.b4.conv1                      conv1
+synthesis.b4.torgb                      to_rgb1
+synthesis.b{2**(j+3)}.conv0 / .conv1    convs.{2j} / convs.{2j+1}
+synthesis.b{2**(j+3)}.torgb             to_rgbs.{j}
+<layer>.weight (O, I, k, k)             <layer>.conv.weight (1, O, I, k, k)
+<layer>.affine.weight / .bias           <layer>.conv.modulation.weight / .bias
+<layer>.noise_strength ()               <layer>.noise.weight (1,)
+<layer>.noise_const (r, r)              noises.noise_{n} (1, 1, r, r)
+<layer>.bias (O,)  [torgb: (3,)]        <layer>.activate.bias (O,)  [ToRGB: bias (1, 3, 1, 1)]
+*.resample_filter (normalised 4x4)      checked to be [1,3,3,1]; ours builds its blur kernels
+======================================  ==========================================
+
+``D``: ``b{size}.fromrgb`` -> ``convs.0``; block ``b{r}`` -> ``convs.{i}`` (conv0 -> conv1,
+conv1 -> conv2, skip -> skip); ``b4.conv / .fc / .out`` -> ``final_conv`` / ``final_linear.0 / .1``.
+
+Both projects store unscaled weights (equalised learning rate: the gains 1/sqrt(fan_in) and the
+mapping's lr multiplier are applied in the forward pass), use the same padding and filter
+arithmetic for the up/down-sampling convolutions, demodulate with eps 1e-8, and take W+ entries
+in the same order, so the tensors are copied unchanged (``benchmarks/nvlabs_parity.py`` compares
+images and logits with NVlabs' own code). What has no counterpart here is refused with the
+reason: StyleGAN3 (alias-free) generators, conditional networks (``c_dim > 0``), other
+architectures (``orig``/``resnet`` G, ``orig``/``skip`` D), other filters, minibatch-std other
+than group 4 / 1 channel. ``conv_clamp`` (activations clamped to +-256, set by stylegan2-ada's
+training configs) is not part of our networks: it is dropped, with a warning (it only changes an
+image where an activation exceeds the clamp).
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import warnings
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+__all__ = ["import_nvlabs", "read_nvlabs_pickle", "Record", "NVlabsImportError", "KNOWN_CLASSES"]
+
+
+class NVlabsImportError(ValueError):
+    """The file is not an NVlabs StyleGAN2 pickle we can import (one line saying why)."""
+
+
+# Persistent classes of stylegan2-ada-pytorch's training/networks.py and stylegan3's
+# networks_stylegan2.py / networks_stylegan3.py / augment.py. Records of these become inert
+# Records; any other class name is refused.
+STYLEGAN2_CLASSES = frozenset({
+    "Generator", "MappingNetwork", "FullyConnectedLayer", "SynthesisNetwork", "SynthesisBlock",
+    "SynthesisLayer", "ToRGBLayer", "Conv2dLayer", "Discriminator", "DiscriminatorBlock",
+    "DiscriminatorEpilogue", "MinibatchStdLayer"})
+OTHER_CLASSES = frozenset({"AugmentPipe", "SynthesisInput"})
+KNOWN_CLASSES = STYLEGAN2_CLASSES | OTHER_CLASSES
+
+
+class Record:
+    """An inert stand-in for one persistent object: its class name and pickled state (never run)."""
+
+    __slots__ = ("class_name", "state", "source_chars")
+
+    def __init__(self, class_name: str, state: dict, source_chars: int):
+        self.class_name, self.state, self.source_chars = class_name, state, source_chars
+
+    def __repr__(self) -> str:
+        return f"Record({self.class_name})"
+
+    # the parts of an nn.Module's __dict__
+    def children(self) -> "OrderedDict[str, Record]":
+        mods = self.state.get("_modules") or {}
+        return OrderedDict((k, v) for k, v in mods.items() if v is not None)
+
+    def child(self, name: str) -> "Record | None":
+        return self.children().get(name)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for group in ("_parameters", "_buffers"):
+            for k, v in (self.state.get(group) or {}).items():
+                if v is not None:
+                    out[k] = v
+        return out
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.state.get(name, default)
+
+    def flat(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """All tensors below this record, named as NVlabs' ``state_dict()`` names them."""
+        out = {prefix + k: v for k, v in self.tensors().items()}
+        for name, rec in self.children().items():
+            if isinstance(rec, Record):
+                out.update(rec.flat(f"{prefix}{name}."))
+        return out
+
+
+# ------------------------------------------------------------------------------ unpickling
+class _EasyDict(dict):
+    """Stand-in for dnnlib.util.EasyDict (a dict with attribute access)."""
+
+
+def _reconstruct(meta):
+    if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("class_name"), str):
+        raise NVlabsImportError("a persistent-object record that is not a class instance (type "
+                                f"{meta.get('type') if isinstance(meta, dict) else type(meta).__name__!r})")
+    name = meta["class_name"]
+    if name not in KNOWN_CLASSES:
+        raise NVlabsImportError(f"refuses persistent class {name!r}: not a class of NVlabs' StyleGAN2/3 "
+                                "networks (nothing from the file was run)")
+    state = meta.get("state")
+    if not isinstance(state, dict):
+        raise NVlabsImportError(f"persistent class {name!r} has no state dict")
+    src = meta.get("module_src")
+    return Record(name, state, len(src) if isinstance(src, str) else 0)
+
+
+def _load_storage(data: bytes):
+    if not isinstance(data, (bytes, bytearray)):
+        raise NVlabsImportError("a tensor storage record without bytes")
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *state):
+    if backward_hooks:
+        raise NVlabsImportError("a parameter with backward hooks (code) attached")
+    return data
+
+
+def _np_scalar(dtype, data=None):
+    import numpy as np
+
+    if dtype.hasobject or not isinstance(data, (bytes, bytearray)):
+        raise NVlabsImportError(f"refuses numpy scalar of dtype {dtype}")
+    return np.frombuffer(data, dtype=dtype)[0]
+
+
+def _np_dtype(*args):
+    import numpy as np
+
+    dt = np.dtype(*args)
+    if dt.hasobject:
+        raise NVlabsImportError("refuses numpy object dtype")
+    return dt
+
+
+def _np_reconstruct(cls, shape, dtype):
+    import numpy as np
+
+    if cls is not np.ndarray:
+        raise NVlabsImportError(f"refuses numpy array subclass {cls!r}")
+    return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+def _allowed() -> dict[tuple[str, str], Any]:
+    import numpy as np
+
+    allow: dict[tuple[str, str], Any] = {
+        ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct,
+        ("collections", "OrderedDict"): OrderedDict,
+        ("builtins", "set"): set, ("__builtin__", "set"): set,
+        ("builtins", "frozenset"): frozenset, ("__builtin__", "frozenset"): frozenset,
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+        ("torch.storage", "_load_from_bytes"): _load_storage,
+        ("dnnlib.util", "EasyDict"): _EasyDict,
+        ("numpy", "dtype"): _np_dtype,
+        ("numpy", "ndarray"): np.ndarray,
+    }
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allow[(mod, "scalar")] = _np_scalar
+        allow[(mod, "_reconstruct")] = _np_reconstruct
+    return allow
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, f, path: str):
+        super().__init__(f)
+        self._path, self._allow = path, _allowed()
+
+    def find_class(self, module: str, name: str):
+        fn = self._allow.get((module, name))
+        if fn is not None:
+            return fn
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if module.startswith("dnnlib.tflib"):
+            raise NVlabsImportError(f"{self._path}: a TensorFlow StyleGAN/StyleGAN2 pickle ({module}.{name}); "
+                                    "convert it with NVlabs' stylegan2-ada-pytorch legacy.py first")
+        raise NVlabsImportError(f"{self._path}: refuses {module}.{name}: not part of an NVlabs network pickle "
+                                "(nothing from the file was run)")
+
+    def persistent_load(self, pid):
+        raise NVlabsImportError(f"{self._path}: unexpected persistent id {pid!r} (a torch.save file, not an "
+                                "NVlabs pickle? try format rosinality or native)")
+
+
+def read_nvlabs_pickle(path: str | os.PathLike) -> dict[str, Any]:
+    """The pickle's top-level dict with every network as a :class:`Record` (no code from the file runs)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        head = f.read(2)
+        if head[:2] == b"PK":
+            raise NVlabsImportError(f"{path}: a torch.save zip file, not an NVlabs pickle "
+                                    "(use format native or rosinality)")
+        f.seek(0)
+        try:
+            data = _RestrictedUnpickler(f, path).load()
+        except NVlabsImportError as e:
+            msg = str(e)
+            raise NVlabsImportError(msg if msg.startswith(path) else f"{path}: {msg}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+            raise NVlabsImportError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+    if isinstance(data, tuple):
+        raise NVlabsImportError(f"{path}: a TensorFlow-era pickle (a tuple of networks); convert it with NVlabs' "
+                                "legacy.py first")
+    if not isinstance(data, dict) or not any(isinstance(data.get(k), Record) for k in ("G", "D", "G_ema")):
+        found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        raise NVlabsImportError(f"{path}: has none of the networks G, D, G_ema (found {found})")
+    return data
+
+
+# ------------------------------------------------------------------------------ mapping
+_BLUR = torch.tensor([1.0, 3.0, 3.0, 1.0])
+
+
+def _check_filter(rec: Record, where: str) -> None:
+    f = rec.tensors().get("resample_filter")
+    if f is None:
+        return
+    want = _BLUR[:, None] * _BLUR[None, :]
+    want = want / want.sum()
+    if tuple(f.shape) != (4, 4) or not torch.allclose(f.float(), want, atol=1e-6):
+        raise NVlabsImportError(f"{where}.resample_filter is not the [1,3,3,1] filter our networks use")
+
+
+def _need(rec: Record | None, what: str, cls: str | tuple[str, ...]) -> Record:
+    classes = (cls,) if isinstance(cls, str) else cls
+    if not isinstance(rec, Record):
+        raise NVlabsImportError(f"{what} is missing")
+    if rec.class_name not in classes:
+        raise NVlabsImportError(f"{what} is a {rec.class_name}, expected {' or '.join(classes)}")
+    return rec
+
+
+def _block(rec: Record | None, where: str, cls: str, architecture: str, kind: str) -> Record:
+    rec = _need(rec, where, cls)
+    if rec.attr("architecture", architecture) != architecture:
+        raise NVlabsImportError(f"{where}: architecture {rec.attr('architecture')!r}; ours is StyleGAN2's "
+                                f"{architecture!r} {kind}")
+    _check_filter(rec, where)
+    return rec
+
+
+def _conv_clamp(rec: Record, clamps: set) -> None:
+    c = rec.attr("conv_clamp")
+    if c is not None:
+        clamps.add(float(c))
+
+
+def _fc(rec: Record, what: str, lr: float | None = None, activation: str | None = None) -> dict[str, torch.Tensor]:
+    rec = _need(rec, what, "FullyConnectedLayer")
+    t = rec.tensors()
+    if "weight" not in t or "bias" not in t:
+        raise NVlabsImportError(f"{what} lacks a weight or bias")
+    if lr is not None and not math.isclose(float(rec.attr("bias_gain", 1.0)), lr, rel_tol=1e-6):
+        raise NVlabsImportError(f"{what}: lr multiplier {rec.attr('bias_gain')} differs from the mapping's {lr}")
+    if activation is not None and rec.attr("activation", "linear") != activation:
+        raise NVlabsImportError(f"{what}: activation {rec.attr('activation')!r}, expected {activation!r}")
+    return t
+
+
+def _stylegan3_hint(synth: Record) -> str | None:
+    names = set(synth.children())
+    if synth.class_name == "SynthesisNetwork" and ("input" in names or any(n.startswith("L0_") for n in names)):
+        return "a StyleGAN3 (alias-free) generator, not StyleGAN2: our networks cannot express it"
+    return None
+
+
+def generator_from_record(G: Record, what: str = "G"):
+    """Our :class:`~cartoon_stylegan.networks.Generator` with the weights of an NVlabs StyleGAN2 generator
+    record, and its ``mapping.w_avg`` (or None). Raises :class:`NVlabsImportError` naming what does not fit."""
+    from cartoon_stylegan.networks import Generator
+
+    _need(G, what, "Generator")
+    synth = G.child("synthesis")
+    if isinstance(synth, Record):
+        hint = _stylegan3_hint(synth)
+        if hint:
+            raise NVlabsImportError(f"{what} is {hint}")
+    synth = _need(synth, f"{what}.synthesis", "SynthesisNetwork")
+    mapping = _need(G.child("mapping"), f"{what}.mapping", "MappingNetwork")
+    c_dim = int(G.attr("c_dim", 0) or 0)
+    if c_dim or mapping.child("embed") is not None:
+        raise NVlabsImportError(f"{what} is a conditional generator (c_dim={c_dim}); ours are unconditional")
+    z_dim, w_dim = int(G.attr("z_dim")), int(G.attr("w_dim"))
+    if z_dim != w_dim:
+        raise NVlabsImportError(f"{what}: z_dim {z_dim} differs from w_dim {w_dim}; ours use one style_dim for both")
+    if int(G.attr("img_channels", 3)) != 3:
+        raise NVlabsImportError(f"{what}: {G.attr('img_channels')} image channels; ours draw RGB (3)")
+    size = int(G.attr("img_resolution"))
+    if size < 4 or size & (size - 1):
+        raise NVlabsImportError(f"{what}: img_resolution {size} is not a power of two >= 4")
+
+    n_mlp = int(mapping.attr("num_layers"))
+    fcs = [mapping.child(f"fc{i}") for i in range(n_mlp)]
+    lr_mlp = float(_need(fcs[0], f"{what}.mapping.fc0", "FullyConnectedLayer").attr("bias_gain", 0.01))
+    state: dict[str, torch.Tensor] = {}
+    for i, fc in enumerate(fcs):
+        t = _fc(fc, f"{what}.mapping.fc{i}", lr=lr_mlp, activation="lrelu")
+        state[f"style.{i + 1}.weight"], state[f"style.{i + 1}.bias"] = t["weight"], t["bias"]
+
+    clamps: set = set()
+    use_noise: set = set()
+    noises: dict[int, torch.Tensor] = {}
+    widths: dict[int, int] = {}
+
+    def layer(rec: Record | None, where: str, ours: str, up: bool, noise_index: int) -> None:
+        rec = _need(rec, where, "SynthesisLayer")
+        t = rec.tensors()
+        if rec.attr("activation", "lrelu") != "lrelu" or int(rec.attr("up", 1)) != (2 if up else 1):
+            raise NVlabsImportError(f"{where}: activation {rec.attr('activation')!r} / up {rec.attr('up')} "
+                                    "differ from StyleGAN2's lrelu / skip layout")
+        _check_filter(rec, where)
+        _conv_clamp(rec, clamps)
+        aff = _fc(rec.child("affine"), f"{where}.affine")
+        state[f"{ours}.conv.weight"] = t["weight"].unsqueeze(0)
+        state[f"{ours}.conv.modulation.weight"], state[f"{ours}.conv.modulation.bias"] = aff["weight"], aff["bias"]
+        state[f"{ours}.activate.bias"] = t["bias"]
+        noisy = bool(rec.attr("use_noise", "noise_const" in t))
+        use_noise.add(noisy)
+        if noisy:
+            state[f"{ours}.noise.weight"] = t["noise_strength"].reshape(1)
+            noises[noise_index] = t["noise_const"]
+
+    def torgb(rec: Record | None, where: str, ours: str) -> None:
+        rec = _need(rec, where, "ToRGBLayer")
+        t = rec.tensors()
+        _conv_clamp(rec, clamps)
+        aff = _fc(rec.child("affine"), f"{where}.affine")
+        state[f"{ours}.conv.weight"] = t["weight"].unsqueeze(0)
+        state[f"{ours}.conv.modulation.weight"], state[f"{ours}.conv.modulation.bias"] = aff["weight"], aff["bias"]
+        state[f"{ours}.bias"] = t["bias"].reshape(1, -1, 1, 1)
+
+    for k in range(2, int(math.log2(size)) + 1):
+        res = 2 ** k
+        where = f"{what}.synthesis.b{res}"
+        block = _block(synth.child(f"b{res}"), where, "SynthesisBlock", "skip", "generator")
+        if res == 4:
+            const = block.tensors().get("const")
+            if const is None:
+                raise NVlabsImportError(f"{where}.const is missing")
+            state["input.input"] = const.unsqueeze(0)
+            layer(block.child("conv1"), f"{where}.conv1", "conv1", False, 0)
+            torgb(block.child("torgb"), f"{where}.torgb", "to_rgb1")
+        else:
+            j = k - 3
+            layer(block.child("conv0"), f"{where}.conv0", f"convs.{2 * j}", True, 2 * j + 1)
+            layer(block.child("conv1"), f"{where}.conv1", f"convs.{2 * j + 1}", False, 2 * j + 2)
+            torgb(block.child("torgb"), f"{where}.torgb", f"to_rgbs.{j}")
+        widths[res] = int(state["input.input" if res == 4 else f"convs.{2 * (k - 3) + 1}.conv.weight"].shape[1])
+    extra = sorted(n for n in synth.children() if n not in {f"b{2 ** k}" for k in range(2, int(math.log2(size)) + 1)})
+    if extra:
+        raise NVlabsImportError(f"{what}.synthesis has modules we do not know: {extra}")
+    if len(use_noise) > 1:
+        raise NVlabsImportError(f"{what}: some layers use noise and others not; ours switch it for all layers")
+    noisy = use_noise == {True}
+    if clamps:
+        warnings.warn(f"{what}: conv_clamp {sorted(clamps)} dropped (our networks do not clamp activations; only "
+                      "an activation beyond the clamp draws differently)", stacklevel=3)
+
+    cmax = max(widths.values())
+    cm = _multiplier(widths, cmax, size, what)
+    cfg = dict(size=size, style_dim=w_dim, n_mlp=n_mlp, channel_multiplier=cm, lr_mlp=lr_mlp,
+               channel_max=cmax, use_noise=noisy)
+    try:
+        net = Generator(**cfg)
+    except ValueError as e:
+        raise NVlabsImportError(f"{what}: {e}") from None
+    if {r: net.channels[r] for r in widths} != widths:
+        raise NVlabsImportError(f"{what}: channel widths {widths} are not min(channel_max, 16384 * m / res) for "
+                                "any integer m: NVlabs' channel_base must be a multiple of 16384 here")
+    own = net.state_dict()
+    for i in range(net.num_layers):
+        key = f"noises.noise_{i}"
+        state[key] = noises[i].reshape(own[key].shape) if noisy else torch.zeros_like(own[key])
+    for key, val in own.items():
+        if key.endswith(".kernel"):  # blur kernels: buffers our layers derive from blur_kernel
+            state[key] = val
+        elif key.endswith(".noise.weight") and not noisy:
+            state[key] = torch.zeros_like(val)
+    _load_strict(net, state, what)
+    w_avg = mapping.tensors().get("w_avg")
+    return net, (None if w_avg is None else w_avg.detach().float().reshape(1, -1).clone())
+
+
+def discriminator_from_record(D: Record, what: str = "D"):
+    """Our :class:`~cartoon_stylegan.networks.Discriminator` with the weights of an NVlabs StyleGAN2
+    discriminator record."""
+    from cartoon_stylegan.networks import Discriminator
+
+    _need(D, what, "Discriminator")
+    if int(D.attr("c_dim", 0) or 0) or D.child("mapping") is not None:
+        raise NVlabsImportError(f"{what} is a conditional discriminator (c_dim={D.attr('c_dim')}); ours are "
+                                "unconditional")
+    if int(D.attr("img_channels", 3)) != 3:
+        raise NVlabsImportError(f"{what}: {D.attr('img_channels')} image channels; ours read RGB (3)")
+    size = int(D.attr("img_resolution"))
+    if size < 8 or size & (size - 1):
+        raise NVlabsImportError(f"{what}: img_resolution {size} is not a power of two >= 8")
+    clamps: set = set()
+    state: dict[str, torch.Tensor] = {}
+
+    def conv(rec: Record | None, where: str, *, act: bool = True, bias: bool = True, down: int = 1):
+        rec = _need(rec, where, "Conv2dLayer")
+        if int(rec.attr("down", 1)) != down or int(rec.attr("up", 1)) != 1:
+            raise NVlabsImportError(f"{where}: up/down {rec.attr('up')}/{rec.attr('down')} differ from StyleGAN2's")
+        if rec.attr("activation", "linear") != ("lrelu" if act else "linear"):
+            raise NVlabsImportError(f"{where}: activation {rec.attr('activation')!r} differs from StyleGAN2's")
+        _check_filter(rec, where)
+        _conv_clamp(rec, clamps)
+        t = rec.tensors()
+        if ("bias" in t) != bias:
+            raise NVlabsImportError(f"{where}: {'lacks' if bias else 'has'} a bias, unlike StyleGAN2's")
+        return t
+
+    widths: dict[int, int] = {}
+    n_blocks = int(math.log2(size)) - 2
+    for i in range(1, n_blocks + 1):
+        res = size >> (i - 1)
+        where = f"{what}.b{res}"
+        block = _block(D.child(f"b{res}"), where, "DiscriminatorBlock", "resnet", "discriminator")
+        if i == 1:
+            t = conv(block.child("fromrgb"), f"{where}.fromrgb")
+            state["convs.0.0.weight"], state["convs.0.1.bias"] = t["weight"], t["bias"]
+            widths[res] = int(t["weight"].shape[0])
+        elif block.child("fromrgb") is not None:
+            raise NVlabsImportError(f"{where} reads the image again (fromrgb): not the resnet layout")
+        t0 = conv(block.child("conv0"), f"{where}.conv0")
+        t1 = conv(block.child("conv1"), f"{where}.conv1", down=2)
+        ts = conv(block.child("skip"), f"{where}.skip", act=False, bias=False, down=2)
+        state[f"convs.{i}.conv1.0.weight"], state[f"convs.{i}.conv1.1.bias"] = t0["weight"], t0["bias"]
+        state[f"convs.{i}.conv2.1.weight"], state[f"convs.{i}.conv2.2.bias"] = t1["weight"], t1["bias"]
+        state[f"convs.{i}.skip.1.weight"] = ts["weight"]
+        widths[res // 2] = int(t1["weight"].shape[0])
+    epi = _need(D.child("b4"), f"{what}.b4", "DiscriminatorEpilogue")
+    if epi.attr("architecture", "resnet") != "resnet" or int(epi.attr("cmap_dim", 0) or 0):
+        raise NVlabsImportError(f"{what}.b4: architecture {epi.attr('architecture')!r} / cmap_dim "
+                                f"{epi.attr('cmap_dim')} differ from StyleGAN2's unconditional resnet epilogue")
+    mbstd = epi.child("mbstd")
+    if mbstd is None or int(mbstd.attr("group_size") or 0) != Discriminator.stddev_group or \
+            int(mbstd.attr("num_channels", 1)) != Discriminator.stddev_feat:
+        got = None if mbstd is None else (mbstd.attr("group_size"), mbstd.attr("num_channels"))
+        raise NVlabsImportError(f"{what}.b4.mbstd (group size, channels) = {got}; ours use "
+                                f"({Discriminator.stddev_group}, {Discriminator.stddev_feat})")
+    t = conv(epi.child("conv"), f"{what}.b4.conv")
+    state["final_conv.0.weight"], state["final_conv.1.bias"] = t["weight"], t["bias"]
+    fc = _fc(epi.child("fc"), f"{what}.b4.fc", lr=1.0, activation="lrelu")
+    out = _fc(epi.child("out"), f"{what}.b4.out", lr=1.0, activation="linear")
+    state["final_linear.0.weight"], state["final_linear.0.bias"] = fc["weight"], fc["bias"]
+    state["final_linear.1.weight"], state["final_linear.1.bias"] = out["weight"], out["bias"]
+    if clamps:
+        warnings.warn(f"{what}: conv_clamp {sorted(clamps)} dropped (our networks do not clamp activations)",
+                      stacklevel=3)
+    cmax = max(widths.values())
+    cm = _multiplier(widths, cmax, size, what)
+    net = Discriminator(size, channel_multiplier=cm, channel_max=cmax)
+    own = net.state_dict()
+    if any(int(own[f"convs.{i}.conv2.1.weight"].shape[0]) != widths[(size >> (i - 1)) // 2]
+           for i in range(1, n_blocks + 1)):
+        raise NVlabsImportError(f"{what}: channel widths {widths} are not min(channel_max, 16384 * m / res) for any "
+                                "integer m: NVlabs' channel_base must be a multiple of 16384 here")
+    for key, val in own.items():
+        if key.endswith(".kernel"):
+            state[key] = val
+    _load_strict(net, state, what)
+    return net
+
+
+def _multiplier(widths: dict[int, int], cmax: int, size: int, what: str) -> int:
+    from cartoon_stylegan.checkpoint import _infer_multiplier
+
+    try:
+        return _infer_multiplier(widths, cmax, size, what)
+    except ValueError:
+        raise NVlabsImportError(f"{what}: channel widths {widths} are not min(channel_max, 16384 * m / res) for any "
+                                "integer m: NVlabs' channel_base must be a multiple of 16384 here") from None
+
+
+def _load_strict(net, state: dict[str, torch.Tensor], what: str) -> None:
+    from cartoon_stylegan.checkpoint import CheckpointMismatch, _state_diff
+
+    state = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in state.items()}
+    missing, unexpected, shapes = _state_diff(net, state)
+    if missing or unexpected or shapes:
+        raise CheckpointMismatch(f"{what}: NVlabs network mapped onto {type(net).__name__}({net.config})",
+                                 missing, unexpected, shapes)
+    net.load_state_dict(state, strict=True)
+
+
+def import_nvlabs(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Build modules from an NVlabs stylegan2-ada-pytorch / stylegan3 pickle of a StyleGAN2 network
+    -> {"g", "d", "g_ema", "latent_avg"} (entries absent from the file are None).
+
+    No code from the file runs (see the module docstring). ``latent_avg`` is G_ema's ``w_avg``
+    (1, style_dim); it is also attached to ``g_ema`` as its truncation centre, so that sampling
+    with truncation draws what NVlabs' ``G(z, c, truncation_psi)`` draws.
+    """
+    from cartoon_stylegan.sampling import set_truncation_center
+
+    path = os.fspath(path)
+    data = read_nvlabs_pickle(path)
+    out: dict[str, Any] = {"g": None, "d": None, "g_ema": None, "latent_avg": None}
+    for key, ours in (("G", "g"), ("G_ema", "g_ema")):
+        rec = data.get(key)
+        if isinstance(rec, Record):
+            net, w_avg = generator_from_record(rec, f"{path}:{key}")
+            if w_avg is not None:
+                set_truncation_center(net, w_avg)
+                if ours == "g_ema":
+                    out["latent_avg"] = w_avg
+            out[ours] = net.to(map_location)
+    if isinstance(data.get("D"), Record):
+        out["d"] = discriminator_from_record(data["D"], f"{path}:D").to(map_location)
+    return out

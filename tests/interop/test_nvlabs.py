@@ -1,0 +1,186 @@
+"""NVlabs pickle import: no code from the file runs, architecture inference, refusals, and the imported
+networks compute what NVlabs' arithmetic computes (tests/interop/nvlabs_reference.py, float64)."""
+import io
+import os
+import pickle
+import warnings
+
+import pytest
+import torch
+
+from cartoon_stylegan.nvlabs import NVlabsImportError, import_nvlabs, read_nvlabs_pickle
+from cartoon_stylegan.sampling import Sampler, truncation_center
+
+from . import nvlabs_fixture as fx
+from . import nvlabs_reference as ref
+
+
+@pytest.fixture
+def sentinel(tmp_path, monkeypatch):
+    path = tmp_path / "module_src_ran"
+    monkeypatch.setenv(fx.SENTINEL_ENV, str(path))
+    yield path
+    assert not path.exists(), "code from the pickle was executed"
+
+
+def write(tmp_path, data: bytes, name="network-snapshot-000000.pkl"):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def flat(record_module):
+    """NVlabs-named tensors of a fixture module (what their state_dict() would hold)."""
+    return {k: v.detach() for k, v in record_module.state_dict().items()}
+
+
+def test_fixture_is_a_real_persistent_pickle(tmp_path, sentinel):
+    """The fixture pickles as NVlabs' do: plain pickle, _reconstruct_persistent_obj records with module_src."""
+    data = fx.snapshot_bytes(G=fx.generator(), D=fx.discriminator(), G_ema=fx.generator(seed=3))
+    assert data[:1] == b"\x80" and b"torch_utils.persistence" in data and b"_reconstruct_persistent_obj" in data
+    assert fx.MODULE_SRC.encode() in data and b"dnnlib.util" in data
+    # a normal unpickler would need their modules -- and would then run module_src
+    with pytest.raises(ModuleNotFoundError, match="torch_utils|dnnlib"):
+        pickle.loads(data)
+
+
+def test_import_generator_and_discriminator(tmp_path, sentinel):
+    G, D, G_ema = fx.generator(seed=0), fx.discriminator(), fx.generator(seed=5)
+    p = write(tmp_path, fx.snapshot_bytes(G=G, D=D, G_ema=G_ema))
+    nets = import_nvlabs(p)
+    g, d, ge = nets["g"], nets["d"], nets["g_ema"]
+    assert g.config["size"] == 16 and g.config["style_dim"] == 16 and g.config["n_mlp"] == 2
+    assert g.config["channel_max"] == 16 and g.config["lr_mlp"] == pytest.approx(0.01) and g.use_noise
+    assert d.config["size"] == 16 and d.config["channel_max"] == 16
+    s = flat(G_ema)
+    assert torch.equal(ge.style[1].weight, s["mapping.fc0.weight"])
+    assert torch.equal(ge.input.input[0], s["synthesis.b4.const"])
+    assert torch.equal(ge.convs[0].conv.weight[0], s["synthesis.b8.conv0.weight"])
+    assert torch.equal(ge.noises.noise_1[0, 0], s["synthesis.b8.conv0.noise_const"])
+    assert torch.equal(nets["latent_avg"][0], s["mapping.w_avg"])
+    assert not torch.equal(g.style[1].weight, ge.style[1].weight)  # G and G_ema kept apart
+
+
+@pytest.mark.parametrize("psi", [1.0, 0.6])
+def test_generator_matches_nvlabs_arithmetic(tmp_path, sentinel, psi):
+    G = fx.generator(res=16, w_dim=16, n_map=2, channel_base=16384 * 2, channel_max=16, lr_mlp=0.01)
+    p = write(tmp_path, fx.snapshot_bytes(G=G, D=fx.discriminator(), G_ema=G))
+    ge = import_nvlabs(p)["g_ema"].double()
+    z = torch.randn(3, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = Sampler(ge, truncation=psi)(z.double(), noise_mode="const")
+    # every operation is NVlabs' except where the demodulation adds its 1e-8 (see the reference):
+    # bit-for-bit in float64 with rosinality's placement, and far below float32 rounding with NVlabs'
+    exact = ref.generate(flat(G), z.double(), 16, 2, lr=0.01, psi=psi, eps_after_gain=True)
+    theirs = ref.generate(flat(G), z.double(), 16, 2, lr=0.01, psi=psi)
+    assert got.shape == exact.shape == (3, 3, 16, 16)
+    torch.testing.assert_close(got, exact, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, theirs, rtol=0, atol=1e-7)
+    # the pinned centre is w_avg, not a sampled mean
+    torch.testing.assert_close(truncation_center(ge)[0], flat(G)["mapping.w_avg"].double())
+
+
+def test_generator_without_noise_and_other_lr(tmp_path, sentinel):
+    G = fx.generator(res=8, w_dim=8, n_map=3, lr_mlp=0.05, use_noise=False)
+    ge = import_nvlabs(write(tmp_path, fx.snapshot_bytes(G=G, G_ema=G)))["g_ema"].double()
+    assert not ge.use_noise and ge.config["lr_mlp"] == pytest.approx(0.05) and ge.n_mlp == 3
+    z = torch.randn(2, 8, dtype=torch.float64)
+    want = ref.generate(flat(G), z, 8, 3, lr=0.05, noise=False, eps_after_gain=True)
+    with torch.no_grad():
+        torch.testing.assert_close(Sampler(ge)(z, noise_mode="const"), want, rtol=1e-12, atol=1e-12)
+
+
+def test_discriminator_matches_nvlabs_arithmetic(tmp_path, sentinel):
+    D = fx.discriminator(res=16, channel_base=16384, channel_max=16)
+    d = import_nvlabs(write(tmp_path, fx.snapshot_bytes(G=fx.generator(), D=D)))["d"].double()
+    img = torch.randn(8, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(d(img), ref.discriminate(flat(D), img, 16), rtol=1e-9, atol=1e-9)
+
+
+def test_channel_widths_must_follow_stylegan2s_rule(tmp_path, sentinel):
+    """Widths min(channel_base // res, channel_max) are ours only when channel_base = 16384 * m."""
+    with pytest.raises(NVlabsImportError, match="channel_base must be a multiple of 16384"):
+        import_nvlabs(write(tmp_path, fx.snapshot_bytes(G=fx.generator(res=16, channel_base=128, channel_max=64))))
+
+
+def test_conv_clamp_is_dropped_with_a_warning(tmp_path, sentinel):
+    G = fx.generator(conv_clamp=256)
+    with pytest.warns(UserWarning, match="conv_clamp"):
+        import_nvlabs(write(tmp_path, fx.snapshot_bytes(G=G)))
+
+
+# ------------------------------------------------------------------------------ refusals
+def _evil(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    return marker, pickle.dumps({"G": Evil()})
+
+
+def test_refuses_code_in_a_reduce_record_and_nothing_runs(tmp_path, sentinel):
+    marker, data = _evil(tmp_path)
+    p = write(tmp_path, data)
+    with pytest.raises(NVlabsImportError, match=r"refuses (posix|os)\.system"):
+        import_nvlabs(p)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("target", ["builtins.exec", "builtins.eval", "subprocess.Popen", "torch.load"])
+def test_refuses_any_other_global(tmp_path, sentinel, target):
+    mod, name = target.rsplit(".", 1)
+    # a protocol-2 GLOBAL opcode naming the target, called with one string argument
+    data = b"\x80\x02c" + f"{mod}\n{name}\n".encode() + b"X\x04\x00\x00\x00pass\x85R."
+    with pytest.raises(NVlabsImportError, match=f"refuses {mod}.{name}"):
+        import_nvlabs(write(tmp_path, data))
+
+
+def test_refuses_unknown_persistent_class(tmp_path, sentinel):
+    G = fx.generator()
+    G.synthesis.b4.conv1.__class__ = type("MyOwnLayer", (fx.Persistent,), {"class_name": "MyOwnLayer"})
+    with pytest.raises(NVlabsImportError, match="refuses persistent class 'MyOwnLayer'"):
+        import_nvlabs(write(tmp_path, fx.snapshot_bytes(G=G)))
+
+
+def test_refuses_stylegan3(tmp_path, sentinel):
+    with pytest.raises(NVlabsImportError, match="StyleGAN3 \\(alias-free\\).*not StyleGAN2"):
+        import_nvlabs(write(tmp_path, fx.snapshot_bytes(G=fx.stylegan3_generator())))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(c_dim=4), "conditional generator"),
+    (dict(architecture="resnet"), "architecture 'resnet'"),
+])
+def test_refuses_other_generators(tmp_path, sentinel, kwargs, message):
+    with pytest.raises(NVlabsImportError, match=message):
+        import_nvlabs(write(tmp_path, fx.snapshot_bytes(G=fx.generator(**kwargs))))
+
+
+def test_refuses_other_minibatch_std(tmp_path, sentinel):
+    with pytest.raises(NVlabsImportError, match="mbstd"):
+        import_nvlabs(write(tmp_path, fx.snapshot_bytes(G=fx.generator(), D=fx.discriminator(mbstd_group=8))))
+
+
+def test_refuses_torch_files_and_tensorflow_pickles(tmp_path, sentinel):
+    p = tmp_path / "x.pt"
+    torch.save({"g_ema": {}}, p)
+    with pytest.raises(NVlabsImportError, match="torch.save zip file"):
+        import_nvlabs(p)
+    tf = b"\x80\x02cdnnlib.tflib.network\nNetwork\n)\x81."
+    with pytest.raises(NVlabsImportError, match="TensorFlow"):
+        import_nvlabs(write(tmp_path, tf))
+    with pytest.raises(NVlabsImportError, match="not a readable pickle"):
+        import_nvlabs(write(tmp_path, b"\x80\x04garbage"))
+    with pytest.raises(NVlabsImportError, match="none of the networks"):
+        import_nvlabs(write(tmp_path, pickle.dumps({"x": 1})))
+
+
+def test_read_keeps_other_entries_inert(tmp_path, sentinel):
+    data = read_nvlabs_pickle(write(tmp_path, fx.snapshot_bytes(G=fx.generator())))
+    assert data["augment_pipe"].class_name == "AugmentPipe"
+    assert data["training_set_kwargs"]["resolution"] == 16
+    assert data["D"] is None and data["G_ema"] is None
+    assert data["G"].source_chars == len(fx.MODULE_SRC)

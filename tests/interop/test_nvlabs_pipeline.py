@@ -1,0 +1,59 @@
+"""An NVlabs pickle as a stage's init (``*.init.format=nvlabs``): preflight, architecture checks, the
+config's lr multiplier taken by rescaling, the truncation centre kept while the mapping is unchanged."""
+import pytest
+import torch
+
+from cartoon_stylegan.sampling import Sampler, pinned_truncation_center, truncation_center
+from pipeline.config import ConfigError
+from stages import REGISTRY, load_config
+from stages.models import load_weights
+
+from . import nvlabs_fixture as fx
+
+TINY = ["data.resolution=16", "model.channel_max=16", "model.style_dim=16", "model.n_mlp=2", "model.use_noise=true"]
+
+
+@pytest.fixture
+def pkl(tmp_path, monkeypatch):
+    monkeypatch.setenv(fx.SENTINEL_ENV, str(tmp_path / "ran"))
+    p = tmp_path / "ffhq-tiny.pkl"
+    p.write_bytes(fx.snapshot_bytes(G=fx.generator(seed=0), D=fx.discriminator(), G_ema=fx.generator(seed=2)))
+    yield p
+    assert not (tmp_path / "ran").exists()
+
+
+def _cfg(p, fmt="nvlabs", *extra, stage="finetune"):
+    return load_config(None, [*TINY, f"{stage}.init.path={p}", f"{stage}.init.format={fmt}", *extra])
+
+
+def test_preflight_accepts_a_fitting_pickle_and_names_the_format_of_a_misdeclared_one(pkl):
+    REGISTRY["finetune"].preflight(_cfg(pkl))
+    REGISTRY["pretrain"].preflight(_cfg(pkl, stage="pretrain"))
+    with pytest.raises(ConfigError, match="this is a nvlabs checkpoint .*: set init.format=nvlabs"):
+        REGISTRY["finetune"].preflight(_cfg(pkl, "native"))
+    with pytest.raises(ConfigError, match="does not fit the configured architecture"):
+        REGISTRY["finetune"].preflight(_cfg(pkl, "nvlabs", "model.channel_max=8"))
+
+
+def test_load_weights_takes_the_configs_lr_and_keeps_the_function(pkl):
+    ref = load_weights(_cfg(pkl), str(pkl), "nvlabs")["g_ema"]
+    assert ref.lr_mlp == pytest.approx(0.01)
+    nets = load_weights(_cfg(pkl, "nvlabs", "model.lr_mlp=0.05"), str(pkl), "nvlabs")
+    G = nets["g_ema"]
+    assert G.lr_mlp == pytest.approx(0.05)
+    z = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(Sampler(G, truncation=0.5)(z), Sampler(ref, truncation=0.5)(z), rtol=1e-5, atol=1e-5)
+    # the pinned w_avg followed the rescale, and G's copy (the training G) is G, not G_ema
+    torch.testing.assert_close(pinned_truncation_center(G), pinned_truncation_center(ref))
+    assert not torch.equal(nets["g"].style[1].weight, G.style[1].weight)
+
+
+def test_pinned_centre_is_dropped_once_the_mapping_trains(pkl):
+    G = load_weights(_cfg(pkl), str(pkl), "nvlabs")["g_ema"]
+    w_avg = pinned_truncation_center(G).clone()
+    torch.testing.assert_close(truncation_center(G), w_avg)
+    with torch.no_grad():
+        G.style[1].bias.add_(0.1)  # an optimizer step
+    assert pinned_truncation_center(G) is None
+    assert not torch.allclose(truncation_center(G), w_avg)
