@@ -108,20 +108,14 @@ def main():
                      int(((ours.clamp(-1, 1) + 1) * 127.5).round().ne(((theirs.clamp(-1, 1) + 1) * 127.5).round())
                          .sum()), float(d_theirs.abs().max()), float((d_ours - d_theirs).abs().max())))
         os.unlink(path)
-    head = ("| px | w_dim | ch max | batch | import s | max abs(img) | ours - theirs | naive - theirs | "
-            "uint8 pixels differing | max abs(D) | D ours - theirs |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.3f} | {r[6]:.2e} | {r[7]:.2e} | "
-                     f"{r[8]} | {r[9]:.3f} | {r[10]:.2e} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(f"# NVlabs import parity (CPU, float32, psi={args.psi}, noise const)\n\n"
-                    f"`python benchmarks/nvlabs_parity.py --repo <stylegan2-ada-pytorch> --out {args.out}`\n\n"
-                    f"{table}\n")
+    from parity_report import report
 
+    report(["px", "w_dim", "ch max", "batch", "import s", "max abs(img)", "ours - theirs", "naive - theirs",
+            "uint8 pixels differing", "max abs(D)", "D ours - theirs"],
+           [[str(r[0]), str(r[1]), str(r[2]), str(r[3]), f"{r[4]:.2f}", f"{r[5]:.3f}", f"{r[6]:.2e}", f"{r[7]:.2e}",
+             str(r[8]), f"{r[9]:.3f}", f"{r[10]:.2e}"] for r in rows],
+           title=f"NVlabs import parity (CPU, float32, psi={args.psi}, noise const)",
+           command=f"python benchmarks/nvlabs_parity.py --repo <stylegan2-ada-pytorch> --out {args.out}", out=args.out)
 
 if __name__ == "__main__":
     main()

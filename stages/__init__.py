@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pipeline.config import DEFAULT_CONFIG
 from pipeline.registry import Registry, Section
-from stages import commands, compare, finetune, pretrain, shard, swap
+from stages import commands, compare, export, finetune, pretrain, shard, swap
 from stages import eval as eval_stage
 from stages.common import DataConfig, ModelConfig
 
@@ -18,7 +18,7 @@ REGISTRY = Registry(
     shared=[Section("data", DataConfig, "datasets"), Section("model", ModelConfig, "architecture")],
     renamed={"train": "pretrain"},  # configs in the wild use `train:`; accepted with a note for one release
     compare=compare.main,
-    commands=commands.COMMANDS,  # generate, ... (python -m pipeline generate --help)
+    commands=[*commands.COMMANDS, export.COMMAND],  # generate, ..., export (python -m pipeline generate --help)
     default_config=DEFAULT_CONFIG,
 )
 

@@ -1,0 +1,164 @@
+"""``python -m pipeline export``: a trained generator in rosinality's checkpoint layout, TorchScript or ONNX.
+
+    python -m pipeline export --variant freezesg --format rosinality --out cartoon.pt
+    python -m pipeline export --variant freezesg --swap-res 16 --format onnx --out swapped.onnx
+    python -m pipeline export --checkpoint network-snapshot.pkl --format torchscript --out g.ts
+
+From the experiment of the current config (``--variant``, as ``generate`` picks it) or from any
+checkpoint file a run could start from (``--checkpoint``, its format guessed or given). The
+library side is ``cartoon_stylegan.export``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipeline.artifacts import write_json
+from pipeline.registry import Command
+from stages.commands import UseError, load_sampler
+
+
+def _arguments(p) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--variant", help="source, or a fine-tuned variant of the experiment (NAME or NAME-seedK)")
+    src.add_argument("--checkpoint", help="a checkpoint file (this project's, rosinality's .pt or NVlabs' .pkl)")
+    p.add_argument("--checkpoint-format", default=None,
+                   help="format of --checkpoint: native, rosinality, nvlabs (default: found by trying each)")
+    p.add_argument("--swap-res", type=int, default=None,
+                   help="with --variant: the source's layers up to this resolution, the variant's above, as one network")
+    p.add_argument("--format", required=True, choices=("rosinality", "torchscript", "onnx"))
+    p.add_argument("--truncation", type=float, default=1.0,
+                   help="torchscript/onnx: truncation psi built into the network, 0..1 (default %(default)s = none)")
+    p.add_argument("--input", choices=("z", "wplus"), default="z",
+                   help="torchscript/onnx: the network's input, z (N, style_dim) or W+ (N, n_latent, style_dim)")
+    p.add_argument("--mapping", choices=("own", "source"), default=None,
+                   help="rosinality, FreezeSG variants only: the one mapping network his file can hold -- the "
+                        "variant's own, or the source's (the reference Colab drives both generators with the "
+                        "source's w); neither is exactly how the variant is sampled here")
+    p.add_argument("--out", required=True, help="the file to write (a JSON of what was done goes beside it)")
+
+
+def _out(path: str) -> Path:
+    p = Path(path)
+    if p.exists() and p.is_dir():
+        raise UseError(f"--out {path}: is a folder; give a file name")
+    if p.name.startswith(".") or not p.name:
+        raise UseError(f"--out {path}: give a plain file name")
+    return p
+
+
+def _from_checkpoint(args):
+    """(sampler, nets, described) from --checkpoint."""
+    from cartoon_stylegan import importers
+    from cartoon_stylegan.sampling import Sampler
+
+    f = Path(args.checkpoint).expanduser()
+    if not f.is_file():
+        raise UseError(f"--checkpoint {args.checkpoint}: no such file")
+    fmt = args.checkpoint_format or importers.sniff(f)
+    if fmt is None:
+        raise UseError(f"--checkpoint {f}: not readable as any of {', '.join(importers.names())}")
+    try:
+        nets = importers.get(fmt).load(f)
+    except Exception as e:  # noqa: BLE001 -- one line
+        raise UseError(f"--checkpoint {f}: cannot be read as {fmt} ({str(e).splitlines()[0][:300]})") from None
+    G = nets.get("g_ema") or nets.get("g")
+    if G is None:
+        raise UseError(f"--checkpoint {f}: holds no generator")
+    return Sampler(G.eval().requires_grad_(False), truncation=args.truncation), nets, f"{f} ({fmt})"
+
+
+def _from_variant(reg, cfg, args):
+    import torch
+
+    from cartoon_stylegan import checkpoint
+    from stages.models import arch
+
+    sampler, network = load_sampler(cfg, args.variant, swap_res=args.swap_res, truncation=args.truncation,
+                                    device=torch.device("cpu"))
+    nets = {"g_ema": sampler.G}
+    if args.swap_res is None:  # the file's training G and D go along (not for a swapped pair)
+        g_cfg, d_cfg = arch(cfg)
+        full = checkpoint.load_transfer(network, expect_g_config=g_cfg, expect_d_config=d_cfg)
+        nets["g"], nets["d"] = full.get("g"), full.get("d")
+    what = f"{args.variant}" + (f" swapped at {args.swap_res} px" if args.swap_res else "") + f" ({network})"
+    return sampler, nets, what
+
+
+def _rosinality(sampler, nets, args, out: Path) -> dict:
+    import torch
+
+    from cartoon_stylegan.checkpoint import atomic_save
+    from cartoon_stylegan.export import to_rosinality
+
+    mapping = "own"
+    if sampler.prefix_len:
+        src, G = sampler.source, sampler.G
+        same = all(torch.equal(a, b) for a, b in zip(src.style.state_dict().values(), G.style.state_dict().values()))
+        if not same and args.mapping is None:
+            raise UseError(f"--variant {args.variant}: FreezeSG draws its first {sampler.prefix_len} W+ entries "
+                           "with the source's mapping and the rest with its own; rosinality's generator holds one: "
+                           "choose --mapping own or --mapping source, or export --format torchscript / onnx "
+                           "(which carry both)")
+        mapping = "own" if same else args.mapping
+        if mapping == "source":  # the variant's synthesis under the source's mapping network
+            nets = dict(nets)
+            nets["g_ema"] = _with_mapping_of(nets["g_ema"], src)
+            if nets.get("g") is not None:
+                nets["g"] = _with_mapping_of(nets["g"], src)
+    ck = to_rosinality(nets["g_ema"], g=nets.get("g"), d=nets.get("d"))
+    atomic_save(ck, out)
+    return {"keys": sorted(ck), "args": ck["args"], "mapping": mapping}
+
+
+def _with_mapping_of(G, src):
+    import copy
+
+    new = copy.deepcopy(G)
+    new.style.load_state_dict(src.style.state_dict())
+    return new
+
+
+def _traced(sampler, args, out: Path) -> dict:
+    from cartoon_stylegan.export import SamplingNetwork, export_onnx, export_torchscript
+
+    net = SamplingNetwork(sampler, input_is=args.input)
+    err = (export_torchscript if args.format == "torchscript" else export_onnx)(net, str(out))
+    checked = ("onnxruntime" if args.format == "onnx" else "torch.jit.load") if err is not None else None
+    if args.format == "onnx" and err is None:
+        print("note: onnxruntime is not installed: the ONNX file was not run", file=sys.stderr)
+    return {"input": args.input, "input_shape": ["N", *net.input_shape], "output_shape": ["N", 3, net.G.size,
+            net.G.size], "truncation": net.psi, "prefix_len": net.prefix_len, "noise": "const",
+            "checked_with": checked, "max_abs_difference": err}
+
+
+def run(reg, cfg, args) -> int:
+    from cartoon_stylegan.export import ExportError
+
+    try:
+        if getattr(args, "names", None):
+            raise UseError(f"export takes no positional arguments (KEY=VALUE overrides only): {args.names}")
+        if not 0.0 <= args.truncation <= 1.0:
+            raise UseError(f"--truncation {args.truncation}: expected 0..1")
+        if args.checkpoint and args.swap_res is not None:
+            raise UseError("--swap-res needs --variant (a pair from the experiment)")
+        if args.format == "rosinality" and (args.truncation != 1.0 or args.input != "z"):
+            raise UseError("--truncation / --input shape a traced network; a rosinality checkpoint holds weights "
+                           "(his scripts take --truncation themselves)")
+        out = _out(args.out)
+        sampler, nets, what = _from_checkpoint(args) if args.checkpoint else _from_variant(reg, cfg, args)
+        record = _rosinality(sampler, nets, args, out) if args.format == "rosinality" else _traced(sampler, args, out)
+    except (UseError, ExportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    record = {"command": "export", "format": args.format, "from": what, "file": str(out), **record}
+    write_json(out.with_name(out.name + ".json"), record)
+    extra = "" if record.get("max_abs_difference") is None else \
+        f"; matches PyTorch to {record['max_abs_difference']:.1e}"
+    print(f"wrote {out} ({args.format}) from {what}{extra}")
+    return 0
+
+
+COMMAND = Command("export", "A trained generator as rosinality's checkpoint (for his scripts and the Cartoon-StyleGAN "
+                  "Colab), TorchScript or ONNX (one network: truncation, FreezeSG prefix and layer swap built in).",
+                  _arguments, run)
