@@ -1,6 +1,7 @@
 """Throughput of one training step (G + D, lazy regularisation amortised) of the GAN loop.
 
     python benchmarks/train.py [--reps 3] [--skip-256] [--no-peer] [--out PATH]
+    python benchmarks/train.py --demo   # the default config's model vs this process's matmul throughput
 
 A step of `cartoon_stylegan.training.loop` is D main (+ R1 every 16 steps) and G main
 (+ path length every 4 steps). Three step kinds are timed (best of `--reps` after a
@@ -235,6 +236,117 @@ def _peer_step_fn(peer, cfg, device):
     return step, n_params
 
 
+# ----------------------------------------------------------------------------- the demo model
+
+DEMO = dict(size=32, channel_max=32, style_dim=128, n_mlp=4, batch=16)  # configs/default.yaml's model
+
+
+def _matmul_gflops(n=2048, reps=3):
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_time(lambda: a @ b, 1, torch.device("cpu")) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _demo_loop(adam, batch, accelerator):
+    """The default config's pretrain loop (R1 every 16, no path length, EMA) with Adam's ``adam`` kernel."""
+    import os
+
+    from cartoon_stylegan.training.freeze import ADAM_KERNEL_ENV
+
+    torch.manual_seed(0)
+    G = Generator(DEMO["size"], style_dim=DEMO["style_dim"], n_mlp=DEMO["n_mlp"], channel_max=DEMO["channel_max"],
+                  use_noise=False)
+    D = Discriminator(DEMO["size"], channel_max=DEMO["channel_max"])
+    real = torch.rand(batch, 3, DEMO["size"], DEMO["size"]) * 2 - 1
+
+    def data(start):
+        while True:
+            yield real
+
+    opts = LoopOptions(kimg=1e6, batch=batch, r1_gamma=0.02, pl_weight=0, lr_g=0.008, lr_d=0.008, ema_kimg=5)
+    old = os.environ.get(ADAM_KERNEL_ENV)
+    os.environ[ADAM_KERNEL_ENV] = adam
+    try:
+        loop = TrainingLoop(accelerator, G=G, D=D, G_ema=copy.deepcopy(G), data=data, opts=opts,
+                            ckpt_dir=tempfile.mkdtemp(), report=None)
+    finally:
+        if old is None:
+            os.environ.pop(ADAM_KERNEL_ENV)
+        else:
+            os.environ[ADAM_KERNEL_ENV] = old
+    return loop, G, D, real
+
+
+def _bare_step(G, D, real):
+    """G(z) -> D -> non-saturating loss, and D on real and fake: forward + backward through both, no
+    optimizer, no regularisation, no EMA: the arithmetic a training step cannot avoid."""
+    z = torch.randn(real.shape[0], G.style_dim)
+
+    def step():
+        fake = G(z, noise_mode="none")
+        loss = F.softplus(-D(fake)).mean() + F.softplus(D(real)).mean() + F.softplus(D(fake.detach())).mean()
+        loss.backward()
+        for p in list(G.parameters()) + list(D.parameters()):
+            p.grad = None
+    return step
+
+
+def demo_ratio(reps, accelerator, note=""):
+    """The default model's step as a fraction of this process's float32 matmul throughput, before
+    (torch's per-tensor Adam loop) and after (fused Adam), and the full loop against the bare step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    loops = {f"{adam} Adam, batch {b}": _demo_loop(adam, b, accelerator)
+             for adam, b in (("loop", 16), ("fused", 16), ("fused", 32))}
+    bares = {b: _bare_step(*_demo_loop("fused", b, accelerator)[1:]) for b in (16, 32)}
+    bare_flop = {}
+    for b, fn in bares.items():
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        bare_flop[b] = fc.get_total_flops()
+    bare = bares[16]
+
+    def loop_step(loop, r1):
+        loop.step = 0 if r1 else 1
+        figures = loop.train_step()
+        torch.stack([v.float() for v in figures.values()]).cpu()
+
+    for _ in range(2):  # warm-up
+        bare()
+        for loop, *_rest in loops.values():
+            loop_step(loop, False)
+            loop_step(loop, True)
+    t = {"matmul": [], "bare": []} | {name: ([], []) for name in loops}
+    for _ in range(reps):  # interleaved: load from elsewhere hits every row alike
+        t["matmul"].append(2 * 2048 ** 3 / _matmul_gflops(reps=1) / 1e9)
+        t["bare"].append(_time(bare, 3, torch.device("cpu")))
+        for name, (loop, *_rest) in loops.items():
+            t[name][0].append(_time(lambda: loop_step(loop, False), 3, torch.device("cpu")))
+            t[name][1].append(_time(lambda: loop_step(loop, True), 1, torch.device("cpu")))
+    mm = 2 * 2048 ** 3 / min(t["matmul"]) / 1e9
+    tb = min(t["bare"])
+    rows = [("bare G+D forward/backward, batch 16", bare_flop[16], tb, 16)]
+    for name, (plain, r1) in ((n, t[n]) for n in loops):
+        step = min(plain) + (min(r1) - min(plain)) / 16
+        b = int(name.split()[-1])
+        rows.append((f"training loop step ({name}; R1/16, EMA)", bare_flop[b], step, b))
+    lines = [f"float32 matmul 2048^2 in this process: {mm:.0f} GFLOP/s ({torch.get_num_threads()} threads). {note}",
+             "", "GFLOP: the bare forward/backward's count (torch.utils.flop_counter) for the batch, so a loop row's "
+             "GFLOP/s is the useful arithmetic rate (its R1, EMA, Adam and bookkeeping count as time only).",
+             "", "| step | GFLOP | ms | img/s | GFLOP/s | of matmul |", "|---|---:|---:|---:|---:|---:|"]
+    for label, fl, sec, b in rows:
+        lines.append(f"| {label} | {fl / 1e9:.2f} | {sec * 1e3:.1f} | {b / sec:.1f} | {fl / sec / 1e9:.1f} | "
+                     f"{fl / sec / 1e9 / mm:.0%} |")
+    base = rows[1][2]
+    lines += ["", f"- fused Adam: {rows[1][2] / rows[2][2]:.2f}x the loop's steps/s at batch 16; the full loop step "
+              f"(fused, batch 16) is {rows[2][2] / tb:.2f}x the bare step's time",
+              f"- batch 32 (fused): {rows[3][3] / rows[3][2] / (16 / base):.2f}x the img/s of batch 16 with the loop Adam"]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
 # ----------------------------------------------------------------------------- main
 
 def main():
@@ -249,9 +361,20 @@ def main():
     ap.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is present")
     ap.add_argument("--note", default="", help="free text for the table header (e.g. machine load)")
     ap.add_argument("--out", default=None, help="markdown table path (default benchmarks/results/train-<dev>.md)")
+    ap.add_argument("--demo", action="store_true",
+                    help="only the default config's model: step GFLOP/s / matmul GFLOP/s, before/after "
+                         "(writes benchmarks/results/train-demo-cpu.md)")
     args = ap.parse_args()
 
     accelerator = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
+    if args.demo:
+        text = demo_ratio(args.reps, accelerator, args.note)
+        out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "train-demo-cpu.md"
+        out.write_text(f"# The default model's training step vs matmul throughput\n\n`python benchmarks/train.py "
+                       f"--demo` on {platform.processor() or 'cpu'}, torch {torch.__version__}, "
+                       f"{time.strftime('%Y-%m-%d')}.\n\n{text}\n")
+        print(f"wrote {out}")
+        return
     device = accelerator.device
     on_cpu = device.type == "cpu"
     rows, notes = [], []

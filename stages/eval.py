@@ -77,14 +77,36 @@ def run(ctx):
             raise dag.StageStopped(f"eval stopped after scoring {len(done)} model(s) ({', '.join(done)}); "
                                    f"run again to score the rest")
 
-    def score(label, fake_fn, real, *, structure=None):
+    rows_dir = cache.parent / "eval-rows"
+    same_scoring = dict(metrics=sorted(ec.metrics), kid_subset_size=ec.kid_subset_size, n_samples=ec.n_samples,
+                        batch=ec.batch, version=_scoring_version())
+
+    def score(label, fake_fn, real, *, structure=None, inputs=None):
+        """``inputs``: for a row that is a function of its inputs alone (the source network's file, the
+        untrained generator's seed, the held-out images), what it depends on: its scores are kept in
+        ``<run_root>/cache/eval-rows/`` and reused by any later eval that asks the same."""
         if label in done:
             table[label] = done[label]
             ctx.say(f"[eval] {label}: kept from the interrupted run")
             return done[label]
+        row_file = None
+        if inputs is not None:
+            material = {"label": label, "real": getattr(real, "cache_key", None), "n_real": len(real),
+                        **same_scoring, **inputs}
+            row_file = rows_dir / (_digest(material) + ".json")
+            kept = read_json(row_file, None)
+            if isinstance(kept, dict) and kept.get("inputs") == material and isinstance(kept.get("scores"), dict):
+                m = kept["scores"]
+                ctx.say(f"[eval] {label}: the same inputs were scored before ({row_file.name}): reused")
+                ctx.log_metrics({f"{label}/{k}": v for k, v in m.items()})
+                table[label] = done[label] = m
+                write_json(partial_file, {"fingerprint": fp, "scores": done})
+                return m
         fake = fake_fn()
         ctx.say(f"[eval] {label}: {len(fake)} generated vs {len(real)} real images")
         m = compute_metrics(fake, real, **common)
+        if row_file is not None:
+            write_json(row_file, {"inputs": material, "scores": m})
         ctx.log_metrics({f"{label}/{k}": v for k, v in m.items()})
         if structure is not None:
             s = {k: float(v) for k, v in structure().items() if isinstance(v, (int, float)) and k != "n"}
@@ -94,7 +116,13 @@ def run(ctx):
         write_json(partial_file, {"fingerprint": fp, "scores": done})
         return m
 
-    score("source", lambda: GeneratorDataset(source, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch), source_real)
+    from pipeline.artifacts import file_digest
+    from stages.models import arch, source_path
+
+    src_file, src_fmt = source_path(cfg, ctx.paths)
+    score("source", lambda: GeneratorDataset(source, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch), source_real,
+          inputs={"network": file_digest(Path(src_file)), "format": src_fmt, "truncation": ec.truncation,
+                  "seed": cfg.seed + 1, "device": dev.type})
     stop_point()
     if ec.real_floor:
         held_out = held_out_images(ctx.paths.dataset_dir("source"), len(source_real), ec.n_samples)
@@ -102,12 +130,14 @@ def run(ctx):
             ctx.say(f"[eval] real_floor skipped: the source shards hold fewer than n_real + n_samples "
                     f"= {len(source_real) + ec.n_samples} images")
         else:
-            score("real_floor", lambda: held_out, source_real)
+            score("real_floor", lambda: held_out, source_real,
+                  inputs={"held_out": held_out.dataset.cache_key, "from": len(source_real)})
             stop_point()
     if ec.untrained_baseline:
         untrained = Sampler(fresh_models(cfg, cfg.seed + 12345)["g_ema"].eval().to(dev))
         score("untrained", lambda: GeneratorDataset(untrained, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch),
-              source_real)
+              source_real, inputs={"arch": arch(cfg)[0], "init_seed": cfg.seed + 12345, "seed": cfg.seed + 1,
+                                   "device": dev.type})
         stop_point()
     if ec.source_vs_target:
         score("source_vs_target", lambda: GeneratorDataset(Sampler(G_src), ec.n_samples, seed=cfg.seed + 1,
@@ -134,6 +164,28 @@ def run(ctx):
 
 PARTIAL_FILE = "partial.json"
 """Eval stage: the scores so far of an interrupted eval (see :func:`run_eval`)."""
+
+
+def _digest(material: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _scoring_version() -> str:
+    """What else decides a score: this package, torch-fidelity and torch (the generator's arithmetic)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    import cartoon_stylegan
+
+    try:
+        fid = version("torch-fidelity")
+    except PackageNotFoundError:
+        fid = "?"
+    return f"cartoon-stylegan {cartoon_stylegan.__version__}, torch-fidelity {fid}, torch {torch.__version__}"
 
 
 def held_out_images(shard_dir, skip, n):

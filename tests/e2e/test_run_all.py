@@ -173,6 +173,10 @@ def test_stopped_eval_keeps_its_scores_and_rerun_scores_only_the_rest(run, tmp_p
         kill_group(proc)
     kept = read_json(partial)["scores"]
     assert 1 <= len(kept) < 3 + len(VARIANTS), kept  # stopped early, not after the last model
+    # the rows that depend on their inputs alone (source network, untrained seed, held-out images) were
+    # scored by the first run: reused from <run_root>/cache/eval-rows, same figures
+    assert "[eval] source: the same inputs were scored before" in log.read_text()
+    assert kept["source"] == read_json(run.exp / "eval" / "metrics.json")["source"]
     assert stage_state(root, EXP, "eval")["status"] == "stopped"
     assert "eval stopped after scoring" in log.read_text()
 
