@@ -1,10 +1,12 @@
 """Take a trained generator out of this project: rosinality's checkpoint layout, TorchScript, ONNX.
 
-- :func:`to_rosinality`: the dict his ``train.py`` writes (``g_ema``, ``g``, ``d``, ``latent_avg``,
-  ``args``), loadable with ``strict=True`` by his ``model.Generator(size, latent, n_mlp,
-  channel_multiplier)`` -- and so by his ``generate.py``, ``projector.py``,
-  ``closed_form_factorization.py``, ``apply_factor.py`` and the Cartoon-StyleGAN Colab -- wherever
-  his fixed architecture can express ours; else :class:`ExportError` says what differs.
+- :func:`to_rosinality`: his checkpoint dict (``g_ema``, ``g``, ``d`` and ``args`` as his ``train.py``
+  writes them, ``latent_avg`` as his ``convert_weight.py`` does; no ``g_optim``/``d_optim``, so his
+  ``train.py --ckpt`` cannot resume from it), loadable with ``strict=True`` by his
+  ``model.Generator(size, latent, n_mlp, channel_multiplier)`` wherever his fixed architecture can
+  express ours (else :class:`ExportError` says what differs) -- by his ``generate.py`` and
+  ``closed_form_factorization.py`` for any latent/n_mlp, by ``projector.py`` and ``apply_factor.py``
+  (which build ``Generator(size, 512, 8)``) and the Cartoon-StyleGAN Colab for config-f (512, 8, 2).
 - :class:`SamplingNetwork`: a :class:`~cartoon_stylegan.sampling.Sampler` (truncation towards the
   network's centre, a FreezeSG variant's source-mapping prefix, a weight-swapped pair) as one
   module, ``z -> image`` or ``W+ -> image``, constant noise; :func:`export_torchscript` and

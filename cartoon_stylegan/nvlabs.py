@@ -39,12 +39,15 @@ conv1 -> conv2, skip -> skip); ``b4.conv / .fc / .out`` -> ``final_conv`` / ``fi
 
 Both projects store unscaled weights (equalised learning rate: the gains 1/sqrt(fan_in) and the
 mapping's lr multiplier are applied in the forward pass), use the same padding and filter
-arithmetic for the up/down-sampling convolutions, demodulate with eps 1e-8, and take W+ entries
-in the same order, so the tensors are copied unchanged (``benchmarks/nvlabs_parity.py`` compares
+arithmetic for the up/down-sampling convolutions and take W+ entries in the same order, so the
+tensors are copied unchanged. The one arithmetic difference: both demodulate with eps 1e-8, NVlabs
+added to the sum over the *unscaled* modulated weight, rosinality (and we) after the 1/sqrt(fan_in)
+gain -- a relative difference of about 1e-8, far below float32 rounding (``benchmarks/nvlabs_parity.py`` compares
 images and logits with NVlabs' own code). What has no counterpart here is refused with the
 reason: StyleGAN3 (alias-free) generators, conditional networks (``c_dim > 0``), other
 architectures (``orig``/``resnet`` G, ``orig``/``skip`` D), other filters, minibatch-std other
-than group 4 / 1 channel. ``conv_clamp`` (activations clamped to +-256, set by stylegan2-ada's
+than group 4 / 1 channel (for D alone: the generator is still imported, with a warning, and a run
+starting from the file gets a fresh D). ``conv_clamp`` (activations clamped to +-256, set by stylegan2-ada's
 training configs) is not part of our networks: it is dropped, with a warning (it only changes an
 image where an activation exceeds the clamp).
 """
@@ -140,7 +143,27 @@ def _reconstruct(meta):
 def _load_storage(data: bytes):
     if not isinstance(data, (bytes, bytearray)):
         raise NVlabsImportError("a tensor storage record without bytes")
-    return torch.load(io.BytesIO(data), weights_only=True)
+    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, backward_hooks=None, *metadata):
+    """torch's _rebuild_tensor_v2, for dense tensors that fit their storage only: an expanded view
+    (stride 0) or a size beyond the storage would become a huge allocation at the first copy."""
+    if backward_hooks:
+        raise NVlabsImportError("a tensor with backward hooks (code) attached")
+    size, stride, offset = tuple(int(v) for v in size), tuple(int(v) for v in stride), int(offset)
+    n = math.prod(size)
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise NVlabsImportError(f"a tensor over a {type(storage).__name__}, not a typed storage")
+    with warnings.catch_warnings():  # TypedStorage is deprecated, and what the legacy format holds
+        warnings.simplefilter("ignore")
+        avail = len(storage)
+    if len(size) != len(stride) or offset < 0 or any(v < 0 for v in size) or \
+            (n and (any(st < 1 for sz, st in zip(size, stride) if sz > 1)
+                    or offset + sum((sz - 1) * st for sz, st in zip(size, stride)) >= avail or n > avail)):
+        raise NVlabsImportError(f"a tensor of size {size} / stride {stride} that its storage ({avail} elements) "
+                                "does not hold")
+    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *state):
@@ -152,47 +175,35 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *state):
 def _np_scalar(dtype, data=None):
     import numpy as np
 
-    if dtype.hasobject or not isinstance(data, (bytes, bytearray)):
+    dt = np.dtype(dtype.str)  # rebuilt from its type code: a BUILD opcode cannot have changed its flags
+    if dt.kind not in "biuf" or not isinstance(data, (bytes, bytearray)) or len(data) != dt.itemsize:
         raise NVlabsImportError(f"refuses numpy scalar of dtype {dtype}")
-    return np.frombuffer(data, dtype=dtype)[0]
+    return np.frombuffer(data, dtype=dt)[0].item()
 
 
 def _np_dtype(*args):
     import numpy as np
 
-    dt = np.dtype(*args)
-    if dt.hasobject:
-        raise NVlabsImportError("refuses numpy object dtype")
-    return dt
-
-
-def _np_reconstruct(cls, shape, dtype):
-    import numpy as np
-
-    if cls is not np.ndarray:
-        raise NVlabsImportError(f"refuses numpy array subclass {cls!r}")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
+    if not args or not isinstance(args[0], str) or args[0][:1] not in "biuf":
+        raise NVlabsImportError(f"refuses numpy dtype {args[:1]!r} (numbers only)")
+    return np.dtype(args[0])
 
 
 def _allowed() -> dict[tuple[str, str], Any]:
-    import numpy as np
-
     allow: dict[tuple[str, str], Any] = {
         ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct,
         ("collections", "OrderedDict"): OrderedDict,
         ("builtins", "set"): set, ("__builtin__", "set"): set,
         ("builtins", "frozenset"): frozenset, ("__builtin__", "frozenset"): frozenset,
-        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
         ("torch.storage", "_load_from_bytes"): _load_storage,
         ("dnnlib.util", "EasyDict"): _EasyDict,
         ("numpy", "dtype"): _np_dtype,
-        ("numpy", "ndarray"): np.ndarray,
     }
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):  # NVlabs store numpy float64 gains
         allow[(mod, "scalar")] = _np_scalar
-        allow[(mod, "_reconstruct")] = _np_reconstruct
     return allow
 
 
@@ -205,8 +216,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         fn = self._allow.get((module, name))
         if fn is not None:
             return fn
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):  # vars: no lazy submodule import
+            return vars(torch)[name]
         if module.startswith("dnnlib.tflib"):
             raise NVlabsImportError(f"{self._path}: a TensorFlow StyleGAN/StyleGAN2 pickle ({module}.{name}); "
                                     "convert it with NVlabs' stylegan2-ada-pytorch legacy.py first")
@@ -317,13 +328,18 @@ def generator_from_record(G: Record, what: str = "G"):
     if c_dim or mapping.child("embed") is not None:
         raise NVlabsImportError(f"{what} is a conditional generator (c_dim={c_dim}); ours are unconditional")
     z_dim, w_dim = int(G.attr("z_dim")), int(G.attr("w_dim"))
+    fc0 = mapping.child("fc0")
+    shape0 = tuple(fc0.tensors().get("weight", torch.empty(0)).shape) if isinstance(fc0, Record) else None
+    if shape0 != (w_dim, z_dim) or not 1 <= w_dim <= 4096:
+        raise NVlabsImportError(f"{what}: w_dim {w_dim} / z_dim {z_dim} do not match mapping.fc0's weight {shape0} "
+                                "(or exceed 4096)")
     if z_dim != w_dim:
         raise NVlabsImportError(f"{what}: z_dim {z_dim} differs from w_dim {w_dim}; ours use one style_dim for both")
     if int(G.attr("img_channels", 3)) != 3:
         raise NVlabsImportError(f"{what}: {G.attr('img_channels')} image channels; ours draw RGB (3)")
     size = int(G.attr("img_resolution"))
-    if size < 4 or size & (size - 1):
-        raise NVlabsImportError(f"{what}: img_resolution {size} is not a power of two >= 4")
+    if size < 4 or size > 1024 or size & (size - 1):
+        raise NVlabsImportError(f"{what}: img_resolution {size} is not a power of two in [4, 1024]")
 
     n_mlp = int(mapping.attr("num_layers"))
     fcs = [mapping.child(f"fc{i}") for i in range(n_mlp)]
@@ -429,8 +445,8 @@ def discriminator_from_record(D: Record, what: str = "D"):
     if int(D.attr("img_channels", 3)) != 3:
         raise NVlabsImportError(f"{what}: {D.attr('img_channels')} image channels; ours read RGB (3)")
     size = int(D.attr("img_resolution"))
-    if size < 8 or size & (size - 1):
-        raise NVlabsImportError(f"{what}: img_resolution {size} is not a power of two >= 8")
+    if size < 8 or size > 1024 or size & (size - 1):
+        raise NVlabsImportError(f"{what}: img_resolution {size} is not a power of two in [8, 1024]")
     clamps: set = set()
     state: dict[str, torch.Tensor] = {}
 
@@ -537,12 +553,34 @@ def import_nvlabs(path: str | os.PathLike, map_location: Any = "cpu") -> dict[st
     for key, ours in (("G", "g"), ("G_ema", "g_ema")):
         rec = data.get(key)
         if isinstance(rec, Record):
-            net, w_avg = generator_from_record(rec, f"{path}:{key}")
+            net, w_avg = _mapped(generator_from_record, rec, f"{path}:{key}")
             if w_avg is not None:
                 set_truncation_center(net, w_avg)
                 if ours == "g_ema":
                     out["latent_avg"] = w_avg
             out[ours] = net.to(map_location)
     if isinstance(data.get("D"), Record):
-        out["d"] = discriminator_from_record(data["D"], f"{path}:D").to(map_location)
+        try:
+            out["d"] = _mapped(discriminator_from_record, data["D"], f"{path}:D").to(map_location)
+        except NVlabsImportError as e:
+            if out["g"] is None and out["g_ema"] is None:
+                raise
+            # a generator without its D still serves (sampling, export, fine-tuning from a fresh D)
+            warnings.warn(f"{e} -- the discriminator is not imported; a run starting from this file gets a new one",
+                          stacklevel=2)
     return out
+
+
+def _mapped(fn, rec, what):
+    """fn(rec, what), with a malformed record (missing tensor, wrong attribute type) as one NVlabsImportError."""
+    try:
+        return fn(rec, what)
+    except NVlabsImportError:
+        raise
+    except (KeyError, AttributeError, TypeError, ValueError, IndexError) as e:
+        from cartoon_stylegan.checkpoint import CheckpointMismatch
+
+        if isinstance(e, CheckpointMismatch):
+            raise
+        raise NVlabsImportError(f"{what}: not the structure of an NVlabs StyleGAN2 network "
+                                f"({type(e).__name__}: {e})") from None

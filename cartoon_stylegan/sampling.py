@@ -28,7 +28,8 @@ CENTER_SEED = 7919  # seed of the z whose mean mapped w is the truncation centre
 PREFIX_META_KEY = "wplus_prefix_len"  # the transfer checkpoint's meta key of the FreezeSG prefix length
 
 _centers: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
-_pinned: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_pinned: "dict[str, torch.Tensor]" = {}  # mapping-weights digest -> centre (any module with those weights)
+_MAX_PINNED = 64
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -51,23 +52,22 @@ def _mapping_digest(G) -> str:
 
 
 def set_truncation_center(G, center: torch.Tensor) -> None:
-    """Pin G's truncation centre to ``center`` (1, style_dim) -- an imported network's tracked ``w_avg``
-    (NVlabs) or ``latent_avg`` (rosinality) -- for as long as G's mapping weights stay as they are now;
-    once they change (training), :func:`truncation_center` computes the centre again."""
+    """Pin the truncation centre of G's mapping network to ``center`` (1, style_dim) -- an imported
+    network's tracked ``w_avg`` (NVlabs) or ``latent_avg`` (rosinality). The pin belongs to the mapping
+    *weights* (a content digest), so copies, reloads and weight-swapped generators with the same mapping
+    share it; once the weights change (training), :func:`truncation_center` computes the centre again."""
     c = center.detach().to("cpu", torch.float32).reshape(1, -1).clone()
     if c.shape[1] != G.style_dim:
         raise ValueError(f"set_truncation_center: centre has {c.shape[1]} entries, G's style_dim is {G.style_dim}")
-    _pinned[G] = (_mapping_digest(G), c)
+    if len(_pinned) >= _MAX_PINNED:
+        _pinned.pop(next(iter(_pinned)))
+    _pinned[_mapping_digest(G)] = c
     _centers.pop(G, None)
 
 
 def pinned_truncation_center(G) -> torch.Tensor | None:
-    """The centre pinned by :func:`set_truncation_center` (on the CPU), if G's mapping is still the one it
-    was pinned for; else None."""
-    pin = _pinned.get(G)
-    if pin is None or pin[0] != _mapping_digest(G):
-        return None
-    return pin[1]
+    """The centre pinned for G's current mapping weights (on the CPU), or None."""
+    return _pinned.get(_mapping_digest(G)) if _pinned else None
 
 
 @torch.no_grad()
@@ -80,7 +80,7 @@ def truncation_center(G, n: int = 4096, seed: int = CENTER_SEED) -> torch.Tensor
     stamp = _mapping_stamp(G)
     cached = _centers.get(G)
     if cached is None or cached[0] != stamp:
-        pinned = pinned_truncation_center(G) if G in _pinned else None
+        pinned = pinned_truncation_center(G)
         cached = _centers[G] = (stamp, {}, pinned)
     if cached[2] is not None:
         p = next(G.style.parameters())

@@ -50,7 +50,7 @@ def _out(path: str) -> Path:
 def _from_checkpoint(args):
     """(sampler, nets, described) from --checkpoint."""
     from cartoon_stylegan import importers
-    from cartoon_stylegan.sampling import Sampler
+    from cartoon_stylegan.sampling import PREFIX_META_KEY, Sampler
 
     f = Path(args.checkpoint).expanduser()
     if not f.is_file():
@@ -65,6 +65,11 @@ def _from_checkpoint(args):
     G = nets.get("g_ema") or nets.get("g")
     if G is None:
         raise UseError(f"--checkpoint {f}: holds no generator")
+    prefix = int(((nets.get("meta") or {}).get(PREFIX_META_KEY)) or 0)
+    if prefix:
+        raise UseError(f"--checkpoint {f}: a FreezeSG variant (its first {prefix} W+ entries come from its source "
+                       "generator, which the file does not hold): export it with --variant from its experiment")
+    nets = {**nets, "g_ema": G}
     return Sampler(G.eval().requires_grad_(False), truncation=args.truncation), nets, f"{f} ({fmt})"
 
 
@@ -78,8 +83,15 @@ def _from_variant(reg, cfg, args):
                                     device=torch.device("cpu"))
     nets = {"g_ema": sampler.G}
     if args.swap_res is None:  # the file's training G and D go along (not for a swapped pair)
-        g_cfg, d_cfg = arch(cfg)
-        full = checkpoint.load_transfer(network, expect_g_config=g_cfg, expect_d_config=d_cfg)
+        if args.variant == "source":  # the pretrain result or finetune.init, in whatever format that is
+            from pipeline.artifacts import StagePaths
+            from stages.models import load_weights, source_path
+
+            path, fmt = source_path(cfg, StagePaths(cfg, "finetune"))
+            full = load_weights(cfg, path, fmt)
+        else:
+            g_cfg, d_cfg = arch(cfg)
+            full = checkpoint.load_transfer(network, expect_g_config=g_cfg, expect_d_config=d_cfg)
         nets["g"], nets["d"] = full.get("g"), full.get("d")
     what = f"{args.variant}" + (f" swapped at {args.swap_res} px" if args.swap_res else "") + f" ({network})"
     return sampler, nets, what
@@ -108,7 +120,13 @@ def _rosinality(sampler, nets, args, out: Path) -> dict:
                 nets["g"] = _with_mapping_of(nets["g"], src)
     ck = to_rosinality(nets["g_ema"], g=nets.get("g"), d=nets.get("d"))
     atomic_save(ck, out)
-    return {"keys": sorted(ck), "args": ck["args"], "mapping": mapping}
+    a = ck["args"]
+    note = None
+    if (a["latent"], a["n_mlp"]) != (512, 8):  # his generate.py / projector.py / apply_factor.py build (512, 8)
+        note = (f"latent {a['latent']}, n_mlp {a['n_mlp']}: his train.py/generate.py take them as --latent/--n_mlp "
+                "arguments, but projector.py and apply_factor.py hard-code 512 and 8 and will not load this file")
+        print(f"note: {note}", file=sys.stderr)
+    return {"keys": sorted(ck), "args": a, "mapping": mapping, "note": note}
 
 
 def _with_mapping_of(G, src):

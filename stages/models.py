@@ -43,24 +43,14 @@ def load_weights(cfg, path, fmt):
     if nets.get("g_ema") is None and nets.get("g") is None:
         raise ValueError(f"{path}: holds no generator")
     if nets.get("g") is None:
-        nets["g"] = _copy_generator(nets["g_ema"])
+        nets["g"] = copy.deepcopy(nets["g_ema"])  # (an imported w_avg pin follows the weights)
     if nets.get("g_ema") is None:
-        nets["g_ema"] = _copy_generator(nets["g"])
+        nets["g_ema"] = copy.deepcopy(nets["g"])
     if nets.get("d") is None:
         from cartoon_stylegan.networks import Discriminator
 
         nets["d"] = Discriminator(**d_cfg)
     return nets
-
-
-def _copy_generator(G):
-    from cartoon_stylegan.sampling import pinned_truncation_center, set_truncation_center
-
-    new = copy.deepcopy(G)
-    pinned = pinned_truncation_center(G)
-    if pinned is not None:
-        set_truncation_center(new, pinned)
-    return new
 
 
 def _fit_foreign(nets, path, g_cfg, d_cfg):

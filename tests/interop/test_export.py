@@ -89,19 +89,16 @@ def pair():
             Generator(16, style_dim=16, n_mlp=2, channel_max=16).eval())
 
 
-@pytest.mark.parametrize("kind", ["prefix", "swap", "wplus"])
+@pytest.mark.parametrize("kind", ["prefix", "swap"])
 def test_sampling_network_draws_what_the_sampler_draws(pair, kind):
+    """Its own W+ arithmetic (truncation per mapping, the source prefix) against the Sampler's."""
     src, tgt = pair
-    sampler = (Sampler(tgt, source=src, prefix_len=3, truncation=0.6) if kind != "swap"
+    sampler = (Sampler(tgt, source=src, prefix_len=3, truncation=0.6) if kind == "prefix"
                else Sampler(weight_swap(src, tgt, 8), truncation=0.6))
-    net = SamplingNetwork(sampler, input_is="wplus" if kind == "wplus" else "z")
+    net = SamplingNetwork(sampler)
     z = torch.randn(3, 16)
     with torch.no_grad():
-        if kind == "wplus":
-            wp = sampler.wplus(z)
-            torch.testing.assert_close(net(wp), tgt.synthesis(wp, noise_mode="const"))
-        else:
-            torch.testing.assert_close(net(z), sampler(z, noise_mode="const"))
+        torch.testing.assert_close(net(z), sampler(z, noise_mode="const"))
 
 
 def test_torchscript_and_onnx_match_pytorch(pair, tmp_path):
@@ -145,9 +142,13 @@ def test_export_command(tiny_experiment, tmp_path, capsys, monkeypatch):
     assert "other channel widths" in capsys.readouterr().err
     assert main(["export", "--variant", "source", "--format", "rosinality", "--out", str(out / "x.pt"), *args]) == 2
     assert "other channel widths" in capsys.readouterr().err and not (out / "x.pt").exists()
-    # a checkpoint file, its format found by trying each importer
-    f = tmp_path / "runs"
-    net_file = next(f.rglob("network-final.pt"))
+    # a checkpoint file, its format found by trying each importer; a FreezeSG variant's file alone is refused
+    runs = tmp_path / "runs"
+    fsg_file = next(p for p in runs.rglob("network-final.pt") if "freezesg" in str(p))
+    assert main(["export", "--checkpoint", str(fsg_file), "--format", "torchscript", "--out", str(out / "v.ts"),
+                 *args]) == 2
+    assert "a FreezeSG variant" in capsys.readouterr().err
+    net_file = next(p for p in runs.rglob("network-final.pt") if "pretrain" in str(p))
     assert main(["export", "--checkpoint", str(net_file), "--format", "torchscript", "--input", "wplus",
                  "--out", str(out / "w.ts"), *args]) == 0, capsys.readouterr().err
     rec = json.loads((out / "w.ts.json").read_text())
@@ -155,3 +156,27 @@ def test_export_command(tiny_experiment, tmp_path, capsys, monkeypatch):
     assert main(["export", "--checkpoint", str(tmp_path / "nope.pkl"), "--format", "onnx", "--out",
                  str(out / "n.onnx"), *args]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_export_source_from_an_nvlabs_init(tiny_experiment, tmp_path, capsys, monkeypatch):
+    """--variant source when the source is finetune.init (an NVlabs pickle): its G and D come through the
+    importer, and the exported network draws what the imported one draws (w_avg as the centre)."""
+    from . import nvlabs_fixture as fx
+
+    monkeypatch.setenv(fx.SENTINEL_ENV, str(tmp_path / "ran"))
+    args, _, _ = tiny_experiment
+    pkl = tmp_path / "ffhq-tiny.pkl"
+    G = fx.generator(res=16, w_dim=32, n_map=2, channel_max=16, use_noise=False)
+    pkl.write_bytes(fx.snapshot_bytes(G=G, D=fx.discriminator(), G_ema=G))
+    extra = [f"finetune.init.path={pkl}", "finetune.init.format=nvlabs", "model.use_noise=false"]
+    out = tmp_path / "src.ts"
+    assert main(["export", "--variant", "source", "--format", "torchscript", "--truncation", "0.5", "--out", str(out),
+                 *args, *extra]) == 0, capsys.readouterr().err
+    from cartoon_stylegan.nvlabs import import_nvlabs
+
+    g = import_nvlabs(pkl)["g_ema"].eval()
+    z = torch.randn(2, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(out))(z), Sampler(g, truncation=0.5)(z, noise_mode="const"),
+                                   rtol=0, atol=1e-5)
+    assert not (tmp_path / "ran").exists()

@@ -159,9 +159,45 @@ def test_refuses_other_generators(tmp_path, sentinel, kwargs, message):
         import_nvlabs(write(tmp_path, fx.snapshot_bytes(G=fx.generator(**kwargs))))
 
 
-def test_refuses_other_minibatch_std(tmp_path, sentinel):
-    with pytest.raises(NVlabsImportError, match="mbstd"):
-        import_nvlabs(write(tmp_path, fx.snapshot_bytes(G=fx.generator(), D=fx.discriminator(mbstd_group=8))))
+def test_other_minibatch_std_drops_the_discriminator_only(tmp_path, sentinel):
+    """stylegan2-ada's paper256/512 train D with minibatch-std groups of 8: G and G_ema still import."""
+    p = write(tmp_path, fx.snapshot_bytes(G=fx.generator(), D=fx.discriminator(mbstd_group=8), G_ema=fx.generator()))
+    with pytest.warns(UserWarning, match=r"mbstd \(group size, channels\) = \(8, 1\).*not imported"):
+        nets = import_nvlabs(p)
+    assert nets["d"] is None and nets["g"] is not None and nets["g_ema"] is not None
+    with pytest.raises(NVlabsImportError, match="mbstd"):  # nothing left to import: refused
+        import_nvlabs(write(tmp_path, fx.snapshot_bytes(D=fx.discriminator(mbstd_group=8)), "d-only.pkl"))
+
+
+def _tensor_pickle(storage_elems, size, stride, offset=0):
+    """A pickle whose G holds one tensor rebuilt from a storage of ``storage_elems`` floats."""
+    import pickletools  # noqa: F401  (readers: the opcodes below are protocol 2)
+
+    storage = torch.zeros(storage_elems).storage()
+    payload = io.BytesIO()
+    torch.save(storage, payload, _use_new_zipfile_serialization=False)
+
+    class T:
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2, (storage, offset, size, stride, False, __import__("collections").OrderedDict()))
+    return pickle.dumps({"G": T()}, protocol=4)
+
+
+def test_refuses_tensors_larger_than_their_storage(tmp_path, sentinel):
+    """A stride-0 view of a 1-element storage would become a huge allocation at the first copy."""
+    with pytest.raises(NVlabsImportError, match=r"size \(65536, 65536\) / stride \(0, 0\)"):
+        import_nvlabs(write(tmp_path, _tensor_pickle(1, (65536, 65536), (0, 0))))
+    with pytest.raises(NVlabsImportError, match="does not hold"):
+        import_nvlabs(write(tmp_path, _tensor_pickle(4, (3, 3), (3, 1))))
+
+
+def test_refuses_numpy_arrays_and_object_dtypes(tmp_path, sentinel):
+    import numpy as np
+
+    with pytest.raises(NVlabsImportError, match="refuses numpy"):
+        import_nvlabs(write(tmp_path, pickle.dumps({"G": np.zeros(3)})))
+    with pytest.raises(NVlabsImportError, match="refuses numpy dtype"):
+        import_nvlabs(write(tmp_path, pickle.dumps({"G": np.dtype(object)})))
 
 
 def test_refuses_torch_files_and_tensorflow_pickles(tmp_path, sentinel):
