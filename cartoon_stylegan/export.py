@@ -112,7 +112,8 @@ def to_rosinality(g_ema, *, g=None, d=None, latent_avg: torch.Tensor | None = No
 
 # ------------------------------------------------------------------------------ one network
 class SamplingNetwork(nn.Module):
-    """A sampler as one module on the CPU in float32: ``forward(z) -> image`` (``input_is="z"``) or
+    """A sampler as one module on the CPU in float32 (so the custom ops take their reference path,
+    which is what a traced or exported graph can hold): ``forward(z) -> image`` (``input_is="z"``) or
     ``forward(wplus) -> image`` (``input_is="wplus"``); constant noise, truncation ``psi`` fixed.
 
     With ``input_is="z"``: w = mapping(z); w <- c + psi (w - c) towards the network's own centre;
@@ -174,31 +175,11 @@ def _check(what: str, got, want, tol: float) -> float:
     return err
 
 
-def _reference_ops():
-    """The reference ops for the duration of an export (the CUDA kernels cannot be traced into a file)."""
-    import contextlib
-
-    from cartoon_stylegan.ops.backend import ENV_IMPL
-
-    @contextlib.contextmanager
-    def ctx():
-        old = os.environ.get(ENV_IMPL)
-        os.environ[ENV_IMPL] = "ref"
-        try:
-            yield
-        finally:
-            if old is None:
-                os.environ.pop(ENV_IMPL, None)
-            else:
-                os.environ[ENV_IMPL] = old
-    return ctx()
-
-
 def export_torchscript(net: SamplingNetwork, path: str, tol: float = 1e-4) -> float:
     """Trace ``net`` to a TorchScript file (any batch size); returns the max difference to PyTorch on a
     batch of another size than the traced one."""
     tmp = _tmp_beside(path)
-    with _reference_ops(), torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings():
         # the ops' padding arithmetic on Python ints is traced as constants: right, since every size but
         # the batch is fixed by the architecture (checked below on another batch size)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -229,7 +210,7 @@ def export_onnx(net: SamplingNetwork, path: str, tol: float = 1e-4) -> float | N
     tmp = os.path.join(tmpdir, os.path.basename(path))
     try:
         try:
-            with _reference_ops(), torch.no_grad():
+            with torch.no_grad():
                 torch.onnx.export(net, (net.example(2),), tmp, dynamo=True, input_names=[net.input_is],
                                   output_names=["image"], verbose=False,
                                   dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}})

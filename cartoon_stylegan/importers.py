@@ -59,12 +59,18 @@ def names() -> tuple[str, ...]:
     return tuple(IMPORTERS)
 
 
-def sniff(path) -> str | None:
-    """The registered format that reads ``path`` (tried in registration order), or None."""
+def sniff(path, skip: str | None = None) -> tuple[str | None, dict | None]:
+    """(name, networks) of the first registered format that reads ``path`` (registration order, ``skip``
+    left out), or (None, None). The networks are what that importer returned: no need to read it again."""
+    import warnings
+
     for imp in IMPORTERS.values():
+        if imp.name == skip:
+            continue
         try:
-            imp.load(path)
+            with warnings.catch_warnings():  # a wrong guess may warn (e.g. torch on a plain pickle)
+                warnings.simplefilter("ignore")
+                return imp.name, imp.load(path)
         except Exception:  # noqa: BLE001 -- any failure means "not this format"
             continue
-        return imp.name
-    return None
+    return None, None

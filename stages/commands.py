@@ -37,6 +37,16 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def check_use_args(args, command: str) -> None:
+    """What every model command checks alike: no stray positional arguments (KEY=VALUE overrides only),
+    and a truncation psi in 0..1 where the command takes one."""
+    if getattr(args, "names", None):
+        raise UseError(f"{command} takes no positional arguments (KEY=VALUE overrides only): {args.names}")
+    psi = getattr(args, "truncation", None)
+    if psi is not None and not 0.0 <= psi <= 1.0:
+        raise UseError(f"--truncation {psi}: expected 0..1")
+
+
 def _trained(cfg) -> dict[str, Path]:
     """{name: final network file} of every model the experiment has: 'source' and each trained variant run."""
     from pipeline.artifacts import StagePaths
@@ -138,10 +148,7 @@ def run_generate(reg, cfg, args) -> int:
     from stages.models import device
 
     try:
-        if getattr(args, "names", None):
-            raise UseError(f"generate takes no positional arguments (KEY=VALUE overrides only): {args.names}")
-        if not 0.0 <= args.truncation <= 1.0:
-            raise UseError(f"--truncation {args.truncation}: expected 0..1")
+        check_use_args(args, "generate")
         if args.batch < 1:
             raise UseError("--batch: at least 1")
         seeds = parse_seeds(args.seeds)
@@ -221,10 +228,9 @@ def run_sefa(reg, cfg, args) -> int:
     from stages.models import device
 
     try:
+        check_use_args(args, "sefa")
         if not 1 <= args.components <= 64:
             raise UseError(f"--components {args.components}: 1..64")
-        if not 0.0 <= args.truncation <= 1.0:
-            raise UseError(f"--truncation {args.truncation}: expected 0..1")
         seeds = parse_seeds(args.seeds)
         png = _png_out(args.out)
         dev = device()
@@ -278,8 +284,7 @@ def run_mix(reg, cfg, args) -> int:
     from stages.models import device
 
     try:
-        if not 0.0 <= args.truncation <= 1.0:
-            raise UseError(f"--truncation {args.truncation}: expected 0..1")
+        check_use_args(args, "mix")
         rows_s, cols_s = parse_seeds(args.seeds), parse_seeds(args.cols)
         png = _png_out(args.out)
         dev = device()
@@ -429,8 +434,7 @@ def run_serve(reg, cfg, args) -> int:
     from stages.webapp import create_app
 
     try:
-        if getattr(args, "names", None):
-            raise UseError(f"serve takes no positional arguments: {args.names}")
+        check_use_args(args, "serve")
         app = create_app(cfg, steps=args.steps)
     except UseError as e:
         print(f"error: {e}", file=sys.stderr)

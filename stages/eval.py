@@ -89,7 +89,7 @@ def run(ctx):
             table[label] = done[label]
             ctx.say(f"[eval] {label}: kept from the interrupted run")
             return done[label]
-        row_file = None
+        m, row_file = None, None
         if inputs is not None:
             material = {"label": label, "real": getattr(real, "cache_key", None), "n_real": len(real),
                         **same_scoring, **inputs}
@@ -98,15 +98,12 @@ def run(ctx):
             if isinstance(kept, dict) and kept.get("inputs") == material and isinstance(kept.get("scores"), dict):
                 m = kept["scores"]
                 ctx.say(f"[eval] {label}: the same inputs were scored before ({row_file.name}): reused")
-                ctx.log_metrics({f"{label}/{k}": v for k, v in m.items()})
-                table[label] = done[label] = m
-                write_json(partial_file, {"fingerprint": fp, "scores": done})
-                return m
-        fake = fake_fn()
-        ctx.say(f"[eval] {label}: {len(fake)} generated vs {len(real)} real images")
-        m = compute_metrics(fake, real, **common)
-        if row_file is not None:
-            write_json(row_file, {"inputs": material, "scores": m})
+        if m is None:
+            fake = fake_fn()
+            ctx.say(f"[eval] {label}: {len(fake)} generated vs {len(real)} real images")
+            m = compute_metrics(fake, real, **common)
+            if row_file is not None:
+                write_json(row_file, {"inputs": material, "scores": m})
         ctx.log_metrics({f"{label}/{k}": v for k, v in m.items()})
         if structure is not None:
             s = {k: float(v) for k, v in structure().items() if isinstance(v, (int, float)) and k != "n"}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.artifacts import write_json
 from pipeline.registry import Command
-from stages.commands import UseError, load_sampler
+from stages.commands import UseError, check_use_args, load_sampler
 
 
 def _arguments(p) -> None:
@@ -55,13 +55,16 @@ def _from_checkpoint(args):
     f = Path(args.checkpoint).expanduser()
     if not f.is_file():
         raise UseError(f"--checkpoint {args.checkpoint}: no such file")
-    fmt = args.checkpoint_format or importers.sniff(f)
-    if fmt is None:
-        raise UseError(f"--checkpoint {f}: not readable as any of {', '.join(importers.names())}")
-    try:
-        nets = importers.get(fmt).load(f)
-    except Exception as e:  # noqa: BLE001 -- one line
-        raise UseError(f"--checkpoint {f}: cannot be read as {fmt} ({str(e).splitlines()[0][:300]})") from None
+    if args.checkpoint_format is None:
+        fmt, nets = importers.sniff(f)
+        if fmt is None:
+            raise UseError(f"--checkpoint {f}: not readable as any of {', '.join(importers.names())}")
+    else:
+        fmt = args.checkpoint_format
+        try:
+            nets = importers.get(fmt).load(f)
+        except Exception as e:  # noqa: BLE001 -- one line
+            raise UseError(f"--checkpoint {f}: cannot be read as {fmt} ({str(e).splitlines()[0][:300]})") from None
     G = nets.get("g_ema") or nets.get("g")
     if G is None:
         raise UseError(f"--checkpoint {f}: holds no generator")
@@ -154,10 +157,7 @@ def run(reg, cfg, args) -> int:
     from cartoon_stylegan.export import ExportError
 
     try:
-        if getattr(args, "names", None):
-            raise UseError(f"export takes no positional arguments (KEY=VALUE overrides only): {args.names}")
-        if not 0.0 <= args.truncation <= 1.0:
-            raise UseError(f"--truncation {args.truncation}: expected 0..1")
+        check_use_args(args, "export")
         if args.checkpoint and args.swap_res is not None:
             raise UseError("--swap-res needs --variant (a pair from the experiment)")
         if args.format == "rosinality" and (args.truncation != 1.0 or args.input != "z"):

@@ -142,8 +142,6 @@ def check_init(cfg, key: str, init) -> None:
 
 
 def _load_problem(cfg, path, fmt: str, e: Exception) -> str:
-    import warnings
-
     from cartoon_stylegan import checkpoint, importers
 
     text = " ".join(str(e).split()) or type(e).__name__
@@ -151,14 +149,7 @@ def _load_problem(cfg, path, fmt: str, e: Exception) -> str:
         return f"does not fit the configured architecture (data.resolution / model.*): {text[:400]}"
     if isinstance(e, EOFError) or "PytorchStreamReader" in text or "zip archive" in text or "central directory" in text:
         return "truncated or damaged: not a complete PyTorch checkpoint file"
-    for other in importers.names():
-        if other == fmt:
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                importers.get(other).load(path)
-        except Exception:  # noqa: BLE001
-            continue
+    other, _ = importers.sniff(path, skip=fmt)
+    if other is not None:
         return f"this is a {other} checkpoint ({importers.get(other).help}): set init.format={other}"
     return f"cannot be read as a {fmt} checkpoint ({type(e).__name__}: {text[:300]})"

@@ -1,6 +1,5 @@
 """NVlabs pickle import: no code from the file runs, architecture inference, refusals, and the imported
 networks compute what NVlabs' arithmetic computes (tests/interop/nvlabs_reference.py, float64)."""
-import io
 import os
 import pickle
 import warnings
@@ -171,15 +170,13 @@ def test_other_minibatch_std_drops_the_discriminator_only(tmp_path, sentinel):
 
 def _tensor_pickle(storage_elems, size, stride, offset=0):
     """A pickle whose G holds one tensor rebuilt from a storage of ``storage_elems`` floats."""
-    import pickletools  # noqa: F401  (readers: the opcodes below are protocol 2)
+    from collections import OrderedDict
 
-    storage = torch.zeros(storage_elems).storage()
-    payload = io.BytesIO()
-    torch.save(storage, payload, _use_new_zipfile_serialization=False)
+    storage = torch.zeros(storage_elems).storage()  # pickles as torch.storage._load_from_bytes
 
     class T:
         def __reduce__(self):
-            return (torch._utils._rebuild_tensor_v2, (storage, offset, size, stride, False, __import__("collections").OrderedDict()))
+            return (torch._utils._rebuild_tensor_v2, (storage, offset, size, stride, False, OrderedDict()))
     return pickle.dumps({"G": T()}, protocol=4)
 
 
