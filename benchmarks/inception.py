@@ -1,4 +1,4 @@
-"""Throughput of the FID feature extractor (the offline TF-Inception), NCHW vs channels_last.
+"""Throughput of the FID feature extractor (the offline TF-Inception): TorchScript NCHW, channels_last, ONNX Runtime.
 
     python benchmarks/inception.py [--batch 50] [--reps 5] [--out PATH]
 
@@ -7,7 +7,10 @@ Inception at 299x299). The rows run the same TorchScript graph on the same prepr
 batch of 32 px images, interleaved, best of ``--reps``:
 
   NCHW            the network as loaded (what torch-fidelity's own extractor does)
-  channels_last   the input made channels_last first (what ``InceptionTFOffline`` does)
+  channels_last   the input made channels_last first (``InceptionTFOffline`` on a GPU, or with
+                  CARTOON_STYLEGAN_INCEPTION=torch)
+  onnxruntime     the same graph exported into an ONNX Runtime session (``InceptionTFOffline`` on
+                  the CPU by default; CPU only)
 
 and report img/s and the largest feature difference from the NCHW run. The table goes to
 benchmarks/results/inception-<cpu|cuda>.md.
@@ -26,7 +29,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cartoon_stylegan.metrics.inception import load_inception, preprocess  # noqa: E402
+from cartoon_stylegan.metrics.inception import _ort_session, default_weights_path, load_inception, preprocess  # noqa: E402
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
 
 
 def _sync(dev):
@@ -46,28 +57,38 @@ def main(argv=None):
     x = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     inputs = {"NCHW": preprocess(x).to(dev)}
     inputs["channels_last"] = inputs["NCHW"].contiguous(memory_format=torch.channels_last)
-    best = {k: float("inf") for k in inputs}
+    runs = {"NCHW": lambda: net(inputs["NCHW"]), "channels_last": lambda: net(inputs["channels_last"])}
+    if dev.type == "cpu":
+        try:
+            sess = _ort_session(default_weights_path(), torch.get_num_threads())
+            feed = {"x": inputs["NCHW"].numpy()}
+            runs["onnxruntime"] = lambda: torch.from_numpy(sess.run(None, feed)[0])
+        except Exception as e:  # noqa: BLE001 -- the row says why it is missing
+            print(f"onnxruntime row left out: {e}", file=sys.stderr)
+    best = {k: float("inf") for k in runs}
     with torch.inference_mode():
         ref = net(inputs["NCHW"])
-        diff = {k: (net(v) - ref).abs().max().item() for k, v in inputs.items()}   # also the warm-up
+        diff = {k: (fn() - ref).abs().max().item() for k, fn in runs.items()}   # also the warm-up
         for _ in range(args.reps):
-            for k, v in inputs.items():
+            for k, fn in runs.items():
                 _sync(dev)
                 t = time.perf_counter()
-                net(v)
+                fn()
                 _sync(dev)
                 best[k] = min(best[k], time.perf_counter() - t)
 
-    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({_cpu_name()}), {torch.get_num_threads()} threads"
     lines = [f"# FID Inception throughput ({dev.type})", "",
              f"`python benchmarks/inception.py` on {where}, torch {torch.__version__}, "
              f"{datetime.date.today()}, batch {args.batch} of 32 px images (resized to 299), best of {args.reps}; "
              f"load average at start {os.getloadavg()[0]:.2f}.", "",
-             "| input layout | img/s | max abs feature diff vs NCHW |", "|---|---:|---:|"]
-    for k in inputs:
+             "| runner | img/s | max abs feature diff vs NCHW |", "|---|---:|---:|"]
+    for k in runs:
         lines.append(f"| {k} | {args.batch / best[k]:.1f} | {diff[k]:.1e} |")
-    lines += ["", f"channels_last is {best['NCHW'] / best['channels_last']:.2f}x the img/s of NCHW "
-              f"(features max |value| {ref.abs().max().item():.2f})."]
+    lines += ["", f"channels_last is {best['NCHW'] / best['channels_last']:.2f}x the img/s of NCHW"
+              + (f"; onnxruntime {best['channels_last'] / best['onnxruntime']:.2f}x channels_last"
+                 if "onnxruntime" in best else "")
+              + f" (features max |value| {ref.abs().max().item():.2f})."]
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"inception-{dev.type}.md")

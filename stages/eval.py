@@ -57,6 +57,10 @@ def run(ctx):
     variants = load_variants(cfg, ctx.paths, G_src, dev, truncation=ec.truncation)
     source = Sampler(G_src, truncation=ec.truncation)
     ctx.log_params({"eval": ec})
+    from cartoon_stylegan.metrics.inception import backend_for
+
+    ctx.log_params({"eval.inception_backend": backend_for(dev)})
+    ctx.say(f"[eval] Inception on {dev.type} through {backend_for(dev)}")
     cache = ctx.paths.stats_cache
     common = dict(metrics=tuple(ec.metrics), kid_subset_size=ec.kid_subset_size, batch_size=ec.batch,
                   device=dev, cache_dir=cache, progress=False)
@@ -79,7 +83,7 @@ def run(ctx):
 
     rows_dir = cache.parent / "eval-rows"
     same_scoring = dict(metrics=sorted(ec.metrics), kid_subset_size=ec.kid_subset_size, n_samples=ec.n_samples,
-                        batch=ec.batch, version=_scoring_version())
+                        batch=ec.batch, version=_scoring_version(), inception=backend_for(dev))
 
     def score(label, fake_fn, real, *, structure=None, inputs=None):
         """``inputs``: for a row that is a function of its inputs alone (the source network's file, the

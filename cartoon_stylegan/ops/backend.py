@@ -123,9 +123,21 @@ def reset():
         _state.agreed = None
 
 
-@torch.compiler.assume_constant_result
 def _kernels_ready(required: bool) -> bool:
     return load_extension(required=required) is not None
+
+
+_MARKED: list[bool] = []
+
+
+def _mark_constant() -> None:
+    """``torch.compile`` may treat :func:`_kernels_ready` as a constant. Marked on the first CUDA call
+    (eager; the mark is an attribute of the function, so later traces see it), not at import:
+    the decorator imports torch._dynamo, 1.5-3 s of every process's start on a 2-core CPU, and CPU
+    tensors never reach it."""
+    if not _MARKED and not torch.compiler.is_compiling():
+        torch.compiler.assume_constant_result(_kernels_ready)
+        _MARKED.append(True)
 
 
 def use_cuda(x, impl=None):
@@ -140,6 +152,7 @@ def use_cuda(x, impl=None):
                 f"device '{x.device}'; move it to a CUDA device, or use impl='auto' / 'ref'"
             )
         return False
+    _mark_constant()
     return _kernels_ready(impl == "cuda")
 
 
@@ -156,6 +169,7 @@ def settle(accelerator, say=print) -> str:
     if accelerator.device.type != "cuda" or requested_impl() == "ref":
         return "ref"  # CPU tensors always take the reference: nothing to agree on
     required = requested_impl() == "cuda"
+    _mark_constant()
     ok = False
     if accelerator.is_local_main_process:
         ok = _try_load(required)

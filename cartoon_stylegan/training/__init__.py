@@ -1,28 +1,37 @@
 """Training: the GAN loop (scheduling), its phases (losses), its state (resume files), its backends
 (DDP, DeepSpeed ZeRO), options, freezing plans, the structure loss, EMA and ADA."""
-from .ada import AUGMENT_PRESETS, AdaptiveAugment, AugmentPipe, make_augment_pipe
-from .backends import BACKENDS, DDPBackend, DeepSpeedBackend, make_backend
-from .ema import EMA, ema_beta
-from .freeze import FreezePlan, build_optimizers, lazy_ratio, trainable_parameters
-from .loop import TrainingLoop, train
-from .losses import (
-    StructureLoss,
-    d_logistic_loss,
-    d_r1_loss,
-    g_nonsaturating_loss,
-    g_path_regularize,
-    structure_loss,
-)
-from .options import RUN_ONLY, LoopOptions, NonFiniteLossError, TrainResult
-from .phases import PHASES, StyleGAN2Phases
-from .state import (
-    RESUME_FORMAT,
-    CheckpointStore,
-    LocalCheckpoints,
-    find_latest_resume,
-    read_resume_step,
-    resume_path,
-)
+# Names are imported on first use (PEP 562): `from cartoon_stylegan.training.options import LoopOptions`
+# -- what reading a config needs -- then costs no torch import.
+_WHERE = {
+    "ada": ("AUGMENT_PRESETS", "AdaptiveAugment", "AugmentPipe", "make_augment_pipe"),
+    "backends": ("BACKENDS", "DDPBackend", "DeepSpeedBackend", "make_backend"),
+    "ema": ("EMA", "ema_beta"),
+    "freeze": ("FreezePlan", "build_optimizers", "lazy_ratio", "trainable_parameters"),
+    "loop": ("TrainingLoop", "train"),
+    "losses": ("StructureLoss", "d_logistic_loss", "d_r1_loss", "g_nonsaturating_loss", "g_path_regularize",
+               "structure_loss"),
+    "options": ("RUN_ONLY", "LoopOptions", "NonFiniteLossError", "TrainResult"),
+    "phases": ("PHASES", "StyleGAN2Phases"),
+    "state": ("RESUME_FORMAT", "CheckpointStore", "LocalCheckpoints", "find_latest_resume", "read_resume_step",
+              "resume_path"),
+}
+_MODULE_OF = {name: mod for mod, names in _WHERE.items() for name in names}
+
+
+def __getattr__(name):
+    mod = _MODULE_OF.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_MODULE_OF))
+
 
 __all__ = [
     "LoopOptions", "TrainResult", "NonFiniteLossError", "RUN_ONLY", "train", "TrainingLoop",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 import tarfile
 
 import pytest
@@ -95,9 +96,16 @@ def _torch_fidelity_reference(tmp_path):
     return ref.eval()
 
 
-def test_offline_inception_equals_torch_fidelity_inception_v3_compat(tmp_path):
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_offline_inception_equals_torch_fidelity_inception_v3_compat(tmp_path, monkeypatch, backend):
+    """Both CPU backends (the TorchScript, and the same graph exported to ONNX Runtime) give
+    torch-fidelity's own inception-v3-compat features to 1e-5 and its FID to 1e-6."""
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    monkeypatch.setenv(inc.BACKEND_ENV, backend)
+    assert inc.backend_for("cpu") == backend
     ref = _torch_fidelity_reference(tmp_path)
     ours = load_inception()
     a = torch.cat([blobs(2, 32), blobs(2, 64, seed=5)[:, :, ::2, ::2].contiguous()])
@@ -113,6 +121,27 @@ def test_offline_inception_equals_torch_fidelity_inception_v3_compat(tmp_path):
     fid_ref = fid_statistics_to_metric(fid_features_to_statistics(ra), fid_features_to_statistics(rb), False)
     key = "frechet_inception_distance"
     assert fid_ours[key] == pytest.approx(fid_ref[key], rel=1e-6)
+
+
+def test_backend_choice_falls_back_once_or_fails_as_asked(monkeypatch, capsys):
+    """``auto`` without ONNX Runtime: TorchScript, said in one line; ``onnxruntime`` without it: a clear
+    error; anything else in the variable: named; on a GPU always TorchScript."""
+    monkeypatch.setattr(inc, "_SESSIONS", {})
+    monkeypatch.setattr(inc, "_FALLBACK_SAID", [])
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)      # import onnxruntime -> ImportError
+    monkeypatch.setenv(inc.BACKEND_ENV, "auto")
+    assert inc.backend_for("cpu") == "torch" and inc.backend_for("cpu") == "torch"
+    err = capsys.readouterr().err
+    assert err.count("[inception] TorchScript on the CPU") == 1 and "onnxruntime" in err, err
+    feats = load_inception()(blobs(1, 16))[0]
+    assert feats.shape == (1, 2048) and torch.isfinite(feats).all()
+    monkeypatch.setenv(inc.BACKEND_ENV, "onnxruntime")
+    with pytest.raises(RuntimeError, match="CARTOON_STYLEGAN_INCEPTION=onnxruntime: the Inception cannot run"):
+        inc.backend_for("cpu")
+    assert inc.backend_for("cuda") == "torch"
+    monkeypatch.setenv(inc.BACKEND_ENV, "tensorrt")
+    with pytest.raises(ValueError, match="CARTOON_STYLEGAN_INCEPTION='tensorrt': expected one of auto, onnxruntime"):
+        inc.backend_for("cpu")
 
 
 def test_preprocess_contract():
