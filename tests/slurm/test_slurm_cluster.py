@@ -487,20 +487,48 @@ def test_finetune_script_trains_selected_variants_into_one_mlflow_stage_run(clus
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("partition", ["debug", "gpu"])
-def test_submit_all_runs_the_whole_dag_as_a_chain_of_jobs(cluster, tmp_path, partition):
-    """`pipeline submit all` with no sbatch arguments, on a CPU-only partition (debug: the scripts'
-    `--gpus-per-node`/`--cpus-per-task=32` defaults could never start there) and on one with (fake)
-    GPUs: requests derived from the partition, five jobs, each afterok the one before, all COMPLETED,
-    in order; `pipeline list` shows every stage done with its job; eval/metrics.json and the swap grids exist."""
-    args = _tiny(tmp_path, "tracking.enabled=true", *([f"slurm.partition={partition}"] if partition != "debug" else []))
-    args = ["--config", _config(tmp_path), *args]
+def test_submit_on_a_cpu_only_partition_derives_requests_that_start(cluster, tmp_path):
+    """On a CPU-only partition (debug) the scripts' `--gpus-per-node`/`--cpus-per-task=32` defaults could
+    never start: `submit all --dry-run` derives requests without GPUs for all five stages, each passes
+    `sbatch --test-only`, nothing is queued; then `submit shard pretrain` runs both jobs there, in order.
+    (The whole chain through finetune, swap and eval runs in the next test, on the GPU partition.)"""
+    args = ["--config", _config(tmp_path), *_tiny(tmp_path, "tracking.enabled=true")]
+    dry = _pipeline("submit", "all", "--dry-run", *args)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    for stage in DAG:
+        assert re.search(rf"^  {stage} +--partition=debug --gpus-per-node=0 --cpus-per-task=\d+ --time=",
+                         dry.stdout, re.M), dry.stdout
+    exp = tmp_path / "runs" / "default"
+    assert not any(slurm.read_job_record(exp / s) for s in DAG) and "submitted " not in dry.stdout
+
+    sub = _pipeline("submit", "shard", "pretrain", *args)
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    recs = {s: slurm.read_job_record(exp / s) for s in ("shard", "pretrain")}
+    jobs = {s: r["job_id"] for s, r in recs.items()}
+    assert recs["pretrain"]["after"] == jobs["shard"]
+    deadline = time.monotonic() + 300
+    for s in jobs:
+        state = slurm.wait_for_job(jobs[s], timeout=max(1.0, deadline - time.monotonic()), poll=1)
+        assert state == "COMPLETED", f"{s} job {jobs[s]} is {state}:\n{_tail(recs[s]['log'])}"
+    listing = _pipeline("list", *args)
+    rows = {ln.split()[0]: ln for ln in listing.stdout.splitlines() if ln.split() and ln.split()[0] in DAG}
+    for s in jobs:
+        assert rows[s].split()[1] == "done" and rows[s].rstrip().endswith(f"job {jobs[s]} COMPLETED"), listing.stdout
+    assert (exp / "pretrain" / "checkpoints" / "network-final.pt").is_file()
+
+
+@pytest.mark.slow
+def test_submit_all_runs_the_whole_dag_as_a_chain_of_jobs(cluster, tmp_path):
+    """`pipeline submit all` with no sbatch arguments on a partition with (fake) GPUs: requests derived
+    from the partition, five jobs, each afterok the one before, all COMPLETED, in order; `pipeline list`
+    shows every stage done with its job; eval/metrics.json and the swap grids exist."""
+    partition = "gpu"
+    args = ["--config", _config(tmp_path), *_tiny(tmp_path, "tracking.enabled=true", f"slurm.partition={partition}")]
     sub = _pipeline("submit", "all", *args)
     assert sub.returncode == 0, sub.stdout + sub.stderr
     # launch.num_processes=1: the scripts' GPUs (pretrain 4, capped at the node's 2: two CPU ranks through
-    # srun and accelerate; finetune and swap 1); none on the CPU-only partition
-    gpus = {"debug": (0, 0), "gpu": (2, 1)}[partition]
-    for stage, g in (("shard", 0), ("pretrain", gpus[0]), ("finetune", gpus[1]), ("swap", gpus[1])):
+    # srun and accelerate; finetune and swap 1)
+    for stage, g in (("shard", 0), ("pretrain", 2), ("finetune", 1), ("swap", 1)):
         assert re.search(rf"^  {stage} +--partition={partition} --gpus-per-node={g} --cpus-per-task=\d+ --time=",
                          sub.stdout, re.M), sub.stdout
     exp = tmp_path / "runs" / "default"
