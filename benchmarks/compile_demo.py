@@ -7,14 +7,15 @@ does not compile. What compiling would cost and give is printed side by side in 
 the cold compile time (inductor's C++ build, no cache), then eager and compiled steps interleaved,
 best of 5 per round, with this process's float32 2048^2 matmul throughput. The step is the same as
 ``benchmarks/train.py --demo``'s bare row (no R1: its double backward does not go through
-AOTAutograd, so a compiled loop would run R1 eagerly). The table goes to
-benchmarks/results/compile-demo-<cpu|cuda>.md.
+AOTAutograd, so a compiled loop would run R1 eagerly). CPU only; the table goes to
+benchmarks/results/compile-demo-cpu.md (``--out`` elsewhere).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -98,6 +99,7 @@ def main(argv=None):
     out = Path(args.out or ROOT / "benchmarks" / "results" / "compile-demo-cpu.md")
     out.write_text(text)
     print(f"written: {out}", file=sys.stderr)
+    shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 
 if __name__ == "__main__":

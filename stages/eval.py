@@ -57,10 +57,11 @@ def run(ctx):
     variants = load_variants(cfg, ctx.paths, G_src, dev, truncation=ec.truncation)
     source = Sampler(G_src, truncation=ec.truncation)
     ctx.log_params({"eval": ec})
-    from cartoon_stylegan.metrics.inception import backend_for
+    from cartoon_stylegan.metrics.inception import backend_tag
 
-    ctx.log_params({"eval.inception_backend": backend_for(dev)})
-    ctx.say(f"[eval] Inception on {dev.type} through {backend_for(dev)}")
+    inception = backend_tag(dev)
+    ctx.log_params({"eval.inception_backend": inception})
+    ctx.say(f"[eval] Inception on {dev.type} through {inception}")
     cache = ctx.paths.stats_cache
     common = dict(metrics=tuple(ec.metrics), kid_subset_size=ec.kid_subset_size, batch_size=ec.batch,
                   device=dev, cache_dir=cache, progress=False)
@@ -72,7 +73,9 @@ def run(ctx):
     # fingerprint scores only what is missing. Removed once metrics.json is written.
     partial_file, fp = ctx.paths.stage_dir / PARTIAL_FILE, ctx.fingerprint
     saved = read_json(partial_file, {}) or {}
-    done = dict(saved.get("scores", {})) if saved.get("fingerprint") == fp else {}
+    # the same fingerprint and the same Inception runner (a resume under another one scores everything)
+    same = saved.get("fingerprint") == fp and saved.get("inception", inception) == inception
+    done = dict(saved.get("scores", {})) if same else {}
     if done:
         ctx.say(f"[eval] continuing an interrupted eval: {', '.join(done)} already scored")
 
@@ -83,7 +86,7 @@ def run(ctx):
 
     rows_dir = cache.parent / "eval-rows"
     same_scoring = dict(metrics=sorted(ec.metrics), kid_subset_size=ec.kid_subset_size, n_samples=ec.n_samples,
-                        batch=ec.batch, version=_scoring_version(), inception=backend_for(dev))
+                        batch=ec.batch, version=_scoring_version(), inception=inception)
 
     def score(label, fake_fn, real, *, structure=None, inputs=None):
         """``inputs``: for a row that is a function of its inputs alone (the source network's file, the
@@ -114,7 +117,7 @@ def run(ctx):
             m.update({f"structure_{k}": v for k, v in s.items()})
             ctx.log_metrics({f"{label}/structure_{k}": v for k, v in s.items()})
         table[label] = done[label] = m
-        write_json(partial_file, {"fingerprint": fp, "scores": done})
+        write_json(partial_file, {"fingerprint": fp, "inception": inception, "scores": done})
         return m
 
     from pipeline.artifacts import file_digest

@@ -33,7 +33,7 @@ from cartoon_stylegan.data.shards import file_sha256
 from cartoon_stylegan.imageutil import to_uint8
 from cartoon_stylegan.sampling import as_sampler
 
-from .inception import backend_for, register
+from .inception import backend_tag, register
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 MANIFEST = "manifest.json"
@@ -309,7 +309,8 @@ def compute_metrics(fake, real, *, metrics: Sequence[str] = ("fid", "kid", "pr")
     key = real_cache_key if real_cache_key is not None else getattr(real, "cache_key", None)
     if cache_dir is not None and key is not None:
         # the two backends' features differ in the last float32 bits: each keeps its own real-side cache
-        backend = "-ort" if backend_for(device) == "onnxruntime" else ""
+        tag = backend_tag(device)
+        backend = "" if tag == "torch" else f"-{_safe(tag)}"
         kwargs.update(cache=True, cache_root=os.fspath(cache_dir),
                       input2_cache_name=f"real-{_safe(key)}-n{n_real}{backend}")
 

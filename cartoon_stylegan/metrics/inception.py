@@ -113,26 +113,48 @@ def _load_torchscript(path: str):
 
 
 def _ort_session(path: str, threads: int):
-    """An ONNX Runtime session of the TorchScript at ``path`` (exported into memory), cached per process."""
+    """An ONNX Runtime session of the TorchScript at ``path`` (exported into memory), cached per process
+    for each (weights, thread count); a failure is cached too and raised again."""
     key = (os.path.realpath(path), int(threads))
     with _SESSIONS_LOCK:
         if key not in _SESSIONS:
-            import onnxruntime as ort
+            try:
+                _SESSIONS[key] = _build_ort_session(path, threads)
+            except Exception as e:  # noqa: BLE001 -- remembered: a failure is not retried batch after batch
+                _SESSIONS[key] = e
+        found = _SESSIONS[key]
+    if isinstance(found, Exception):
+        raise found
+    return found
 
-            buf = io.BytesIO()
-            with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-                warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation and tracer notes
-                torch.onnx.export(_load_torchscript(path), (torch.zeros(1, 3, INPUT_IMAGE_SIZE, INPUT_IMAGE_SIZE),),
-                                  buf, input_names=["x"], output_names=["features"],
-                                  dynamic_axes={"x": {0: "n"}, "features": {0: "n"}}, dynamo=False,
-                                  opset_version=17)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = max(1, int(threads)), 1
-            # no busy-waiting between calls: the generator that makes the next batch needs those cores
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            opts.log_severity_level = 3
-            _SESSIONS[key] = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-        return _SESSIONS[key]
+
+def backend_tag(device: str | torch.device = "cpu") -> str:
+    """What runs the network, for cache keys: ``"torch"`` or ``"onnxruntime-<version>"`` (an ONNX Runtime
+    upgrade may change the last float32 bits of the features, as the backend does)."""
+    if backend_for(device) != "onnxruntime":
+        return "torch"
+    import onnxruntime
+
+    return f"onnxruntime-{onnxruntime.__version__}"
+
+
+def _build_ort_session(path: str, threads: int):
+    """Export the TorchScript into memory and open it in ONNX Runtime (CPU, ``threads`` intra-op threads)."""
+    import onnxruntime as ort
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")   # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(_load_torchscript(path), (torch.zeros(1, 3, INPUT_IMAGE_SIZE, INPUT_IMAGE_SIZE),),
+                          buf, input_names=["x"], output_names=["features"],
+                          dynamic_axes={"x": {0: "n"}, "features": {0: "n"}}, dynamo=False,
+                          opset_version=17)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = max(1, int(threads)), 1
+    # no busy-waiting between calls: the generator that makes the next batch needs those cores
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
 
 
 def preprocess(x: torch.Tensor) -> torch.Tensor:

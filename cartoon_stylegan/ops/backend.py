@@ -127,17 +127,10 @@ def _kernels_ready(required: bool) -> bool:
     return load_extension(required=required) is not None
 
 
-_MARKED: list[bool] = []
-
-
-def _mark_constant() -> None:
-    """``torch.compile`` may treat :func:`_kernels_ready` as a constant. Marked on the first CUDA call
-    (eager; the mark is an attribute of the function, so later traces see it), not at import:
-    the decorator imports torch._dynamo, 1.5-3 s of every process's start on a 2-core CPU, and CPU
-    tensors never reach it."""
-    if not _MARKED and not torch.compiler.is_compiling():
-        torch.compiler.assume_constant_result(_kernels_ready)
-        _MARKED.append(True)
+# torch.compile may treat _kernels_ready as a constant. This is what torch.compiler.assume_constant_result
+# does (torch 2.10-2.14: it sets this attribute), written out because the decorator imports torch._dynamo,
+# 1.5-3 s of every process's start on a 2-core CPU; tests/ops/test_ops_dispatch.py checks the two agree.
+_kernels_ready._dynamo_marked_constant = True
 
 
 def use_cuda(x, impl=None):
@@ -152,7 +145,6 @@ def use_cuda(x, impl=None):
                 f"device '{x.device}'; move it to a CUDA device, or use impl='auto' / 'ref'"
             )
         return False
-    _mark_constant()
     return _kernels_ready(impl == "cuda")
 
 
@@ -169,7 +161,6 @@ def settle(accelerator, say=print) -> str:
     if accelerator.device.type != "cuda" or requested_impl() == "ref":
         return "ref"  # CPU tensors always take the reference: nothing to agree on
     required = requested_impl() == "cuda"
-    _mark_constant()
     ok = False
     if accelerator.is_local_main_process:
         ok = _try_load(required)

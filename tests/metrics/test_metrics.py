@@ -104,6 +104,12 @@ def test_offline_inception_equals_torch_fidelity_inception_v3_compat(tmp_path, m
 
     if backend == "onnxruntime":
         pytest.importorskip("onnxruntime")
+    if backend == "onnxruntime":   # installed and working: what auto picks, with its version in the cache tag
+        import onnxruntime
+
+        monkeypatch.setenv(inc.BACKEND_ENV, "auto")
+        assert inc.backend_for("cpu") == "onnxruntime"
+        assert inc.backend_tag("cpu") == f"onnxruntime-{onnxruntime.__version__}"
     monkeypatch.setenv(inc.BACKEND_ENV, backend)
     assert inc.backend_for("cpu") == backend
     ref = _torch_fidelity_reference(tmp_path)
@@ -131,6 +137,7 @@ def test_backend_choice_falls_back_once_or_fails_as_asked(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)      # import onnxruntime -> ImportError
     monkeypatch.setenv(inc.BACKEND_ENV, "auto")
     assert inc.backend_for("cpu") == "torch" and inc.backend_for("cpu") == "torch"
+    assert inc.backend_tag("cpu") == "torch"
     err = capsys.readouterr().err
     assert err.count("[inception] TorchScript on the CPU") == 1 and "onnxruntime" in err, err
     feats = load_inception()(blobs(1, 16))[0]

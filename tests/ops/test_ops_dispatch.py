@@ -185,6 +185,20 @@ def test_use_cuda_traces_under_torch_compile():
     assert torch.equal(torch.compile(f, backend="eager", fullgraph=True)(torch.ones(3)), torch.full((3,), 2.0))
 
 
+def test_kernels_ready_is_marked_constant_as_the_public_decorator_would():
+    """backend.py sets the attribute torch.compiler.assume_constant_result sets (the decorator itself
+    imports torch._dynamo at import time); a torch that marks constants differently fails here."""
+    def probe(required):
+        return True
+
+    marked = torch.compiler.assume_constant_result(probe)
+    attrs = {k: v for k, v in vars(marked).items()}
+    assert attrs == {"_dynamo_marked_constant": True}, attrs
+    assert vars(backend._kernels_ready) == attrs
+    code = "import sys, cartoon_stylegan.ops; assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=300)
+
+
 def test_import_builds_nothing():
     code = (
         "import sys, cartoon_stylegan.ops as o; from cartoon_stylegan.ops import backend;"
