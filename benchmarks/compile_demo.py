@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from inception import _cpu_name  # noqa: E402
+from shard import _cpu_name  # noqa: E402
 from train import DEMO, _matmul_gflops  # noqa: E402
 
 from cartoon_stylegan.networks import Discriminator, Generator  # noqa: E402

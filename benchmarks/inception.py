@@ -29,15 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cartoon_stylegan.metrics.inception import _ort_session, default_weights_path, load_inception, preprocess  # noqa: E402
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
+from cartoon_stylegan.metrics.inception import _cpu_session, load_inception, preprocess  # noqa: E402
+from shard import _cpu_name  # noqa: E402  (benchmarks/shard.py: /proc/cpuinfo's model name)
 
 
 def _sync(dev):
@@ -59,12 +52,10 @@ def main(argv=None):
     inputs["channels_last"] = inputs["NCHW"].contiguous(memory_format=torch.channels_last)
     runs = {"NCHW": lambda: net(inputs["NCHW"]), "channels_last": lambda: net(inputs["channels_last"])}
     if dev.type == "cpu":
-        try:
-            sess = _ort_session(default_weights_path(), torch.get_num_threads())
+        sess = _cpu_session()   # None (said on stderr) where ONNX Runtime cannot run it
+        if sess is not None:
             feed = {"x": inputs["NCHW"].numpy()}
             runs["onnxruntime"] = lambda: torch.from_numpy(sess.run(None, feed)[0])
-        except Exception as e:  # noqa: BLE001 -- the row says why it is missing
-            print(f"onnxruntime row left out: {e}", file=sys.stderr)
     best = {k: float("inf") for k in runs}
     with torch.inference_mode():
         ref = net(inputs["NCHW"])

@@ -73,19 +73,23 @@ def requested_backend() -> str:
 
 
 def backend_for(device: str | torch.device = "cpu", weights_path: str | None = None) -> str:
-    """``"onnxruntime"`` or ``"torch"``: what runs the network for inputs on ``device``.
+    """``"onnxruntime"`` or ``"torch"``: what runs the network for inputs on ``device``
+    (see :func:`_cpu_session`: resolving it on the CPU builds the session, so the answer is what will run)."""
+    if torch.device(device).type == "cpu" and _cpu_session(weights_path) is not None:
+        return "onnxruntime"
+    return "torch"
 
-    Resolving it on the CPU builds (once per process, weights and thread count) the ONNX Runtime
-    session, so that the answer is what will run: under ``auto`` a failure falls back to TorchScript
-    with one line on stderr; under ``onnxruntime`` it is an error."""
-    if torch.device(device).type != "cpu":
-        return "torch"
+
+def _cpu_session(weights_path: str | None = None):
+    """The ONNX Runtime session that runs CPU inputs, or None for the TorchScript.
+
+    Built once per process for each (weights, thread count). Under ``auto`` a failure falls back to
+    TorchScript with one line on stderr; under ``onnxruntime`` it is an error."""
     asked = requested_backend()
     if asked == "torch":
-        return "torch"
+        return None
     try:
-        _ort_session(weights_path or default_weights_path(), torch.get_num_threads())
-        return "onnxruntime"
+        return _ort_session(weights_path or default_weights_path(), torch.get_num_threads())
     except Exception as e:  # noqa: BLE001 -- any failure of an optional accelerator falls back, said once
         if asked == "onnxruntime":
             raise RuntimeError(f"{BACKEND_ENV}=onnxruntime: the Inception cannot run in ONNX Runtime: {e}") from e
@@ -93,7 +97,7 @@ def backend_for(device: str | torch.device = "cpu", weights_path: str | None = N
             _FALLBACK_SAID.append(True)
             print(f"[inception] TorchScript on the CPU (ONNX Runtime, ~2x faster, not used: {_one_line(e)})",
                   file=sys.stderr)
-        return "torch"
+        return None
 
 
 _FALLBACK_SAID: list[bool] = []
@@ -202,8 +206,8 @@ class InceptionTFOffline(FeatureExtractorBase):
 
     def forward(self, x: torch.Tensor):
         x = preprocess(x)
-        if x.device.type == "cpu" and backend_for("cpu", self.weights_path) == "onnxruntime":
-            sess = _ort_session(self.weights_path, torch.get_num_threads())
+        sess = _cpu_session(self.weights_path) if x.device.type == "cpu" else None
+        if sess is not None:
             feats = torch.from_numpy(sess.run(None, {"x": x.contiguous().numpy()})[0])
         else:
             # channels_last: same graph, ~20% more img/s on CPU than NCHW (mkldnn; `python benchmarks/inception.py`),

@@ -33,12 +33,4 @@ def __dir__():
     return sorted(set(globals()) | set(_MODULE_OF))
 
 
-__all__ = [
-    "LoopOptions", "TrainResult", "NonFiniteLossError", "RUN_ONLY", "train", "TrainingLoop",
-    "find_latest_resume", "read_resume_step", "resume_path", "RESUME_FORMAT", "CheckpointStore", "LocalCheckpoints",
-    "StyleGAN2Phases", "PHASES", "BACKENDS", "DDPBackend", "DeepSpeedBackend", "make_backend",
-    "FreezePlan", "build_optimizers", "lazy_ratio", "trainable_parameters",
-    "StructureLoss", "d_logistic_loss", "d_r1_loss", "g_nonsaturating_loss", "g_path_regularize", "structure_loss",
-    "EMA", "ema_beta",
-    "AugmentPipe", "AdaptiveAugment", "AUGMENT_PRESETS", "make_augment_pipe",
-]
+__all__ = list(_MODULE_OF)

@@ -102,11 +102,8 @@ def test_offline_inception_equals_torch_fidelity_inception_v3_compat(tmp_path, m
     torch-fidelity's own inception-v3-compat features to 1e-5 and its FID to 1e-6."""
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
-    if backend == "onnxruntime":
-        pytest.importorskip("onnxruntime")
     if backend == "onnxruntime":   # installed and working: what auto picks, with its version in the cache tag
-        import onnxruntime
-
+        onnxruntime = pytest.importorskip("onnxruntime")
         monkeypatch.setenv(inc.BACKEND_ENV, "auto")
         assert inc.backend_for("cpu") == "onnxruntime"
         assert inc.backend_tag("cpu") == f"onnxruntime-{onnxruntime.__version__}"

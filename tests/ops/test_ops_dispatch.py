@@ -192,7 +192,7 @@ def test_kernels_ready_is_marked_constant_as_the_public_decorator_would():
         return True
 
     marked = torch.compiler.assume_constant_result(probe)
-    attrs = {k: v for k, v in vars(marked).items()}
+    attrs = dict(vars(marked))
     assert attrs == {"_dynamo_marked_constant": True}, attrs
     assert vars(backend._kernels_ready) == attrs
     code = "import sys, cartoon_stylegan.ops; assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'"
