@@ -4,6 +4,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# test files run in parallel, one file per worker at a time (pytest-xdist --dist loadfile: a file's
+# module fixtures and the SLURM cluster's tests stay in one process); the suite is single-threaded
+# per test (tests/conftest.py), so one worker per core, at most 4
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(); print(max(1, min(4, n or 1)))")
 
 .PHONY: demo test test-fast setup clean-runs
 
@@ -19,10 +23,10 @@ demo: setup
 	$(PY) -m pipeline run all
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not slurm"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not slurm"
 
 clean-runs:
 	rm -rf runs

@@ -189,7 +189,10 @@ def _scoring_version() -> str:
         fid = version("torch-fidelity")
     except PackageNotFoundError:
         fid = "?"
-    return f"cartoon-stylegan {cartoon_stylegan.__version__}, torch-fidelity {fid}, torch {torch.__version__}"
+    from cartoon_stylegan.metrics.fidelity import SCORING
+
+    return (f"cartoon-stylegan {cartoon_stylegan.__version__} ({SCORING}), torch-fidelity {fid}, "
+            f"torch {torch.__version__}")
 
 
 def held_out_images(shard_dir, skip, n):

@@ -9,8 +9,9 @@ Inputs are image sets given as torch ``Dataset``s whose items are uint8 (3, H, W
 - :class:`TensorImageDataset` wraps an in-memory uint8 or [-1, 1] float tensor;
 - :class:`BatchFnDataset` adapts any ``fn(start, stop) -> uint8 (stop-start, 3, H, W)``.
 
-:func:`compute_metrics` hands them to ``torch_fidelity.calculate_metrics`` with the
-extractor of :mod:`.inception`. The reference ("real") side's features and FID
+:func:`compute_metrics` runs torch-fidelity's feature extraction, KID and precision/recall
+with the extractor of :mod:`.inception`, and FID's trace term exactly where a side has fewer
+samples than feature dimensions (:func:`frechet_distance`). The reference ("real") side's features and FID
 statistics are cached in the caller's ``cache_dir`` under a key derived from the
 shard manifest (content hashes of the shards), so a reference set is embedded once.
 """
@@ -34,6 +35,10 @@ from cartoon_stylegan.imageutil import to_uint8
 from cartoon_stylegan.sampling import as_sampler
 
 from .inception import backend_tag, register
+
+SCORING = "fid-exact-low-rank"
+"""How the figures are computed beyond the package versions (part of the eval stage's row-cache key): rows
+kept from before FID's exact low-rank trace (:func:`frechet_distance`) are not reused."""
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 MANIFEST = "manifest.json"
@@ -280,8 +285,6 @@ def compute_metrics(fake, real, *, metrics: Sequence[str] = ("fid", "kid", "pr")
     Returns ``{"fid", "kid_mean", "kid_std", "precision", "recall"}`` (those asked for)
     plus ``n_fake`` and ``n_real``.
     """
-    import torch_fidelity
-
     names = list(dict.fromkeys(metrics))
     unknown = [m for m in names if m not in FIDELITY_METRICS]
     if unknown or not names:
@@ -316,7 +319,7 @@ def compute_metrics(fake, real, *, metrics: Sequence[str] = ("fid", "kid", "pr")
 
     ctx = torch.cuda.device(device) if device.type == "cuda" and device.index is not None else _nullctx()
     with ctx:
-        raw = torch_fidelity.calculate_metrics(**kwargs)
+        raw = _calculate(names, kwargs)
 
     out: dict[str, float] = {}
     for m in names:
@@ -324,6 +327,61 @@ def compute_metrics(fake, real, *, metrics: Sequence[str] = ("fid", "kid", "pr")
             out[dst] = float(raw[src])
     out["n_fake"], out["n_real"] = n_fake, n_real
     return out
+
+
+def _calculate(names: list[str], kwargs: dict) -> dict[str, float]:
+    """torch-fidelity's ``calculate_metrics`` for one extractor, step by step with its own functions (feature
+    extraction and the real side's cache, KID, precision/recall), except FID's trace term (:func:`frechet_distance`)."""
+    from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+    from torch_fidelity.metric_prc import prc_featuresdict_to_metric
+    from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id_cached
+
+    from .inception import FEATURE_LAYER
+
+    extractor = create_feature_extractor(kwargs["feature_extractor"], [FEATURE_LAYER], **kwargs)
+    fake = extract_featuresdict_from_input_id_cached(1, extractor, **kwargs)
+    real = extract_featuresdict_from_input_id_cached(2, extractor, **kwargs)
+    out: dict[str, float] = {}
+    if "fid" in names:
+        out["frechet_inception_distance"] = frechet_distance(fake[FEATURE_LAYER], real[FEATURE_LAYER])
+    if "kid" in names:
+        out.update(kid_featuresdict_to_metric(fake, real, FEATURE_LAYER, **kwargs))
+    if "pr" in names:
+        out.update(prc_featuresdict_to_metric(fake, real, FEATURE_LAYER, **kwargs))
+    return out
+
+
+def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
+    """FID between two feature sets (n_i x d): |mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr sqrt(S1 S2).
+
+    With more samples than dimensions on both sides this is torch-fidelity's computation (the
+    eigenvalues of the d x d product S1 S2, float32 means). With fewer samples than dimensions on
+    a side (the demo's 250 vs 400 at d = 2048) S1 S2 has at most n - 1 nonzero eigenvalues, and the d x d eigensolver returns the
+    other ~1,800 as rounding noise of either sign, whose square roots add ~1e-4 to the trace (a
+    float64 rank-truncated evaluation agrees with this to 1e-6, torch-fidelity's differs by that
+    noise). Here, in float64, with A the smaller side's centred features, S the other's covariance:
+    tr sqrt(S1 S2) = sum sqrt(eig(A S A^T / (n_A - 1))), an n_A x n_A symmetric eigenproblem --
+    exact, and ~35x faster (3.4 s -> 0.09 s per FID of 250 vs 400 on 2 cores; benchmarks/inception.py).
+    """
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    a = f1.detach().cpu().to(torch.float64).numpy()
+    b = f2.detach().cpu().to(torch.float64).numpy()
+    (n1, d), n2 = a.shape, b.shape[0]
+    if min(n1, n2) < 2:
+        raise ValueError(f"frechet_distance: need >= 2 samples per side, got {n1} and {n2}")
+    if min(n1, n2) > d:
+        stats = [fid_features_to_statistics(f.detach().cpu().float()) for f in (f1, f2)]
+        return float(fid_statistics_to_metric(*stats, False)["frechet_inception_distance"])
+    if n1 > n2:                                  # A: the smaller side
+        a, b = b, a
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    a = a - mu_a
+    sigma_b = np.cov(b, rowvar=False)
+    ev = np.linalg.eigvalsh((a @ sigma_b @ a.T) / (len(a) - 1))
+    tr_covmean = float(np.sqrt(np.clip(ev, 0, None)).sum())
+    diff = mu_a - mu_b
+    return float(diff @ diff + (a * a).sum() / (len(a) - 1) + np.trace(sigma_b) - 2 * tr_covmean)
 
 
 # ---------------------------------------------------------------------------------- helpers

@@ -34,7 +34,6 @@ import warnings
 
 import torch
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 FEATURE_EXTRACTOR_NAME = "inception-tf-offline"
@@ -171,11 +170,35 @@ def preprocess(x: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"expected a uint8 image tensor, got {getattr(x, 'dtype', type(x))}")
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected N x 3 x H x W images, got {tuple(x.shape)}")
-    x = x.to(torch.float32)
-    x = interpolate_bilinear_2d_like_tensorflow1x(
-        x, size=(INPUT_IMAGE_SIZE, INPUT_IMAGE_SIZE), align_corners=False
-    )
-    return (x - 128) / 128
+    x = tf1_bilinear(x.to(torch.float32), INPUT_IMAGE_SIZE, INPUT_IMAGE_SIZE)
+    return x.sub_(128).div_(128)
+
+
+def tf1_bilinear(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """TF1's bilinear resize (``align_corners=False``, no half-pixel centres) of float NCHW ``x``.
+
+    Bit for bit torch-fidelity's ``interpolate_bilinear_2d_like_tensorflow1x(..., method="slow")``
+    (the resize of its own Inception): the same grid, and for every output pixel the same three
+    roundings in the same order (``in_0 = a + (b - a) * dx`` on the two source rows, then
+    ``in_0 + (in_1 - in_0) * dy``). Theirs gathers four full-size corner images and interpolates
+    each output row from them; here each *input* row is interpolated along x once (``H x out_w``
+    values, which are exactly their ``in_0`` / ``in_1``), then gathered: at 32 -> 299 px about 5x
+    less work, which was a tenth of the eval stage's time.
+    """
+    n, c, h, w = x.shape
+
+    def axis(n_in: int, n_out: int):
+        grid = torch.arange(0, n_out, 1, dtype=x.dtype, device=x.device) * torch.tensor(n_in / n_out,
+                                                                                        dtype=torch.float32)
+        lo = grid.long()
+        return lo, (lo + 1).clamp_max(n_in - 1), grid - lo.float()
+
+    y_lo, y_hi, dy = axis(h, out_h)
+    x_lo, x_hi, dx = axis(w, out_w)
+    left = x[:, :, :, x_lo]
+    rows = left + (x[:, :, :, x_hi] - left) * dx.view(1, 1, 1, out_w)     # (N, C, H, out_w)
+    top = rows[:, :, y_lo, :]
+    return rows[:, :, y_hi, :].sub_(top).mul_(dy.view(1, 1, out_h, 1)).add_(top)
 
 
 class InceptionTFOffline(FeatureExtractorBase):

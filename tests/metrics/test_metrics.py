@@ -159,6 +159,20 @@ def test_preprocess_contract():
         inc.preprocess(x[:, :1])
 
 
+@pytest.mark.parametrize("shape", [(32, 32, 299, 299), (64, 48, 299, 299), (512, 300, 299, 299), (7, 9, 13, 5),
+                                   (299, 299, 299, 299)])
+def test_resize_is_torch_fidelitys_bit_for_bit(shape):
+    """The row-first resize gives exactly the floats of torch-fidelity's own (up, down, odd sizes),
+    and preprocess exactly what their extractor feeds its first convolution."""
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x as theirs
+
+    h, w, oh, ow = shape
+    x = torch.rand(3, 3, h, w, generator=torch.Generator().manual_seed(h * w)) * 255
+    assert torch.equal(inc.tf1_bilinear(x.clone(), oh, ow), theirs(x, size=(oh, ow), align_corners=False))
+    u = blobs(2, 32)
+    assert torch.equal(inc.preprocess(u), (theirs(u.float(), size=(299, 299), align_corners=False) - 128) / 128)
+
+
 def test_extractor_is_registered_with_torch_fidelity():
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
@@ -167,6 +181,57 @@ def test_extractor_is_registered_with_torch_fidelity():
 
 
 # ---------------------------------------------------------------------------------- FID / KID / PR
+def _fid_rank_truncated(f1, f2):
+    """Plain float64 reference: tr sqrt(S1 S2) as tr sqrt(S1^1/2 S2 S1^1/2), keeping only the eigenvalues a
+    covariance of n samples can have (n - 1), so no rounding noise enters the square roots."""
+    import numpy as np
+
+    a, b = f1.double().numpy(), f2.double().numpy()
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    r = min(len(a), len(b), a.shape[1] + 1) - 1
+    w, v = np.linalg.eigh(s1)
+    k = min(len(a) - 1, a.shape[1])
+    root = (v[:, -k:] * np.sqrt(np.clip(w[-k:], 0, None))) @ v[:, -k:].T
+    ev = np.linalg.eigvalsh(root @ s2 @ root)[-r:]
+    diff = a.mean(0) - b.mean(0)
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(ev, 0, None)).sum())
+
+
+@pytest.mark.parametrize("n1,n2", [(30, 50), (50, 30), (40, 40)])
+def test_frechet_distance_with_fewer_samples_than_dimensions_is_exact(n1, n2):
+    """n < d (the demo's 250 vs 400 at 2048): the small symmetric eigenproblem equals the rank-truncated float64
+    reference; torch-fidelity's d x d eigenvalues carry rounding noise (close, not equal); symmetric in its sides."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    from cartoon_stylegan.metrics.fidelity import frechet_distance
+
+    g = torch.Generator().manual_seed(n1 * n2)
+    basis = torch.randn(96, 12, generator=g)
+    f1 = (torch.randn(n1, 12, generator=g) @ basis.T * 0.3 + 0.5).relu()
+    f2 = (torch.randn(n2, 12, generator=g) @ basis.T * 0.3 + 0.6 + 0.05 * torch.randn(n2, 96, generator=g)).relu()
+    ours, ref = frechet_distance(f1, f2), _fid_rank_truncated(f1, f2)
+    assert ours == pytest.approx(ref, rel=2e-8)
+    assert frechet_distance(f2, f1) == pytest.approx(ours, rel=1e-8)
+    theirs = fid_statistics_to_metric(fid_features_to_statistics(f1), fid_features_to_statistics(f2), False)
+    theirs = theirs["frechet_inception_distance"]
+    assert theirs == pytest.approx(ours, rel=1e-5) and abs(theirs - ref) > 5 * abs(ours - ref)
+    assert frechet_distance(f1, f1) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_distance_with_more_samples_than_dimensions_is_torch_fidelitys():
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    from cartoon_stylegan.metrics.fidelity import frechet_distance
+
+    g = torch.Generator().manual_seed(7)
+    f1, f2 = torch.rand(80, 16, generator=g), torch.rand(100, 16, generator=g) * 1.2
+    theirs = fid_statistics_to_metric(fid_features_to_statistics(f1), fid_features_to_statistics(f2), False)
+    assert frechet_distance(f1, f2) == theirs["frechet_inception_distance"]
+    assert frechet_distance(f1, f2) == pytest.approx(_fid_rank_truncated(f1, f2), rel=1e-6)
+    with pytest.raises(ValueError, match="need >= 2 samples per side"):
+        frechet_distance(f1[:1], f2)
+
+
 def test_compute_metrics_self_near_zero_other_large_and_real_side_cached(tmp_path):
     n = 16
     a = blobs(n, seed=0)
