@@ -11,9 +11,9 @@ Inputs are image sets given as torch ``Dataset``s whose items are uint8 (3, H, W
 
 :func:`compute_metrics` runs torch-fidelity's feature extraction, KID and precision/recall
 with the extractor of :mod:`.inception`, and FID's trace term exactly where a side has fewer
-samples than feature dimensions (:func:`frechet_distance`). The reference ("real") side's features and FID
-statistics are cached in the caller's ``cache_dir`` under a key derived from the
-shard manifest (content hashes of the shards), so a reference set is embedded once.
+samples than feature dimensions (:func:`frechet_distance`). The reference ("real") side's
+features are cached in the caller's ``cache_dir`` under a key derived from the shard manifest
+(content hashes of the shards), so a reference set is embedded once.
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ def compute_metrics(fake, real, *, metrics: Sequence[str] = ("fid", "kid", "pr")
             fraction of fakes inside the real manifold).
         kid_subset_size: clamped to the smaller set size (torch-fidelity requires <= n).
         device: where Inception runs (``"cpu"`` or a CUDA device).
-        cache_dir: where the real side's features/statistics are cached; ``None`` caches
+        cache_dir: where the real side's features are cached; ``None`` caches
             nothing. The key is ``real_cache_key``, else the shard set's
             :attr:`ShardImageDataset.cache_key`; other real inputs without a key are not cached.
         progress: torch-fidelity's progress output (stderr).
