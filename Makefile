@@ -6,8 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # test files run in parallel, one file per worker at a time (pytest-xdist --dist loadfile: a file's
 # module fixtures and the SLURM cluster's tests stay in one process); the suite is single-threaded
-# per test (tests/conftest.py), so one worker per core, at most 4
-TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(); print(max(1, min(4, n or 1)))")
+# per test (tests/conftest.py), so one worker per usable CPU, at most 4 (tests/workers.py)
+TEST_WORKERS ?= $(shell $(PYTHON) tests/workers.py)
 
 .PHONY: demo test test-fast setup clean-runs
 

@@ -10,23 +10,6 @@ torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 
-# the files that take longest (seconds on 2 cores, serial): started first, so that under `make test`
-# (pytest-xdist, one file per worker at a time) none of them is left running alone at the end
-LONGEST_FIRST = ("tests/slurm/test_slurm_cluster.py",   # ~330: the DAG as SLURM jobs, requeue, 2 nodes
-                 "tests/e2e/test_deepspeed.py",         # ~240: DDP vs ZeRO-0/1/2, the pipeline under ZeRO-2
-                 "tests/e2e/test_run_all.py",           # ~230: the whole DAG, a stopped eval, MLflow's UI
-                 "tests/e2e/test_ddp.py",               # ~135: 2 ranks, SIGUSR1
-                 "tests/test_gpu_acceptance.py")        # ~115: the GPU script rehearsed
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """Stable reorder: the files of :data:`LONGEST_FIRST` in that order, then the rest as collected."""
-    def rank(item):
-        path = item.nodeid.split("::", 1)[0]
-        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
-    items.sort(key=rank)
-
-
 TINY_EXPERIMENT = ["data.resolution=16", "model.channel_max=16", "model.style_dim=32", "model.n_mlp=2",
                    "finetune.run_variants=[freezesg,freezeg]", "tracking.enabled=false"]
 
