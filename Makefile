@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # test files run in parallel, one file per worker at a time (pytest-xdist --dist loadfile: a file's
 # module fixtures and the SLURM cluster's tests stay in one process); the suite is single-threaded
 # per test (tests/conftest.py), so one worker per usable CPU, at most 4 (tests/workers.py)
-TEST_WORKERS ?= $(shell $(PYTHON) tests/workers.py)
+TEST_WORKERS ?= $(or $(shell $(PYTHON) tests/workers.py 2>/dev/null),1)
 
 .PHONY: demo test test-fast setup clean-runs
 

@@ -365,14 +365,14 @@ def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
     """
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
-    a = f1.detach().cpu().to(torch.float64).numpy()
-    b = f2.detach().cpu().to(torch.float64).numpy()
-    (n1, d), n2 = a.shape, b.shape[0]
+    (n1, d), n2 = f1.shape, f2.shape[0]
     if min(n1, n2) < 2:
         raise ValueError(f"frechet_distance: need >= 2 samples per side, got {n1} and {n2}")
     if min(n1, n2) > d:
         stats = [fid_features_to_statistics(f.detach().cpu().float()) for f in (f1, f2)]
         return float(fid_statistics_to_metric(*stats, False)["frechet_inception_distance"])
+    a = f1.detach().cpu().to(torch.float64).numpy()
+    b = f2.detach().cpu().to(torch.float64).numpy()
     if n1 > n2:                                  # A: the smaller side
         a, b = b, a
     mu_a, mu_b = a.mean(0), b.mean(0)
