@@ -34,7 +34,7 @@ from cartoon_stylegan.data.shards import file_sha256
 from cartoon_stylegan.imageutil import to_uint8
 from cartoon_stylegan.sampling import as_sampler
 
-from .inception import backend_tag, register
+from .inception import FEATURE_LAYER, backend_tag, register
 
 SCORING = "fid-exact-low-rank"
 """How the figures are computed beyond the package versions (part of the eval stage's row-cache key): rows
@@ -335,8 +335,6 @@ def _calculate(names: list[str], kwargs: dict) -> dict[str, float]:
     from torch_fidelity.metric_kid import kid_featuresdict_to_metric
     from torch_fidelity.metric_prc import prc_featuresdict_to_metric
     from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id_cached
-
-    from .inception import FEATURE_LAYER
 
     extractor = create_feature_extractor(kwargs["feature_extractor"], [FEATURE_LAYER], **kwargs)
     fake = extract_featuresdict_from_input_id_cached(1, extractor, **kwargs)

@@ -185,7 +185,7 @@ def tf1_bilinear(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
     values, which are exactly their ``in_0`` / ``in_1``), then gathered: at 32 -> 299 px about 5x
     less work, which was a tenth of the eval stage's time.
     """
-    n, c, h, w = x.shape
+    h, w = x.shape[2:]
 
     def axis(n_in: int, n_out: int):
         grid = torch.arange(0, n_out, 1, dtype=x.dtype, device=x.device) * torch.tensor(n_in / n_out,
