@@ -157,7 +157,14 @@ def _bias_act_ref(x, b, dim, spec, alpha, gain, clamp):
         # act(x + b) * g == act(g*x + g*b) for g > 0: one fused multiply-add into a fresh
         # tensor, then the activation in place on it.
         if b is not None:
-            y = torch.add(b * gain, x, alpha=gain) if gain != 1 else x + b
+            if gain == 1:
+                y = x + b
+            elif torch.compiler.is_compiling():
+                # inductor rewrites add(b, mm(..), alpha=g) into an addmm and drops alpha (pytorch#167313,
+                # silent): under torch.compile the scale is its own multiply
+                y = x * gain + b * gain
+            else:
+                y = torch.add(b * gain, x, alpha=gain)
             y = spec.inplace(y, alpha) if spec.inplace is not None else spec.func(y, alpha)
         elif gain != 1:
             y = x * gain

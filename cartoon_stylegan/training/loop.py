@@ -138,6 +138,9 @@ class TrainingLoop:
             raise ValueError(f"a resume dict cannot be passed to the {self.backend.name} backend: its checkpoint "
                              "store holds the networks and optimizers; let it find its newest snapshot")
 
+        if opts.compile and self.backend.name != "ddp":
+            raise ValueError(f"compile: true is not supported with the {self.backend.name} backend (its engines "
+                             "wrap the networks' backward); set compile: false or launch.backend: ddp")
         if (self.freeze.needs_source or self.structure is not None) and G_source is None:
             raise ValueError("freeze_style_up_to and the structure loss need G_source (the frozen source generator)")
         if G_ema is G or G_source is G:
@@ -174,6 +177,11 @@ class TrainingLoop:
         self.sampler = Sampler(self.G_raw, source=G_source, prefix_len=self.n_prefix)
         self.phases = StyleGAN2Phases(accelerator, G=self.G, D=self.D, sampler=self.sampler, opts=opts, ada=ada,
                                       G_source=G_source, structure=self.structure, backend=self.backend)
+        if opts.compile:
+            if self.main:
+                print("[train] compile: torch.compile of G and D for the main phases; the first steps include "
+                      "the compile", file=sys.stderr, flush=True)
+            self.phases.compile_main()
         self.s = LoopState(G=self.G_raw, D=self.D_raw, G_ema=G_ema, opt_g=self.opt_g, opt_d=self.opt_d, ema=ema,
                            ada=ada, phases=self.phases, rank=self.rank)
 

@@ -15,7 +15,7 @@ __all__ = ["LoopOptions", "TrainResult", "NonFiniteLossError", "RUN_ONLY"]
 
 # Settings that say how a run is carried out, not what it trains: a change to one of them
 # keeps a run's checkpoints (the budget and the reporting intervals).
-RUN_ONLY = ("kimg", "tick_kimg", "sample_kimg", "snapshot_kimg", "keep_checkpoints", "grid", "log_every")
+RUN_ONLY = ("kimg", "tick_kimg", "sample_kimg", "snapshot_kimg", "keep_checkpoints", "grid", "log_every", "compile")
 
 
 @dataclass
@@ -55,6 +55,10 @@ class LoopOptions:
     seed: int = setting(0, min=0, help="seed of every random draw of the loop (and of the sample grid)")
     grid: list[int] = setting(factory=lambda: [8, 4], min=1, length=2, help="sample grid [columns, rows]")
     log_every: int = setting(10, min=1, help="refresh the progress bar figures every this many steps")
+    compile: bool = setting(False, help="torch.compile G and D for the main phases (D main, G main); the lazy "
+                            "regularisers keep the eager networks (their second-order gradients do not "
+                            "compile). The first steps pay the compile (~1.5 min for the demo model on 2 CPU "
+                            "cores), then a step is ~1.3x faster there; not with the deepspeed backend")
 
     def __post_init__(self):
         self.betas = [float(b) for b in self.betas]

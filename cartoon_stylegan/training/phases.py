@@ -83,6 +83,24 @@ class StyleGAN2Phases:
         self.gen = torch.Generator(device=self.device)
         self.host = random.Random(0)
         self.pl_mean = torch.zeros((), device=self.device)  # running mean path length (resume state)
+        # the networks the main phases run (compile_main swaps in compiled ones); the regularisers
+        # always run self.G / self.D / self.sampler.G
+        self.D_main, self.D_for_G, self.G_main, self.G_fakes = self.D, self.D_raw, self.G, None
+
+    def compile_main(self, compile_fn=None) -> None:
+        """``torch.compile`` the networks of D main and G main (``compile_fn``: a stand-in for tests).
+
+        Four call sites, three compiled modules: D as the backend prepared it (D main, whose
+        gradients it reduces), the bare D (G's loss; the same object as the first in a single
+        process), G as prepared (G main) and the bare G (D main's fakes, without gradients). The
+        mapping network runs eagerly (``Sampler.wplus``). R1 and path length differentiate twice,
+        which compiled graphs do not support: they keep the eager modules, sharing the parameters.
+        """
+        compile_fn = compile_fn or torch.compile
+        self.D_main = compile_fn(self.D)
+        self.D_for_G = self.D_main if self.D_raw is self.D else compile_fn(self.D_raw)
+        self.G_main = compile_fn(self.G)
+        self.G_fakes = self.G_main if self.sampler.G is self.G else compile_fn(self.sampler.G)
 
     # ------------------------------------------------------------------ schedule, randomness
     def schedule(self, step: int) -> list[str]:
@@ -128,10 +146,10 @@ class StyleGAN2Phases:
     def _Dmain(self, real):
         acc = self.acc
         with torch.no_grad(), acc.autocast():
-            fake, _ = self._fakes(self.opts.batch)
+            fake, _ = self._fakes(self.opts.batch, net=self.G_fakes)
         with acc.autocast():
-            fake_pred = self.D(self._augment(fake.detach()))
-            real_pred = self.D(self._augment(real))
+            fake_pred = self.D_main(self._augment(fake.detach()))
+            real_pred = self.D_main(self._augment(real))
             loss = d_logistic_loss(real_pred.float(), fake_pred.float())
         self.backward(loss, "D")
         if self.ada is not None:
@@ -153,8 +171,8 @@ class StyleGAN2Phases:
         figures = {}
         want = {} if s is None else {"return_rgbs": s.on == "rgb", "return_features": s.on == "features"}
         with _no_param_grads(self.d_trainable), acc.autocast():
-            (img, extras), noise = self._fakes(self.opts.batch, net=self.G, return_latents=True, **want)
-            loss = g_nonsaturating_loss(self.D_raw(self._augment(img)).float())
+            (img, extras), noise = self._fakes(self.opts.batch, net=self.G_main, return_latents=True, **want)
+            loss = g_nonsaturating_loss(self.D_for_G(self._augment(img)).float())
             total = loss
             if s is not None:  # the source's blocks for the same W+ and noise
                 with torch.no_grad():

@@ -442,6 +442,15 @@ def test_bias_act_gradients_with_clamp():
     assert torch.autograd.gradgradcheck(fn, (x, b))
 
 
+def test_bias_act_after_a_linear_map_under_torch_compile():
+    """Inductor turns add(b, mm(x, w), alpha=g) into an addmm and silently drops alpha (pytorch#167313):
+    the op's compiled form must still scale by the gain (the discriminator's last layers are this)."""
+    gen = torch.Generator().manual_seed(11)
+    x, w, b = (torch.randn(*s, generator=gen) for s in ((4, 24), (8, 24), (8,)))
+    fn = lambda v, m, c: fused_bias_act(torch.nn.functional.linear(v, m), c)  # noqa: E731
+    torch.testing.assert_close(torch.compile(fn)(x, w, b), fn(x, w, b))
+
+
 def test_bias_act_rejects_bad_arguments():
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="unknown act"):

@@ -1,6 +1,7 @@
-"""The GAN loop on a tiny model on CPU: steps, exact resume, NaN guard, stop, fine-tune extras."""
+"""The GAN loop on a tiny model on CPU: steps, exact resume, NaN guard, stop, fine-tune extras, compile."""
 import copy
 import math
+import types
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from cartoon_stylegan.training import (
     FreezePlan,
     LoopOptions,
     NonFiniteLossError,
+    RUN_ONLY,
     StructureLoss,
     find_latest_resume,
     read_resume_step,
@@ -258,3 +260,100 @@ def test_refuses_mismatched_resume_and_missing_source(tmp_path):
     with pytest.raises(ValueError, match="G_source"):
         train(Accelerator(cpu=True), G=G2, D=D2, G_ema=E2, data=_data, opts=_opts(2), ckpt_dir=tmp_path / "x",
               report=lambda m, s: None, freeze=FreezePlan(freeze_style_up_to=4))
+
+
+# ----------------------------------------------------------------------------- compile: true
+# The main phases run torch.compile'd networks, the regularisers the eager ones.
+
+def _compile_run(tmp_path, steps, **kw):
+    """A fine-tuning run (FreezeSG + structure loss + ADA) where every step has R1 or path length."""
+    G, D, G_ema = _nets()
+    opts = LoopOptions(kimg=steps * BATCH / 1000, batch=BATCH, tick_kimg=1, sample_kimg=1, snapshot_kimg=1,
+                       grid=[2, 2], r1_every=2, pl_every=2, ada=True, ada_p_init=0.3, ada_interval=2,
+                       ada_kimg=0.1, mixing_prob=0.5, ema_kimg=0.01, **kw)
+    train(Accelerator(cpu=True), G=G, D=D, G_ema=G_ema, data=_data, opts=opts, ckpt_dir=tmp_path,
+          report=lambda m, s: None, G_source=_nets(0)[0],
+          freeze=FreezePlan(freeze_g_up_to=4, freeze_style_up_to=4, freeze_d_above=8),
+          structure=StructureLoss(up_to=8, weight=1.0, on="rgb"))
+    return G, D, G_ema
+
+
+class _Counting(torch.nn.Module):
+    """A stand-in for torch.compile's wrapper: the same module, its calls counted."""
+
+    def __init__(self, inner, calls):
+        super().__init__()
+        self.inner, self.calls = inner, calls
+
+    def forward(self, *args, **kwargs):
+        self.calls[type(self.inner).__name__] += 1
+        return self.inner(*args, **kwargs)
+
+
+def test_main_phases_go_through_the_compiled_modules_and_regularisers_do_not(tmp_path, monkeypatch):
+    calls = {"Generator": 0, "Discriminator": 0}
+    monkeypatch.setattr(torch, "compile", lambda m: _Counting(m, calls))
+    steps = 4
+    compiled = _compile_run(tmp_path / "c", steps, compile=True)
+    # One process: G and D are the bare modules, so one wrapper each. Per step: D main's fakes
+    # (G) and its two D calls, G main's G and D calls. R1 (steps 0, 2) and path length (0, 2)
+    # would add D and G calls if they went through the wrappers.
+    assert calls == {"Generator": 2 * steps, "Discriminator": 3 * steps}
+    eager = _compile_run(tmp_path / "e", steps, compile=False)
+    for a, b in zip(compiled, eager):  # the wrappers change nothing else
+        for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), k
+
+
+def test_deepspeed_backend_refuses_compile_in_one_line(tmp_path):
+    G, D, G_ema = _nets()
+    backend = types.SimpleNamespace(name="deepspeed", held=())
+    with pytest.raises(ValueError, match="compile: true is not supported with the deepspeed backend"):
+        TrainingLoop(Accelerator(cpu=True), G=G, D=D, G_ema=G_ema, data=_data, backend=backend,
+                     opts=LoopOptions(kimg=0.004, batch=BATCH, compile=True), ckpt_dir=tmp_path, report=None)
+
+
+def test_compile_is_a_run_setting_not_part_of_the_lineage():
+    assert "compile" in RUN_ONLY  # switching it on or off continues a run's checkpoints
+
+
+def _compile_loop(tmp_path, compile):
+    G, D, G_ema = _nets()
+    opts = LoopOptions(kimg=1, batch=BATCH, ada=True, ada_p_init=0.3, mixing_prob=0.5, compile=compile)
+    return TrainingLoop(Accelerator(cpu=True), G=G, D=D, G_ema=G_ema, data=_data, opts=opts, ckpt_dir=tmp_path,
+                        report=None, G_source=_nets(0)[0],
+                        freeze=FreezePlan(freeze_g_up_to=4, freeze_style_up_to=4, freeze_d_above=8),
+                        structure=StructureLoss(up_to=8, weight=1.0, on="rgb"))
+
+
+@pytest.mark.slow
+def test_compiled_phases_give_the_eager_gradients(tmp_path):
+    """Real inductor graphs (~1 min to compile on 2 cores) against the eager phases, each phase from the
+    same seeds: the same gradients up to float rounding (fused elementwise kernels round differently).
+    This is the test that caught inductor's addmm rewrite dropping ``alpha`` (ops/bias_act.py)."""
+    torch._dynamo.reset()
+    loops = {c: _compile_loop(tmp_path / str(c), c) for c in (True, False)}
+    real = next(_data(0))
+    for phase, net in (("Dmain", "D"), ("Gmain", "G"), ("Dreg", "D"), ("Greg", "G")):
+        grads = {}
+        for c, loop in loops.items():
+            module = getattr(loop, f"{net}_raw")
+            for p in module.parameters():
+                p.grad = None
+            loop.phases.begin_step(0, 0, 0)
+            loop.phases.accumulate_gradients(phase, real)
+            grads[c] = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
+        a, b = grads[True], grads[False]
+        assert a.shape == b.shape and b.norm() > 0, phase
+        if phase.endswith("reg"):  # the eager modules, so the same operations
+            assert torch.equal(a, b), phase
+        else:
+            assert ((a - b).norm() / b.norm()).item() < 1e-5, phase
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_and_checkpoints_the_bare_modules(tmp_path):
+    G, D, G_ema = _compile_run(tmp_path, 3, compile=True)
+    assert all(torch.isfinite(p).all() for p in G.parameters())
+    state = ckpt.load_resume(find_latest_resume(tmp_path))
+    assert state["g"].keys() == G.state_dict().keys() and state["d"].keys() == D.state_dict().keys()
