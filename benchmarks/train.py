@@ -248,8 +248,9 @@ def _matmul_gflops(n=2048, reps=3):
     return 2 * n ** 3 / best / 1e9
 
 
-def _demo_loop(adam, batch, accelerator):
-    """The default config's pretrain loop (R1 every 16, no path length, EMA) with Adam's ``adam`` kernel."""
+def _demo_loop(adam, batch, accelerator, compile=False):
+    """The default config's pretrain loop (R1 every 16, no path length, EMA) with Adam's ``adam`` kernel
+    (``compile``: the loop's ``compile: true``)."""
     import os
 
     from cartoon_stylegan.training.freeze import ADAM_KERNEL_ENV
@@ -264,7 +265,8 @@ def _demo_loop(adam, batch, accelerator):
         while True:
             yield real
 
-    opts = LoopOptions(kimg=1e6, batch=batch, r1_gamma=0.02, pl_weight=0, lr_g=0.008, lr_d=0.008, ema_kimg=5)
+    opts = LoopOptions(kimg=1e6, batch=batch, r1_gamma=0.02, pl_weight=0, lr_g=0.008, lr_d=0.008, ema_kimg=5,
+                       compile=compile)
     old = os.environ.get(ADAM_KERNEL_ENV)
     os.environ[ADAM_KERNEL_ENV] = adam
     try:
@@ -295,11 +297,12 @@ def _bare_step(G, D, real):
 def demo_ratio(reps, accelerator, note=""):
     """The default model's step as a fraction of this process's float32 matmul throughput: the bare
     forward/backward, the full loop with torch's per-tensor Adam loop (the CPU default) and with fused
-    Adam, and at batch 32; the full loop against the bare step."""
+    Adam, at batch 32, and with ``compile: true``; the full loop against the bare step."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    loops = {f"{adam} Adam, batch {b}": _demo_loop(adam, b, accelerator)
-             for adam, b in (("loop", 16), ("fused", 16), ("fused", 32))}
+    kinds = {"loop Adam, batch 16": ("loop", 16, False), "fused Adam, batch 16": ("fused", 16, False),
+             "fused Adam, batch 32": ("fused", 32, False), "fused Adam, batch 16, compile: true": ("fused", 16, True)}
+    loops = {name: _demo_loop(adam, b, accelerator, compile=c) for name, (adam, b, c) in kinds.items()}
     bares = {b: _bare_step(*_demo_loop("fused", b, accelerator)[1:]) for b in (16, 32)}
     bare_flop = {}
     for b, fn in bares.items():
@@ -313,11 +316,14 @@ def demo_ratio(reps, accelerator, note=""):
         figures = loop.train_step()
         torch.stack([v.float() for v in figures.values()]).cpu()
 
-    for _ in range(2):  # warm-up
+    first = {}
+    for _ in range(2):  # warm-up (the compiled loop compiles its graphs here)
         bare()
-        for loop, *_rest in loops.values():
+        for name, (loop, *_rest) in loops.items():
+            t0 = time.perf_counter()
             loop_step(loop, False)
             loop_step(loop, True)
+            first.setdefault(name, time.perf_counter() - t0)
     t = {"matmul": [], "bare": []} | {name: ([], []) for name in loops}
     for _ in range(reps):  # interleaved: load from elsewhere hits every row alike
         t["matmul"].append(2 * 2048 ** 3 / _matmul_gflops(reps=1) / 1e9)
@@ -330,7 +336,7 @@ def demo_ratio(reps, accelerator, note=""):
     rows = [("bare G+D forward/backward, batch 16", bare_flop[16], tb, 16)]
     for name, (plain, r1) in ((n, t[n]) for n in loops):
         step = min(plain) + (min(r1) - min(plain)) / 16
-        b = int(name.split()[-1])
+        b = kinds[name][1]
         rows.append((f"training loop step ({name}; R1/16, EMA)", bare_flop[b], step, b))
     lines = [f"float32 matmul 2048^2 in this process: {mm:.0f} GFLOP/s ({torch.get_num_threads()} threads). {note}",
              "", "GFLOP: the bare forward/backward's count (torch.utils.flop_counter) for the batch, so a loop row's "
@@ -342,7 +348,10 @@ def demo_ratio(reps, accelerator, note=""):
     base = rows[1][2]
     lines += ["", f"- fused Adam: {rows[1][2] / rows[2][2]:.2f}x the loop's steps/s at batch 16; the full loop step "
               f"(fused, batch 16) is {rows[2][2] / tb:.2f}x the bare step's time",
-              f"- batch 32 (fused): {rows[3][3] / rows[3][2] / (16 / base):.2f}x the img/s of batch 16 with the loop Adam"]
+              f"- batch 32 (fused): {rows[3][3] / rows[3][2] / (16 / base):.2f}x the img/s of batch 16 with the loop Adam",
+              f"- compile: true (fused, batch 16): {rows[2][2] / rows[4][2]:.2f}x the steps/s of the same loop eager; "
+              f"its first two steps took {first['fused Adam, batch 16, compile: true']:.0f} s (the compile) against "
+              f"{first['fused Adam, batch 16']:.1f} s eager"]
     text = "\n".join(lines)
     print(text)
     return text

@@ -99,8 +99,12 @@ class StyleGAN2Phases:
         compile_fn = compile_fn or torch.compile
         self.D_main = compile_fn(self.D)
         self.D_for_G = self.D_main if self.D_raw is self.D else compile_fn(self.D_raw)
-        self.G_main = compile_fn(self.G)
-        self.G_fakes = self.G_main if self.sampler.G is self.G else compile_fn(self.sampler.G)
+        G_main = compile_fn(self.G)
+        G_fakes = G_main if self.sampler.G is self.G else compile_fn(self.sampler.G)
+        # W+ is a broadcast view without style mixing and a new tensor with it: one memory layout
+        # for the compiled graphs, or each G graph is compiled twice (a stride guard)
+        self.G_main = lambda wplus, **kw: G_main(wplus.contiguous(), **kw)
+        self.G_fakes = lambda wplus, **kw: G_fakes(wplus.contiguous(), **kw)
 
     # ------------------------------------------------------------------ schedule, randomness
     def schedule(self, step: int) -> list[str]:
