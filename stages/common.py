@@ -64,6 +64,14 @@ class InitConfig:
 LOOP_KEYS = tuple(f.name for f in dataclasses.fields(LoopOptions) if f.name != "seed")  # seed: the root's
 
 
+def check_compile_backend(root, key: str, value) -> None:
+    """``compile: true`` needs the ddp backend: refused at config time, before any process starts
+    (the training loop refuses it too)."""
+    if value and root.launch.backend != "ddp":
+        raise ConfigError(f"{key}: true is not supported with launch.backend={root.launch.backend} (its engines wrap "
+                          f"the networks' backward); set {key}=false or launch.backend=ddp")
+
+
 def loop_section(name: str, *, exclude=(), optional: bool = False, doc: str = ""):
     """A config section holding the loop settings (less ``exclude``), for a stage to extend."""
     return derive(LoopOptions, name, exclude=("seed", *exclude), optional=optional, doc=doc, module=__name__)

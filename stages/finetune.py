@@ -8,7 +8,7 @@ from cartoon_stylegan.settings import overrides_of
 from pipeline.config import ConfigError, spec, unknown_key_error
 from pipeline.registry import Stage
 from pipeline.settings import check_name
-from stages.common import LOOP_KEYS, InitConfig, loop_section
+from stages.common import LOOP_KEYS, InitConfig, check_compile_backend, loop_section
 
 
 @dataclass
@@ -121,6 +121,10 @@ class FinetuneConfig(loop_section("FinetuneLoop", exclude=("pl_weight", "ada", "
             raise ConfigError(f"finetune.freeze_d_above: {self.freeze_d_above} is above data.resolution ({res})")
         for name, v in self.variants.items():
             check_name(name, f"finetune.variants.{name}")
+            if v.compile is None:  # the section's value is this variant's
+                check_compile_backend(root, "finetune.compile", self.compile)
+            else:
+                check_compile_backend(root, f"finetune.variants.{name}.compile", v.compile)
             for k in ("freeze_d_above", "freeze_g_up_to", "freeze_style_up_to"):
                 r = getattr(v, k)
                 if r is not None and r > res:

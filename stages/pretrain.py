@@ -5,13 +5,16 @@ from dataclasses import dataclass
 
 from pipeline.config import spec
 from pipeline.registry import Stage
-from stages.common import InitConfig, loop_section
+from stages.common import InitConfig, check_compile_backend, loop_section
 
 
 @dataclass
 class PretrainConfig(loop_section("PretrainLoop")):
     """The training loop's settings (cartoon_stylegan.training.LoopOptions) and where to start."""
     init: InitConfig = spec(factory=InitConfig, help="start from these weights (kimg 0: import only)")
+
+    def validate_against(self, root):
+        check_compile_backend(root, "pretrain.compile", self.compile)
 
 
 def preflight(cfg):

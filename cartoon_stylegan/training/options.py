@@ -57,8 +57,9 @@ class LoopOptions:
     log_every: int = setting(10, min=1, help="refresh the progress bar figures every this many steps")
     compile: bool = setting(False, help="torch.compile G and D for the main phases (D main, G main); the lazy "
                             "regularisers keep the eager networks (their second-order gradients do not "
-                            "compile). The first steps pay the compile (~1.5 min for the demo model on 2 CPU "
-                            "cores), then a step is ~1.3x faster there; not with the deepspeed backend")
+                            "compile). The first steps pay the compile (~2 min for the demo model on 2 CPU "
+                            "cores, where the step is then 1.00-1.22x eager: off for the demo); for long runs; "
+                            "not with the deepspeed backend")
 
     def __post_init__(self):
         self.betas = [float(b) for b in self.betas]

@@ -161,6 +161,21 @@ def test_plans_that_would_fail_late_or_do_nothing_are_refused(override, expected
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["pretrain.compile=true"], "pretrain.compile: true is not supported with launch.backend=deepspeed"),
+    (["finetune.compile=true"], "finetune.compile: true is not supported"),
+    (["finetune.variants.freezeg.compile=true"], "finetune.variants.freezeg.compile: true is not supported"),
+])
+def test_compile_with_deepspeed_is_refused_at_config_time(overrides, expected):
+    pytest.importorskip("deepspeed")
+    with pytest.raises(ConfigError, match=__import__("re").escape(expected)):
+        load_config(None, ["launch.backend=deepspeed", *overrides])
+    # every variant overriding the section's true: nothing compiles under deepspeed, accepted
+    off = [f"finetune.variants.{n}.compile=false" for n in ("freezed", "freezeg", "freezesg", "freezesg_structure")]
+    load_config(None, ["launch.backend=deepspeed", "finetune.compile=true", *off])
+    load_config(None, ["pretrain.compile=true", "finetune.compile=true"])  # ddp: fine
+
+
 def test_eval_reference_larger_than_the_data_is_refused_before_training():
     from stages import REGISTRY
 

@@ -305,6 +305,54 @@ def test_main_phases_go_through_the_compiled_modules_and_regularisers_do_not(tmp
             assert torch.equal(x, y), k
 
 
+class _Wrapper(torch.nn.Module):
+    """Stands for DDP's wrapper: the phases must run D main / G main through it (gradient sync)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+def test_with_wrapped_networks_each_call_site_compiles_the_right_module():
+    """Several processes: G and D are wrapped; D main and G main must compile the wrappers (their
+    backward reduces gradients), G's loss the bare D (no D gradients), D main's fakes the bare G."""
+    import contextlib
+
+    from cartoon_stylegan.sampling import Sampler
+    from cartoon_stylegan.training.phases import StyleGAN2Phases
+
+    G, D, _ = _nets()
+    Gw, Dw = _Wrapper(G), _Wrapper(D)
+    acc = types.SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext,
+                                unwrap_model=lambda m: m.module if isinstance(m, _Wrapper) else m,
+                                backward=lambda loss: loss.backward())
+    phases = StyleGAN2Phases(acc, G=Gw, D=Dw, sampler=Sampler(G), opts=_opts(1, mixing_prob=0.5))
+    calls = {}
+    compiled = []
+
+    def fake_compile(module):
+        compiled.append(module)
+        name = {id(Gw): "G wrapped", id(G): "G bare", id(Dw): "D wrapped", id(D): "D bare"}[id(module)]
+        calls[name] = 0
+
+        def run(*args, **kwargs):
+            calls[name] += 1
+            return module(*args, **kwargs)
+        return run
+
+    phases.compile_main(compile_fn=fake_compile)
+    assert sorted(map(id, compiled)) == sorted(map(id, (Gw, G, Dw, D)))
+    real = next(_data(0))
+    phases.begin_step(0, 0, 0)
+    phases.accumulate_gradients("Dmain", real)
+    assert calls == {"D wrapped": 2, "D bare": 0, "G wrapped": 0, "G bare": 1}
+    phases.accumulate_gradients("Gmain", real)
+    assert calls == {"D wrapped": 2, "D bare": 1, "G wrapped": 1, "G bare": 1}
+
+
 def test_deepspeed_backend_refuses_compile_in_one_line(tmp_path):
     G, D, G_ema = _nets()
     backend = types.SimpleNamespace(name="deepspeed", held=())
@@ -313,8 +361,17 @@ def test_deepspeed_backend_refuses_compile_in_one_line(tmp_path):
                      opts=LoopOptions(kimg=0.004, batch=BATCH, compile=True), ckpt_dir=tmp_path, report=None)
 
 
-def test_compile_is_a_run_setting_not_part_of_the_lineage():
-    assert "compile" in RUN_ONLY  # switching it on or off continues a run's checkpoints
+def test_switching_compile_on_continues_the_run_from_its_checkpoint(tmp_path, monkeypatch):
+    assert "compile" in RUN_ONLY  # not part of a training dir's lineage (stages/training.py)
+    G, D, G_ema = _nets()
+    train(Accelerator(cpu=True), G=G, D=D, G_ema=G_ema, data=_data, opts=_opts(2), ckpt_dir=tmp_path,
+          report=lambda m, s: None)
+    calls = {"Generator": 0, "Discriminator": 0}
+    monkeypatch.setattr(torch, "compile", lambda m: _Counting(m, calls))
+    G2, D2, E2 = _nets(5)
+    res = train(Accelerator(cpu=True), G=G2, D=D2, G_ema=E2, data=_data, opts=_opts(4, compile=True),
+                ckpt_dir=tmp_path, report=lambda m, s: None)
+    assert res.start_step == 2 and res.step == 4 and calls["Discriminator"] == 3 * 2
 
 
 def _compile_loop(tmp_path, compile):
