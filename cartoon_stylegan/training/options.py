@@ -58,7 +58,7 @@ class LoopOptions:
     compile: bool = setting(False, help="torch.compile G and D for the main phases (D main, G main); the lazy "
                             "regularisers keep the eager networks (their second-order gradients do not "
                             "compile). The first steps pay the compile (~2 min for the demo model on 2 CPU "
-                            "cores, where the step is then 1.00-1.22x eager: off for the demo); for long runs; "
+                            "cores, where the step is then 0.95-1.22x eager: off for the demo); for long runs; "
                             "not with the deepspeed backend")
 
     def __post_init__(self):
