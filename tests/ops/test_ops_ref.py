@@ -444,7 +444,7 @@ def test_bias_act_gradients_with_clamp():
 
 def test_bias_act_after_a_linear_map_under_torch_compile():
     """Inductor turns add(b, mm(x, w), alpha=g) into an addmm and silently drops alpha (pytorch#167313):
-    the op's compiled form must still scale by the gain (the discriminator's last layers are this)."""
+    the op's compiled form must still scale by the gain (every EqualLinear with an activation is this)."""
     gen = torch.Generator().manual_seed(11)
     x, w, b = (torch.randn(*s, generator=gen) for s in ((4, 24), (8, 24), (8,)))
     fn = lambda v, m, c: fused_bias_act(torch.nn.functional.linear(v, m), c)  # noqa: E731
