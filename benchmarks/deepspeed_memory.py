@@ -154,7 +154,7 @@ def main() -> None:
     lines += ["", f"G + D: {n / 1e6:.1f} M parameters (fp32). ZeRO keeps an fp32 master copy of each rank's "
               "partition even for fp32 weights; its win is the Adam moments (and, at stage 2, the gradients) "
               "divided by the number of ranks. Gradients are as held after the backward: ZeRO-1 holds full gradients "
-              "during its backward (reduced at the end), ZeRO-2 only a bucket at a time, so ZeRO-2's peak is the lower (reduce_bucket_size: 10 M elements in configs/deepspeed/zero2.json)."]
+              "during its backward (reduced at the end), ZeRO-2 only a bucket at a time, so ZeRO-2's peak is the lower (reduce_bucket_size: 10 M elements in cartoon_stylegan/training/deepspeed_presets/zero2.json)."]
     table = "\n".join(lines)
     print(table)
     out = args.out or REPO / "benchmarks" / "results" / (

@@ -38,20 +38,28 @@ def _load(args):
     stages, overrides = _split(args.items)
     cfg = load_config(args.config, overrides, registry=reg)
     if stages:
-        reg.plan(stages)  # an unknown stage name fails here, with a suggestion
+        reg.plan(stages, cfg)  # an unknown (or left-out) stage name fails here, with a suggestion
     return reg, cfg, stages
+
+
+def _say_left_out(reg, cfg, out=None) -> None:
+    """One line per stage this config leaves out, and why (run, --dry-run, list, submit)."""
+    for name, why in reg.left_out(cfg).items():
+        print(f"  {name:9s} left out: {why}", file=out or sys.stdout)
 
 
 def cmd_run(args) -> int:
     reg, cfg, targets = _load(args)
-    order = reg.plan(targets or ["all"])
+    order = reg.plan(targets or ["all"], cfg)
     if args.dry_run:
         print(f"config: {cfg.config_path}\nexperiment: {cfg.experiment} -> {cfg.run_root}/{cfg.experiment}/")
         for name in order:
             st = reg[name]
-            print(f"  {name:9s} {dag.status(reg, cfg, name):10s} needs: {', '.join(st.needs) or '-':10s} "
+            print(f"  {name:9s} {dag.status(reg, cfg, name):10s} needs: {', '.join(reg.needs_of(name, cfg)) or '-':10s} "
                   f"makes: {st.makes}")
+        _say_left_out(reg, cfg)
         return 0
+    _say_left_out(reg, cfg)
     from pipeline.artifacts import check_run_root
 
     check_run_root(cfg)
@@ -96,8 +104,7 @@ def cmd_list(args) -> int:
 
     print(f"experiment {cfg.experiment} ({cfg.run_root}/{cfg.experiment}/)")
     print(f"{'stage':9s} {'status':10s} {'when':20s} {'took':>9s}  {'needs':9s} slurm")
-    for name in reg:
-        st = reg[name]
+    for name in reg.plan(["all"], cfg):
         state = dag.read_state(cfg, name)
         when = state.get("finished_at") or state.get("started_at") or "-"
         job = read_json(StagePaths(cfg, name).slurm_file, None)
@@ -113,11 +120,12 @@ def cmd_list(args) -> int:
                 hint = slurm_resources.never_clears(reason)
                 stuck = f"          blocked for good: {hint}" if hint else None
         print(f"{name:9s} {dag.status(reg, cfg, name):10s} {when:20s} {dag.fmt_duration(state.get('duration')):>9s}  "
-              f"{','.join(st.needs) or '-':9s} {slurm_col}")
+              f"{','.join(reg.needs_of(name, cfg)) or '-':9s} {slurm_col}")
         if stuck:
             print(stuck)
         if state.get("status") == "failed" and state.get("error"):
             print(f"          error: {state['error']}")
+    _say_left_out(reg, cfg)
     return 0
 
 
@@ -145,7 +153,8 @@ def cmd_submit(args) -> int:
     from pipeline import slurm
     from pipeline.artifacts import StagePaths, experiment_dir, slurm_log_dir
 
-    order = [n for n in reg.plan(targets or ["all"]) if args.force or dag.status(reg, cfg, n) != "done"]
+    _say_left_out(reg, cfg)
+    order = [n for n in reg.plan(targets or ["all"], cfg) if args.force or dag.status(reg, cfg, n) != "done"]
     if not order:
         print("every stage is up to date; nothing to submit")
         return 0

@@ -302,6 +302,10 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     """Load a config file (default: the registry's, configs/default.yaml for the shipped one), apply
     dotted overrides, validate against ``registry``'s root config (see :func:`pipeline.registry.load`)."""
     path = Path(path) if path else registry.default_config
+    if path is not None and path == registry.default_config and not path.is_file():
+        raise ConfigError(f"no --config given, and the default config ({path.parent.name}/{path.name} of the "
+                          f"repository) is not part of this installation (installed from a wheel?); "
+                          f"pass --config FILE")
     tree = rename_sections(load_yaml(path) if path else {}, registry.renamed, str(path or "defaults"))
     for text in overrides:
         parts, value = parse_override(text)
@@ -309,6 +313,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             rename_sections({parts[0]: None}, registry.renamed, f"override {text!r}")
             parts = [registry.renamed[parts[0]], *parts[1:]]
         apply_override(tree, parts, value)
+    if registry.resolve is not None:
+        tree = registry.resolve(tree)
     cfg = from_dict(registry.root, tree)
     cfg.config_path = str(path or "")
     return cfg

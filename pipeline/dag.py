@@ -10,8 +10,6 @@ stages themselves are known only through a :class:`pipeline.registry.Registry`.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +19,7 @@ import traceback
 from datetime import datetime
 
 from pipeline import artifacts
+from toolbox import LockBusy, file_lock, lock_held
 from pipeline.registry import section_value
 
 EXIT_OK, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
@@ -35,54 +34,48 @@ def _lock_path(cfg):
 
 
 @contextlib.contextmanager
-def run_lock(cfg):
+def run_lock(cfg, say=print):
     """Hold the experiment's run lock: one `pipeline run` trains into an experiment's folders at a time.
 
-    An advisory ``flock`` on ``<run_root>/<experiment>/.pipeline-run.lock``; the kernel drops it
-    when the holder dies (even by SIGKILL), so a stale file never blocks. The file names the
-    holder (pid, host, since) for the message a second run gets.
+    An advisory ``flock`` on ``<run_root>/<experiment>/.pipeline-run.lock`` (toolbox.file_lock);
+    the kernel drops it when the holder dies (even by SIGKILL), so a stale file never blocks. The
+    file names the holder (pid, host, since) for the message a second run gets. On a file system
+    without locks (some Lustre/NFS mounts) the run goes on unlocked, after one line saying so.
     """
     path = _lock_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def unsupported(e):
+        say(f"note: {path.parent} has no file locks ({e.strerror or e}); running without the run lock: "
+            f"do not start two `pipeline run` of experiment {cfg.experiment!r} at once")
+
+    me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                     "since": datetime.now().isoformat(timespec="seconds")})
+    held = False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            holder = _read_holder(fd)
-            raise RunLockHeld(f"another `pipeline run` is working on experiment {cfg.experiment!r} "
-                              f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since "
-                              f"{holder.get('since', '?')}; lock {path}); wait for it, or stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "since": datetime.now().isoformat(timespec="seconds")}).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+        with file_lock(path, wait=False, on_unsupported=unsupported, holder=me):
+            held = True
+            yield
+    except LockBusy as e:
+        if held:  # raised by the work inside, not by taking this lock
+            raise
+        holder = _parse_holder(e.holder)
+        raise RunLockHeld(f"another `pipeline run` is working on experiment {cfg.experiment!r} "
+                          f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since "
+                          f"{holder.get('since', '?')}; lock {path}); wait for it, or stop it first") from None
 
 
-def _read_holder(fd) -> dict:
+def _parse_holder(text: str) -> dict:
     try:
-        return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-    except (OSError, ValueError):
+        rec = json.loads(text or "{}")
+    except ValueError:
         return {}
+    return rec if isinstance(rec, dict) else {}
 
 
 def run_in_progress(cfg) -> bool:
-    """True while some `pipeline run` holds the experiment's run lock."""
-    path = _lock_path(cfg)
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
+    """True while some `pipeline run` holds the experiment's run lock (False where the file
+    system has no locks: nothing can tell there)."""
+    return bool(lock_held(_lock_path(cfg)))
 
 
 class StageFailed(RuntimeError):
@@ -100,7 +93,7 @@ def fingerprint(registry, cfg, name: str) -> str:
 
     st = registry[name]
     deps = {}
-    for dep in st.needs:
+    for dep in registry.needs_of(name, cfg):
         state = read_state(cfg, dep)
         deps[dep] = state.get("digest") or [state.get("fingerprint"), state.get("finished")]
     blob = {"stage": name, "config": {s: section_value(cfg, s) for s in st.reads},
@@ -128,7 +121,7 @@ def status(registry, cfg, name: str) -> str:
         return "interrupted"
     if state.get("status") == "done":
         fresh = state.get("fingerprint") == fingerprint(registry, cfg, name)
-        return "done" if fresh and all(status(registry, cfg, d) == "done" for d in registry[name].needs) else "stale"
+        return "done" if fresh and all(status(registry, cfg, d) == "done" for d in registry.needs_of(name, cfg)) else "stale"
     return state.get("status", "never run")
 
 
@@ -148,7 +141,7 @@ def run(registry, cfg, targets, *, force=False, execute, say=print) -> int:
 
     Returns an exit code: 0 all done, 1 a stage failed (dependents not run), 3 stopped by a signal.
     """
-    order = registry.plan(targets)
+    order = registry.plan(targets, cfg)
     everything = not targets or list(targets) == ["all"]
     forced = set() if not force else set(order) if everything else set(targets)
     for name in order:

@@ -35,6 +35,10 @@ class Stage:
     resources:   ``resources(cfg) -> {"gpu": bool, "cpus": int, "procs": int}``: what a SLURM job of the
                  stage needs (GPU or not, CPUs per process, processes per node); None: a GPU and one
                  process per GPU for a distributed stage, else one CPU (pipeline/slurm_resources.py)
+    left_out:    ``left_out(cfg) -> str | None``: why this config does not need the stage at all (e.g.
+                 pretrain when the source generator is a file), or None. A stage left out is not
+                 planned and not run; its dependents wait for what it needed instead (and must not
+                 read it).
     """
     name: str
     run: Callable[[Any], Any]
@@ -47,6 +51,7 @@ class Stage:
     digest: Optional[Callable[[Any], str]] = None
     help: str = ""
     resources: Optional[Callable[[Any], dict]] = None
+    left_out: Optional[Callable[[Any], Optional[str]]] = None
 
     def needs_on_slurm(self, cfg) -> dict:
         """What a SLURM job of this stage needs (see ``resources``)."""
@@ -84,6 +89,9 @@ class Registry:
     compare:  ``compare(cfg, experiment=None, out=None) -> exit code`` for ``python -m pipeline compare``
     commands: :class:`Command` s that use the trained models (``python -m pipeline generate ...``)
     default_config: the YAML file used when no ``--config`` is given (None: every default)
+    resolve:  ``resolve(tree) -> tree``: fills in config keys from what the config names, on the raw
+              mapping (YAML + overrides) before validation -- e.g. the architecture from the
+              checkpoint a run starts from; raises ConfigError for a key that contradicts it
     """
     stages: list[Stage]
     shared: list[Section] = field(default_factory=list)
@@ -91,6 +99,7 @@ class Registry:
     compare: Optional[Callable[..., int]] = None
     commands: list[Command] = field(default_factory=list)
     default_config: Optional[Path] = None
+    resolve: Optional[Callable[[dict], dict]] = None
     name: str = DEFAULT_REGISTRY
 
     def __post_init__(self):
@@ -119,17 +128,43 @@ class Registry:
     def names(self) -> list[str]:
         return list(self.by_name)
 
-    def plan(self, targets) -> list[str]:
-        """The stages needed for ``targets`` ("all" or names), dependencies first, registry order."""
+    def why_left_out(self, name: str, cfg) -> Optional[str]:
+        """Why ``cfg`` does not need stage ``name`` (its ``left_out``), or None (no config: None)."""
+        st = self[name]
+        return st.left_out(cfg) if cfg is not None and st.left_out is not None else None
+
+    def needs_of(self, name: str, cfg=None) -> tuple[str, ...]:
+        """The stages ``name`` waits for under ``cfg``: its ``needs``, where a stage the config leaves
+        out is replaced by what *it* needs (finetune without pretrain still waits for shard)."""
+        out: list[str] = []
+        for dep in self[name].needs:
+            for d in ((dep,) if self.why_left_out(dep, cfg) is None else self.needs_of(dep, cfg)):
+                if d not in out:
+                    out.append(d)
+        return tuple(out)
+
+    def left_out(self, cfg) -> dict[str, str]:
+        """{stage: why} of every stage this config does not need."""
+        return {n: why for n in self.by_name if (why := self.why_left_out(n, cfg)) is not None}
+
+    def plan(self, targets, cfg=None) -> list[str]:
+        """The stages needed for ``targets`` ("all" or names), dependencies first, registry order;
+        with ``cfg``, less the stages it leaves out (``Stage.left_out``). Naming a left-out stage
+        is an error (KeyError naming why)."""
+        for t in targets or []:
+            if t != "all":
+                self[t]  # an unknown name fails with a suggestion
+                why = self.why_left_out(t, cfg)
+                if why is not None:
+                    raise KeyError(f"stage {t!r} is not part of this config's plan: {why}")
         if not targets or list(targets) == ["all"]:
-            return self.names()
+            return [n for n in self.by_name if self.why_left_out(n, cfg) is None]
         want: set[str] = set()
 
         def visit(name):
-            st = self[name]
             if name not in want:
                 want.add(name)
-                for dep in st.needs:
+                for dep in self.needs_of(name, cfg):
                     visit(dep)
 
         for t in targets:

@@ -33,7 +33,7 @@ class LaunchConfig:
     backend: Literal["ddp", "deepspeed"] = setting(
         "ddp", help="training backend: ddp (Accelerate DDP) or deepspeed (G and D as DeepSpeed ZeRO-1/2 engines)")
     deepspeed: str = setting("zero2", help="DeepSpeed config for backend=deepspeed: a shipped name (zero1, zero2: "
-                             "configs/deepspeed/<name>.json) or a JSON file")
+                             "cartoon_stylegan/training/deepspeed_presets/<name>.json) or a JSON file")
 
     def __post_init__(self):
         if self.backend != "deepspeed":

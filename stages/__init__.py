@@ -12,6 +12,7 @@ from pipeline.registry import Registry, Section
 from stages import commands, compare, export, finetune, pretrain, shard, swap
 from stages import eval as eval_stage
 from stages.common import DataConfig, ModelConfig
+from stages.models import architecture_from_init
 
 REGISTRY = Registry(
     stages=[shard.STAGE, pretrain.STAGE, finetune.STAGE, swap.STAGE, eval_stage.STAGE],
@@ -20,6 +21,7 @@ REGISTRY = Registry(
     compare=compare.main,
     commands=[*commands.COMMANDS, export.COMMAND],  # generate, ..., export (python -m pipeline generate --help)
     default_config=DEFAULT_CONFIG,
+    resolve=architecture_from_init,  # a source generator file fixes data.resolution and model.*
 )
 
 

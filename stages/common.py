@@ -59,6 +59,27 @@ class InitConfig:
     format: IMPORT_FORMATS = spec("native", help="; ".join(f"{i.name}: {i.help}" for i in importers.IMPORTERS.values()))
 
 
+def source_from_file(cfg) -> Optional[str]:
+    """Why this config needs neither the pretrain stage nor the source image set, or None.
+
+    The one home of the rule: when ``finetune.init.path`` names a generator file (the common case:
+    rosinality's FFHQ .pt, an NVlabs .pkl), that file *is* the source domain's generator -- nothing
+    is pretrained, the source images are neither sharded nor read, and eval leaves out the rows that
+    score against them. The pretrain stage's ``left_out``, shard and eval all ask this.
+    """
+    init = cfg.finetune.init
+    if not init.path:
+        return None
+    return (f"the source generator is a file (finetune.init.path={init.path}, format {init.format}): nothing to "
+            f"pretrain, and the source image set (data.source) is neither sharded nor read")
+
+
+def datasets_used(cfg) -> tuple[str, ...]:
+    """The image sets this config shards and reads: ("source", "target"), or ("target",) when the
+    source generator is a file."""
+    return ("target",) if source_from_file(cfg) else ("source", "target")
+
+
 # The training loop's settings are declared once, in the library (LoopOptions, with help and
 # ranges); the pretrain and finetune sections and a variant's overrides are copies of them.
 LOOP_KEYS = tuple(f.name for f in dataclasses.fields(LoopOptions) if f.name != "seed")  # seed: the root's

@@ -37,8 +37,10 @@ def preflight(cfg):
     """The reference sets will be as large as asked (checked before training, not after)."""
     from pipeline.config import ConfigError
 
+    from stages.common import datasets_used
+
     n_real = cfg.eval.n_real
-    for name in ("source", "target"):
+    for name in datasets_used(cfg):
         ds = getattr(cfg.data, name)
         if n_real and ds.input.startswith("synthetic:") and ds.count and n_real > ds.count:
             raise ConfigError(f"eval.n_real: {n_real} is more than data.{name}.count ({ds.count}): "
@@ -65,7 +67,10 @@ def run(ctx):
     cache = ctx.paths.stats_cache
     common = dict(metrics=tuple(ec.metrics), kid_subset_size=ec.kid_subset_size, batch_size=ec.batch,
                   device=dev, cache_dir=cache, progress=False)
-    source_real = ShardImageDataset(ctx.paths.dataset_dir("source"), limit=ec.n_real)
+    from stages.common import source_from_file
+
+    no_source_set = source_from_file(cfg)
+    source_real = None if no_source_set else ShardImageDataset(ctx.paths.dataset_dir("source"), limit=ec.n_real)
     target_real = ShardImageDataset(ctx.paths.dataset_dir("target"), limit=ec.n_real)
     table = {}
     # Scores survive a stop or a crash: each model's figures go to partial.json as soon as they
@@ -124,11 +129,16 @@ def run(ctx):
     from stages.models import arch, source_path
 
     src_file, src_fmt = source_path(cfg, ctx.paths)
-    score("source", lambda: GeneratorDataset(source, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch), source_real,
-          inputs={"network": file_digest(Path(src_file)), "format": src_fmt, "truncation": ec.truncation,
-                  "seed": cfg.seed + 1, "device": dev.type})
-    stop_point()
-    if ec.real_floor:
+    if no_source_set:
+        left = ["source"] + (["real_floor"] if ec.real_floor else []) + (["untrained"] if ec.untrained_baseline else [])
+        ctx.say(f"[eval] rows left out: {', '.join(left)} (they score against the source image set, and "
+                f"{no_source_set.split(': ', 1)[0]}); every variant is scored against the target set")
+    else:
+        score("source", lambda: GeneratorDataset(source, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch), source_real,
+              inputs={"network": file_digest(Path(src_file)), "format": src_fmt, "truncation": ec.truncation,
+                      "seed": cfg.seed + 1, "device": dev.type})
+        stop_point()
+    if ec.real_floor and source_real is not None:
         held_out = held_out_images(ctx.paths.dataset_dir("source"), len(source_real), ec.n_samples)
         if held_out is None:
             ctx.say(f"[eval] real_floor skipped: the source shards hold fewer than n_real + n_samples "
@@ -137,7 +147,7 @@ def run(ctx):
             score("real_floor", lambda: held_out, source_real,
                   inputs={"held_out": held_out.dataset.cache_key, "from": len(source_real)})
             stop_point()
-    if ec.untrained_baseline:
+    if ec.untrained_baseline and source_real is not None:
         untrained = Sampler(fresh_models(cfg, cfg.seed + 12345)["g_ema"].eval().to(dev))
         score("untrained", lambda: GeneratorDataset(untrained, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch),
               source_real, inputs={"arch": arch(cfg)[0], "init_seed": cfg.seed + 12345, "seed": cfg.seed + 1,

@@ -17,6 +17,69 @@ def arch(cfg) -> tuple[dict, dict]:
     return g, d
 
 
+# The architecture a source generator file fixes: config key -> Generator.config key. A config that
+# leaves a key out follows the file; one that sets it (in the YAML, a file it extends, or an override)
+# must agree with the file.
+FILE_FIXES = {"data.resolution": "size", "model.style_dim": "style_dim", "model.n_mlp": "n_mlp",
+              "model.channel_multiplier": "channel_multiplier", "model.channel_max": "channel_max"}
+# What the file suggests but the run may choose: followed when the config leaves it out; another value
+# rescales the mapping's stored weights (the same function: see _fit_foreign).
+FILE_SUGGESTS = {"model.lr_mlp": "lr_mlp"}
+
+
+def architecture_from_init(tree: dict) -> dict:
+    """The registry's ``resolve``: with ``finetune.init.path`` set, the architecture keys the config
+    leaves out are taken from that file, and a key it sets differently is refused in one line naming
+    the key, the config's value and the file's. An unreadable file is left to the init preflight,
+    which says why in one line."""
+    from pipeline.config import ConfigError
+
+    init = (tree.get("finetune") or {}).get("init") if isinstance(tree.get("finetune"), dict) else None
+    if not isinstance(init, dict) or not isinstance(init.get("path"), str) or not init["path"]:
+        return tree
+    found = file_architecture(init["path"], init.get("format", "native"))
+    if found is None:
+        return tree
+    for table, strict in ((FILE_FIXES, True), (FILE_SUGGESTS, False)):
+        for dotted, key in table.items():
+            section, name = dotted.split(".")
+            node = tree.setdefault(section, {})
+            if not isinstance(node, dict) or found.get(key) is None:
+                continue  # a malformed section: validation names it
+            if name not in node:
+                node[name] = found[key]
+            elif strict and node[name] != found[key]:
+                raise ConfigError(f"{dotted}: the config says {node[name]!r}, but the source generator "
+                                  f"{init['path']} (finetune.init.path) has {found[key]!r}; leave {dotted} "
+                                  f"out to follow the file, or give a file of that architecture")
+    return tree
+
+
+_ARCH_CACHE: dict = {}
+
+
+def file_architecture(path: str, fmt: str):
+    """The generator config recorded in (or inferred from) a checkpoint file of format ``fmt``, or None
+    when it cannot be read as such (kept per file version: a config is loaded several times a run)."""
+    import os
+
+    from cartoon_stylegan import importers
+
+    try:
+        st = os.stat(os.path.expanduser(path))
+    except OSError:
+        return None
+    key = (os.path.realpath(os.path.expanduser(path)), st.st_size, st.st_mtime_ns, fmt)
+    if key not in _ARCH_CACHE:
+        try:
+            nets = importers.get(fmt).load(os.path.expanduser(path))
+            G = nets.get("g_ema") if nets.get("g_ema") is not None else nets.get("g")
+            _ARCH_CACHE[key] = dict(G.config) if G is not None else None
+        except Exception:  # noqa: BLE001 -- any failure: the preflight reports it, in one line
+            _ARCH_CACHE[key] = None
+    return _ARCH_CACHE[key]
+
+
 def fresh_models(cfg, seed):
     import torch
 

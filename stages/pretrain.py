@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from pipeline.config import spec
 from pipeline.registry import Stage
-from stages.common import InitConfig, check_compile_backend, loop_section
+from stages.common import InitConfig, check_compile_backend, loop_section, source_from_file
 
 
 @dataclass
@@ -46,6 +46,6 @@ def _resources(cfg):
 
 STAGE = Stage(
     name="pretrain", run=run, config=PretrainConfig, needs=("shard",), preflight=preflight, distributed=True, resources=_resources,
-    digest=digest, makes="pretrain/checkpoints/network-final.pt",
+    digest=digest, left_out=source_from_file, makes="pretrain/checkpoints/network-final.pt",
     reads=("seed", "data.resolution", "data.source", "data.xflip", "data.shuffle_buffer", "model", "pretrain"),
     help="pretrain stage: the training loop on the source domain (was `train`)")

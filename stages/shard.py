@@ -6,6 +6,7 @@ from typing import Literal
 
 from pipeline.config import spec
 from pipeline.registry import Stage
+from stages.common import datasets_used, source_from_file
 
 
 @dataclass
@@ -18,11 +19,11 @@ class ShardConfig:
 
 
 def preflight(cfg):
-    """Both inputs exist and are of a kind we read (before any stage starts)."""
+    """The inputs this config uses exist and are of a kind we read (before any stage starts)."""
     from cartoon_stylegan.data.sources import check_spec
     from pipeline.config import ConfigError
 
-    for name in ("source", "target"):
+    for name in datasets_used(cfg):
         ds = getattr(cfg.data, name)
         try:
             check_spec(ds.input, ds.count)
@@ -39,7 +40,10 @@ def run(ctx):
     res = cfg.data.resolution
     ctx.log_params({"data": cfg.data, "shard": cfg.shard})
     outputs = {}
-    for name in ("source", "target"):
+    if source_from_file(cfg):
+        ctx.say("sharding the target set only: the source generator is a file (finetune.init.path), "
+                "so the source images are not needed")
+    for name in datasets_used(cfg):
         ds = getattr(cfg.data, name)
         out_dir = ctx.paths.dataset_dir(name)
         ctx.say(f"sharding {name}: {ds.input} -> {out_dir}")
@@ -81,7 +85,7 @@ def digest(cfg) -> str:
 
     paths = StagePaths(cfg, "shard")
     return digest_of({name: [(s["file"], s["sha256"]) for s in read_json(paths.dataset_dir(name) / "manifest.json")["shards"]]
-                      for name in ("source", "target")})
+                      for name in datasets_used(cfg)})
 
 
 STAGE = Stage(

@@ -23,9 +23,6 @@ build, even one that does not take the lock.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -39,7 +36,9 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
+
+from toolbox import file_lock as _lock
 
 import torch
 
@@ -199,46 +198,15 @@ def find_build(key: str, need: Sequence[str], root: Path | None = None) -> Path 
 # ------------------------------------------------------------------------------ locking
 
 
-_NO_LOCKING = {errno.ENOLCK, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}
+def file_lock(path: Path, on_wait: Callable[[], None] | None = None, timeout: float | None = None):
+    """The build lock (toolbox.file_lock): exclusive, waiting; where the file system has no locks
+    (e.g. Lustre mounted without -o flock) it goes on unlocked -- the atomic rename still keeps
+    builds whole, at worst two ranks build the same thing."""
+    def unsupported(e):
+        log.warning("cartoon_stylegan.ops: %s does not support file locks (%s); building without one", path, e)
 
-
-@contextlib.contextmanager
-def file_lock(path: Path, on_wait: Callable[[], None] | None = None, timeout: float | None = None) -> Iterator[None]:
-    """Exclusive ``flock`` on ``path``; works across processes and across threads (each
-    call opens its own file description). ``on_wait`` runs once if the lock is busy."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise TimeoutError(f"waited {timeout:.0f} s for the build lock {path}") from None
-                    time.sleep(0.2)
-        except OSError as e:
-            if e.errno not in _NO_LOCKING:
-                raise
-            # e.g. Lustre mounted without -o flock: go on unlocked; the atomic rename still
-            # keeps builds whole, at worst two ranks build the same thing.
-            log.warning("cartoon_stylegan.ops: %s does not support file locks (%s); building without one", path, e)
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()} {platform.node()}\n".encode())
-        except OSError:
-            pass
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return _lock(path, wait=True, timeout=timeout, on_wait=on_wait, on_unsupported=unsupported, name="build lock",
+                 holder=f"{os.getpid()} {platform.node()}\n")
 
 
 def build_once(final_dir: Path, lock_path: Path, build: Callable[[Path], None],

@@ -58,6 +58,7 @@ import json
 import os
 import re
 import shutil
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -77,7 +78,9 @@ __all__ = ["BACKENDS", "DDPBackend", "DeepSpeedBackend", "DeepSpeedCheckpoints",
            "check_deepspeed_config", "deepspeed_config_path", "make_backend", "SHIPPED_DEEPSPEED"]
 
 BACKENDS = ("ddp", "deepspeed")
-SHIPPED_DEEPSPEED = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+# the presets are package data (pyproject: package-data), found through the package so that a wheel or
+# a non-editable install has them too
+SHIPPED_DEEPSPEED = Path(str(resources.files("cartoon_stylegan.training") / "deepspeed_presets"))
 _NETS = ("G", "D")
 
 
@@ -124,7 +127,7 @@ class DDPBackend:
 # ----------------------------------------------------------------------------- DeepSpeed config
 
 def deepspeed_config_path(name_or_path: str) -> Path:
-    """A shipped config by name (``zero1``, ``zero2`` -> configs/deepspeed/<name>.json) or a JSON file."""
+    """A shipped config by name (``zero1``, ``zero2`` -> the package's deepspeed_presets/<name>.json) or a JSON file."""
     if re.fullmatch(r"[A-Za-z0-9_-]+", name_or_path):
         return SHIPPED_DEEPSPEED / f"{name_or_path}.json"
     return Path(name_or_path)

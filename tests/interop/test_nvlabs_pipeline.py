@@ -32,7 +32,26 @@ def test_preflight_accepts_a_fitting_pickle_and_names_the_format_of_a_misdeclare
     with pytest.raises(ConfigError, match="this is a nvlabs checkpoint .*: set init.format=nvlabs"):
         REGISTRY["finetune"].preflight(_cfg(pkl, "native"))
     with pytest.raises(ConfigError, match="does not fit the configured architecture"):
-        REGISTRY["finetune"].preflight(_cfg(pkl, "nvlabs", "model.channel_max=8"))
+        REGISTRY["pretrain"].preflight(_cfg(pkl, "nvlabs", "model.channel_max=8", stage="pretrain"))
+    # the fine-tune's source file fixes the architecture: a config that says otherwise is refused as it loads
+    with pytest.raises(ConfigError, match=r"model.channel_max: the config says 8, but the source generator .*"
+                                          r"ffhq-tiny.pkl \(finetune.init.path\) has 16; leave model.channel_max out"):
+        _cfg(pkl, "nvlabs", "model.channel_max=8")
+
+
+def test_a_config_that_leaves_the_architecture_out_follows_the_file(pkl, tmp_path):
+    """data.resolution and model.* come from finetune.init.path where the config does not set them."""
+    (tmp_path / "mine.yaml").write_text("experiment: mine\ndata:\n  target: {input: synthetic:cartoons, count: 64}\n")
+    cfg = load_config(tmp_path / "mine.yaml", [f"finetune.init.path={pkl}", "finetune.init.format=nvlabs"])
+    assert (cfg.data.resolution, cfg.model.style_dim, cfg.model.n_mlp, cfg.model.channel_max) == (16, 16, 2, 16)
+    assert cfg.model.lr_mlp == pytest.approx(0.01)
+    REGISTRY["finetune"].preflight(cfg)
+    # the mapping's lr multiplier is the run's choice (the weights are rescaled): another value is kept
+    cfg = load_config(tmp_path / "mine.yaml", [f"finetune.init.path={pkl}", "finetune.init.format=nvlabs",
+                                               "model.lr_mlp=0.05"])
+    assert cfg.model.lr_mlp == pytest.approx(0.05)
+    assert REGISTRY.plan(["all"], cfg) == ["shard", "finetune", "swap", "eval"]
+    assert "pretrain" in REGISTRY.left_out(cfg)
 
 
 def test_load_weights_takes_the_configs_lr_and_keeps_the_function(pkl):

@@ -179,3 +179,50 @@ def test_output_paths_stay_under_the_run_root(cfg, tmp_path):
     (paths.stage_dir / "escape").symlink_to(tmp_path.parent)
     with pytest.raises(ValueError, match="outside"):
         paths.train_dir("escape")
+
+
+def test_run_without_file_locks_goes_on_with_one_note(tmp_path, monkeypatch, capsys):
+    """A cluster file system without flock (ENOLCK: Lustre without -o flock, some NFS): `pipeline run`
+    runs, unlocked, after one line saying so -- it used to die with a traceback."""
+    import errno
+    import fcntl
+
+    from pipeline.__main__ import main
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    args = ["--registry", TOY, f"run_root={tmp_path}", "experiment=nolock", "tracking.enabled=false"]
+    assert main(["run", "a", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.count("has no file locks") == 1 and "running without the run lock" in out
+    assert "[a] done" in out
+    assert dag.lock_held(tmp_path / "nolock" / ".pipeline-run.lock") is None  # cannot tell, and says so
+
+
+def test_a_stage_the_config_leaves_out_is_bypassed(reg, tmp_path, capsys):
+    """Stage.left_out (pretrain when the source generator is a file): not planned, not run, its
+    dependents wait for what it needed; --dry-run, list and run say once why; naming it is refused."""
+    from pipeline.__main__ import main
+
+    cfg = _cfg(reg, tmp_path, "d.word=no-b")
+    assert reg.plan(["all"], cfg) == ["a", "c", "d"]
+    assert reg.plan(["c"], cfg) == ["a", "c"]
+    assert reg.needs_of("c", cfg) == ("a",) and reg.needs_of("c") == ("b",)
+    assert reg.left_out(cfg) == {"b": "d.word is 'no-b'"}
+    with pytest.raises(KeyError, match="not part of this config's plan: d.word is 'no-b'"):
+        reg.plan(["b"], cfg)
+    rec = Recorder()
+    assert dag.run(reg, cfg, ["all"], execute=rec, say=lambda *_: None) == 0
+    assert rec.calls == ["a", "c", "d"]
+    assert dag.status(reg, cfg, "c") == "done"
+    args = ["--registry", TOY, f"run_root={tmp_path}", "experiment=t", "tracking.enabled=false", "d.word=no-b"]
+    for cmd in (["run", "all", "--dry-run"], ["list"], ["run", "all"]):
+        assert main([*cmd, *args]) == 0
+        out = capsys.readouterr().out
+        assert out.count("left out: d.word is 'no-b'") == 1, (cmd, out)
+    assert main(["run", "b", *args]) == 2
+    assert "not part of this config's plan" in capsys.readouterr().err
+    # the same config without the switch plans b again, and a's result still counts for it
+    assert reg.plan(["all"], _cfg(reg, tmp_path)) == ["a", "b", "c", "d"]

@@ -1,7 +1,7 @@
 """A toy registry for the runner's tests: three stages that write small files, no torch, no stages package.
 
     a ──> b ──┬─> c
-              └─> d   (d reads only `d.word`)
+              └─> d   (d reads only `d.word`; d.word=no-b leaves b out: c and d then wait for a)
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def _writer(tag):
 REGISTRY = Registry(
     stages=[
         Stage("a", _writer("A"), config=AConfig, reads=("seed", "shared", "a"), makes="a/out.json"),
-        Stage("b", _writer("B"), needs=("a",), reads=("shared.size",), makes="b/out.json"),
+        Stage("b", _writer("B"), needs=("a",), reads=("shared.size",), makes="b/out.json",
+              left_out=lambda cfg: "d.word is 'no-b'" if cfg.d.word == "no-b" else None),
         Stage("c", _writer("C"), needs=("b",), makes="c/out.json"),
         Stage("d", _writer("D"), config=DConfig, needs=("b",), reads=("d.word",), makes="d/out.json"),
     ],
