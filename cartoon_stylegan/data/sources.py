@@ -34,7 +34,7 @@ __all__ = [
     "encode", "FileLoader", "ZipMemberLoader", "SyntheticLoader", "Rejected",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})  # GIF: its first frame
 SYNTHETIC_PREFIX = "synthetic:"
 # A zip member larger than this is not read: the largest image PIL decodes (its 89.5-Mpixel
 # bomb limit) at 4 bytes a pixel, uncompressed. zipfile never inflates past the declared size.
