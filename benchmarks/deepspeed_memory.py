@@ -31,6 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from toolbox import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 MIB = 2**20
@@ -104,7 +106,7 @@ def launch(world: int, backend: str, size: int, out_dir: Path) -> dict:
     if not cuda:
         env["ACCELERATE_USE_CPU"] = "1"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world),
-           "--num_machines", "1", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
+           "--num_machines", "1", "--mixed_precision", "no", "--main_process_port", str(free_port()),
            "--num_cpu_threads_per_process", "1", __file__, "--rank-main", str(out_dir), backend, str(size)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
@@ -112,12 +114,6 @@ def launch(world: int, backend: str, size: int, out_dir: Path) -> dict:
     return json.loads((out_dir / f"{backend}-{world}-rank0.json").read_text())
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

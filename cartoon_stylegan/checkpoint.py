@@ -22,7 +22,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from typing import Any, Mapping
 
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from cartoon_stylegan.networks import Discriminator, Generator
+from toolbox import atomic_path
 
 TRANSFER_FORMAT = "cartoon-stylegan/transfer-v1"
 RESUME_FORMAT = "cartoon-stylegan/resume-v1"
@@ -59,38 +59,10 @@ class CheckpointMismatch(ValueError):
 
 # ---------------------------------------------------------------------- writing
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file beside ``path``, fsync, then os.replace onto ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(folder)  # make the rename itself durable
-
-
-def fsync_dir(folder: str | os.PathLike) -> None:
-    """fsync a directory, so that renames and new entries in it survive a crash (POSIX; else nothing)."""
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    """torch.save to a temporary file beside ``path``, fsync, then os.replace onto ``path`` (and fsync
+    the folder: the rename survives a crash) -- toolbox.atomic_path, durable."""
+    with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def _unwrap(module: nn.Module) -> nn.Module:

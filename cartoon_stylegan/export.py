@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from toolbox import atomic_path
+
 __all__ = ["ExportError", "to_rosinality", "rosinality_channels", "SamplingNetwork", "export_torchscript",
            "export_onnx", "FORMATS"]
 
@@ -162,12 +164,6 @@ class SamplingNetwork(nn.Module):
         return torch.randn((batch, *self.input_shape), generator=g)
 
 
-def _tmp_beside(path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, f".{os.path.basename(path)}.tmp")
-
-
 def _check(what: str, got, want, tol: float) -> float:
     err = float((torch.as_tensor(got) - want).abs().max())
     if not err <= tol:
@@ -178,8 +174,8 @@ def _check(what: str, got, want, tol: float) -> float:
 def export_torchscript(net: SamplingNetwork, path: str, tol: float = 1e-4) -> float:
     """Trace ``net`` to a TorchScript file (any batch size); returns the max difference to PyTorch on a
     batch of another size than the traced one."""
-    tmp = _tmp_beside(path)
-    with torch.no_grad(), warnings.catch_warnings():
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        tmp = str(tmp)
         # the ops' padding arithmetic on Python ints is traced as constants: right, since every size but
         # the batch is fixed by the architecture (checked below on another batch size)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -188,7 +184,6 @@ def export_torchscript(net: SamplingNetwork, path: str, tol: float = 1e-4) -> fl
         traced.save(tmp)
         x = net.example(3, seed=1)
         err = _check("TorchScript", torch.jit.load(tmp)(x), net(x), tol)  # noqa: the load warns too (caught)
-    os.replace(tmp, path)
     return err
 
 

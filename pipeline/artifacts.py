@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from toolbox import atomic_write_text, sha256_file
+
 
 def experiment_dir(cfg) -> Path:
     return run_root(cfg) / cfg.experiment
@@ -41,19 +43,12 @@ def inside(path: Path, root: Path) -> Path:
 
 def write_json(path: Path, obj) -> Path:
     """Atomic JSON write (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes (hex)."""
-    from cartoon_stylegan.data.shards import file_sha256
-
-    return file_sha256(path)
+    return sha256_file(path)
 
 
 def digest_of(obj) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ from pipeline import dag, tracking
 from pipeline.artifacts import StagePaths, read_json, write_json
 from pipeline.config import to_dict
 from pipeline.context import StageContext
+from toolbox import free_port
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
@@ -108,12 +108,6 @@ def needs_launcher(cfg, stage) -> bool:
     return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def stage_logger(tracker, parent, cfg, name, fp, previous):
     """The stage's MLflow run: new, or the one a stopped/failed attempt with the same fingerprint used."""
     if tracker is None:
@@ -181,7 +175,7 @@ def _run_launched(registry, cfg, name, fp, logger, paths):
             threads = max(1, (os.cpu_count() or 1) // cfg.launch.num_processes)
             cmd += ["--num_cpu_threads_per_process", str(threads)]
         cmd += ["--multi_gpu", "--num_processes", str(cfg.launch.num_processes), "--num_machines", "1",
-                "--main_process_port", str(cfg.launch.main_process_port or _free_port()),
+                "--main_process_port", str(cfg.launch.main_process_port or free_port()),
                 "--mixed_precision", "no" if cpu else cfg.launch.mixed_precision]
         cmd += worker
     print(f"[{name}] launching: {' '.join(cmd)}", flush=True)

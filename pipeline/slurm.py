@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from toolbox import atomic_write_text
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT_DIR = REPO_ROOT / "slurm"
 JOB_RECORD = "slurm.json"            # the per-stage submission record (state_dir_for)
@@ -359,10 +361,7 @@ def sbatch_command(stage: str, *, config_path: str | Path | None, overrides: Seq
 
 
 def _write_record(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def read_job_record(path: str | Path) -> dict | None:

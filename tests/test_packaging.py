@@ -17,8 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_a_non_editable_install_resolves_the_shipped_deepspeed_presets(tmp_path):
     pytest.importorskip("setuptools")
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(wheels), str(ROOT)], check=True, cwd=tmp_path, timeout=300)
+    had_build = (ROOT / "build").exists()
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                        "--wheel-dir", str(wheels), str(ROOT)], check=True, cwd=tmp_path, timeout=300)
+    finally:
+        if not had_build:  # setuptools builds in the tree: leave the checkout as it was
+            import shutil
+
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     (wheel,) = wheels.glob("cartoon_stylegan-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)

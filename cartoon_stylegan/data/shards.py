@@ -16,7 +16,6 @@ Accounting: every input the source yields is either written or listed in
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import multiprocessing as mp
@@ -25,6 +24,8 @@ import tarfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
+
+from toolbox import atomic_write_text, sha256_file
 
 from .sources import SkipImage, SyntheticLoader, check_spec, encode, iter_source, load_prepared
 from .synthetic import check_resolution, get_domain
@@ -133,23 +134,11 @@ class _ShardSink:
             self._tar = self._file = None
 
 
-def file_sha256(path) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = sha256_file  # SHA-256 (hex) of a file's bytes (toolbox: one home)
 
 
 def _atomic_json(obj, path: Path):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n", durable=True)
 
 
 def _clear_previous(out_dir: Path, name: str):

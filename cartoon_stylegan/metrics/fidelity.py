@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cartoon_stylegan.data.shards import file_sha256
+from toolbox import sha256_file as file_sha256
 from cartoon_stylegan.imageutil import to_uint8
 from cartoon_stylegan.sampling import as_sampler
 

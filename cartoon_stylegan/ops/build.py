@@ -38,7 +38,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
-from toolbox import file_lock as _lock
+from toolbox import atomic_write_text, file_lock as _lock
 
 import torch
 
@@ -474,10 +474,8 @@ def _write_marker(marker: Path, e: OpsBuildError) -> None:
 
     rec = {"reason": e.reason, "fix": e.fix, "detail": e.detail[-20000:], "pid": os.getpid(),
            "when": datetime.datetime.now().isoformat(timespec="seconds")}
-    tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(rec))
-        os.replace(tmp, marker)
+        atomic_write_text(marker, json.dumps(rec))
     except OSError:  # a read-only cache: the others will retry, no worse than before
         pass
 

@@ -73,6 +73,7 @@ from cartoon_stylegan.training.state import (
     resume_files_of_kind,
     resume_path,
 )
+from toolbox import fsync_dir
 
 __all__ = ["BACKENDS", "DDPBackend", "DeepSpeedBackend", "DeepSpeedCheckpoints", "DeepSpeedConfigError",
            "check_deepspeed_config", "deepspeed_config_path", "make_backend", "SHIPPED_DEEPSPEED"]
@@ -373,7 +374,7 @@ class DeepSpeedCheckpoints(CheckpointStore):
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(partial, final)
-            ckpt.fsync_dir(self.dir)
+            fsync_dir(self.dir)
             self.prune()
         self.barrier()
         return str(final)
@@ -398,7 +399,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        ckpt.fsync_dir(dirpath)
+        fsync_dir(dirpath)
 
 
 # ----------------------------------------------------------------------------- choice

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from toolbox import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 _VENV_PY = REPO / ".venv" / "bin" / "python"
 PYTHON = str(_VENV_PY) if _VENV_PY.exists() else sys.executable
@@ -158,12 +160,6 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_mlflow_ui(store_uri: str, log: Path) -> tuple[subprocess.Popen, str]:

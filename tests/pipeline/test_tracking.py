@@ -1,7 +1,6 @@
 """MLflow through a real `mlflow server` on 127.0.0.1: a stage's run, params, metrics, artifacts."""
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -11,20 +10,15 @@ from pathlib import Path
 import pytest
 
 from pipeline.__main__ import main
+from toolbox import free_port
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     cmd = [str(MLFLOW) if MLFLOW.exists() else shutil.which("mlflow"), "server", "--host", "127.0.0.1",
            "--port", str(port), "--backend-store-uri", f"sqlite:///{root}/server.db",
            "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
@@ -76,7 +70,7 @@ def test_shard_stage_logs_through_http(mlflow_server, tmp_path, monkeypatch):
 
 
 def test_unreachable_server_fails_before_work(tmp_path, monkeypatch, capsys):
-    port = _free_port()
+    port = free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     rc = main(["run", "shard", f"run_root={tmp_path}", "experiment=x"])
     assert rc == 2
