@@ -61,9 +61,16 @@ def names() -> tuple[str, ...]:
 
 def sniff(path, skip: str | None = None) -> tuple[str | None, dict | None]:
     """(name, networks) of the first registered format that reads ``path`` (registration order, ``skip``
-    left out), or (None, None). The networks are what that importer returned: no need to read it again."""
+    left out), or (None, None). The networks are what that importer returned: no need to read it again.
+    A plain pickle nested deep enough to crash an unpickler (``torch.load``'s too) is none: (None, None)."""
     import warnings
 
+    from cartoon_stylegan.nvlabs import NVlabsImportError, scan_pickles
+
+    try:
+        scan_pickles(path)
+    except NVlabsImportError:
+        return None, None
     for imp in IMPORTERS.values():
         if imp.name == skip:
             continue

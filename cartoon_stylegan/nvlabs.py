@@ -50,20 +50,32 @@ than group 4 / 1 channel (for D alone: the generator is still imported, with a w
 starting from the file gets a fresh D). ``conv_clamp`` (activations clamped to +-256, set by stylegan2-ada's
 training configs) is not part of our networks: it is dropped, with a warning (it only changes an
 image where an activation exceeds the clamp).
+
+A hostile file cannot make the reader allocate or recurse without bound: before ``pickle`` reads it,
+its opcodes are walked once (streaming, no objects built) and a file nested deeper than
+:data:`MAX_DEPTH` (CPython hashes a nested tuple recursively in C: a 200 KB dict key of nested tuples
+overflows the C stack), with more than :data:`MAX_OPS` opcodes or larger than :data:`MAX_FILE_BYTES`
+is refused; each storage's bytes are walked the same way before ``torch.load`` sees them. A
+tensor is not made while the pickle is read: the rebuild call returns an inert record (a BUILD
+opcode after it -- torch's ``Tensor.__setstate__`` would ``set_`` any size over the storage -- is
+refused), and only after loading is each record checked against its storage and the element caps
+(:data:`MAX_TENSOR_ELEMENTS`, and in all no more elements than the file has bytes) and made a tensor.
 """
 from __future__ import annotations
 
 import io
 import math
+import operator
 import os
 import pickle
+import pickletools
 import warnings
 from collections import OrderedDict
 from typing import Any
 
 import torch
 
-__all__ = ["import_nvlabs", "read_nvlabs_pickle", "Record", "NVlabsImportError", "KNOWN_CLASSES"]
+__all__ = ["import_nvlabs", "read_nvlabs_pickle", "scan_pickles", "Record", "NVlabsImportError", "KNOWN_CLASSES"]
 
 
 class NVlabsImportError(ValueError):
@@ -140,30 +152,166 @@ def _reconstruct(meta):
     return Record(name, state, len(src) if isinstance(src, str) else 0)
 
 
+# Bounds on what a file may make the reader do; real snapshots are far inside them. stylegan2-ada's
+# 1024 px snapshot (G, G_ema, D, augment_pipe) is about 360 MB and its largest tensor is D's b4.fc
+# weight, 8192 x 512 = 4.2M elements. The test fixture's snapshots (tests/interop/nvlabs_fixture.py,
+# the same structure) nest 32 deep as _scan counts (each persistent module adds its REDUCE, argument
+# tuple, meta dict, state dict and _modules dict) at every resolution from 8 to 64 px; one at 256 px
+# with 512 channels (357 MB) has 31,900 opcodes, and each doubling adds about 4,000.
+MAX_FILE_BYTES = 2 ** 31
+MAX_OPS = 4_000_000
+# CPython hashes a tuple by hashing its items in C, without a recursion guard: a dict key of
+# ~100,000 nested tuples (200 KB of pickle) overflows the C stack while pickle reads the file
+# (SIGSEGV); repr, == and deallocation are guarded. 1000 is far from both.
+MAX_DEPTH = 1000
+MAX_TENSOR_ELEMENTS = 2 ** 27  # 32x D.b4.fc at 1024 px / 512 channels; 512 MiB as float32
+MAX_DIMS = 8
+
+
+class _Window:
+    """A binary file read no further than ``end``: pickletools asks read() for whatever length an
+    opcode claims, and a file object allocates that much before it finds the bytes missing."""
+
+    def __init__(self, f, end: int):
+        self.f, self.end = f, end
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(self.end - self.f.tell(), 0)
+        return self.f.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self, limit: int = -1) -> bytes:
+        left = max(self.end - self.f.tell(), 0)
+        return self.f.readline(left if limit is None or limit < 0 else min(limit, left))
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
+_MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_FILLS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})  # change the object below
+# torch's legacy storage format (magic, protocol, sys_info, a persistent-id record, the keys) calls nothing
+_CALLS = frozenset({"REDUCE", "BUILD", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4"})
+
+
+def _scan(f, *, storage: bool = False, max_int: int | None = None) -> int:
+    """Walk one pickle's opcodes up to its STOP, building nothing; -> how deep its objects nest.
+
+    Each stack entry is the depth of the object it stands for (a container is one deeper than its
+    deepest item, a call's result one deeper than its arguments); the memo keeps the depth an object
+    had when it was stored. That is exact for tuples (immutable, so built after their items), which
+    is what CPython recurses on unguarded (hashing); a list filled after it was nested elsewhere can
+    be deeper than counted here, and the walk over the loaded objects (:func:`_make_tensors`) stops
+    at the same depth. ``storage``: one of a storage's torch.save pickles, where any call or a global
+    other than ``torch.*Storage`` is refused, and ``max_int`` bounds its integers (the element count).
+    Raises :class:`NVlabsImportError` (the message has no file name).
+    """
+    stack: list[int] = []
+    frames: list[list[int]] = []
+    memo: dict[int, int] = {}
+    deepest = 0
+    try:
+        for n, (op, arg, _) in enumerate(pickletools.genops(f)):
+            name = op.name
+            if n >= MAX_OPS:
+                raise NVlabsImportError(f"more than {MAX_OPS:,} pickle opcodes (an NVlabs snapshot has under 50,000)")
+            if storage and (name in _CALLS or name == "GLOBAL" and not (
+                    arg.startswith("torch ") and arg.endswith("Storage") and arg.count(" ") == 1)):
+                what = name if arg is None else f"{name} {arg}"[:80]
+                raise NVlabsImportError(f"a tensor storage record with a {what} opcode; expected torch's legacy "
+                                        "storage format (no calls, no global but a torch.*Storage)")
+            if max_int is not None and isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > max_int:
+                raise NVlabsImportError(f"a tensor storage record with the number {arg}, more elements than its "
+                                        f"{max_int} bytes hold")
+            if name == "STOP":
+                return deepest
+            if name == "MARK":
+                frames.append(stack)
+                stack = []
+            elif name in _MEMO_PUT:
+                memo[arg] = stack[-1]
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+            elif name in _MEMO_GET:
+                stack.append(memo[arg])
+            elif name == "DUP":
+                stack.append(stack[-1])
+            elif name == "POP" and stack:
+                stack.pop()
+            elif name in ("POP", "POP_MARK"):  # POP with nothing above the mark drops the mark, as pickle does
+                stack = frames.pop()
+            else:
+                before = op.stack_before
+                if pickletools.markobject in before:
+                    above, stack = stack, frames.pop()
+                    below = before.index(pickletools.markobject)
+                else:
+                    above, below = [], len(before)
+                held = [stack.pop() for _ in range(below)]  # held[-1]: the one deepest in the stack
+                if name in _FILLS:
+                    depth = max(held[-1], 1 + max(above + held[:-1], default=0))
+                else:
+                    depth = 1 + max(above + held, default=-1)
+                if depth > MAX_DEPTH:
+                    raise NVlabsImportError(f"objects nested more than {MAX_DEPTH} deep (at opcode {n:,}, {name}; "
+                                            "an NVlabs snapshot nests about 32 deep)")
+                deepest = max(deepest, depth)
+                stack.extend([depth] * len(op.stack_after))
+    except NVlabsImportError:
+        raise
+    except (ValueError, IndexError, KeyError) as e:
+        raise NVlabsImportError(f"not a readable pickle ({type(e).__name__}: {e})") from None
+    raise NVlabsImportError("not a readable pickle (it ends before its STOP opcode)")
+
+
 def _load_storage(data: bytes):
+    """A storage from its legacy torch.save bytes (what ``_load_from_bytes`` holds), walked first:
+    its pickles call nothing and name no more elements than the bytes can hold."""
     if not isinstance(data, (bytes, bytearray)):
         raise NVlabsImportError("a tensor storage record without bytes")
-    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    if data[:2] == b"PK":
+        raise NVlabsImportError("a tensor storage in torch's zip format (NVlabs pickles hold the legacy format)")
+    f = _Window(io.BytesIO(data), len(data))
+    for i in range(5):  # magic number, protocol, sys_info, the storage's record, its keys
+        _scan(f, storage=True, max_int=len(data) if i == 3 else None)
+    try:
+        storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except (RuntimeError, MemoryError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise NVlabsImportError(f"a tensor storage torch cannot read ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise NVlabsImportError(f"a tensor storage record holding a {type(storage).__name__}, not a storage")
+    with warnings.catch_warnings():  # TypedStorage is deprecated, and what the legacy format holds
+        warnings.simplefilter("ignore")
+        nbytes = storage.nbytes()
+    if nbytes > len(data):
+        raise NVlabsImportError(f"a tensor storage of {nbytes} bytes from a record of {len(data)}")
+    return storage
+
+
+class _TensorRecord:
+    """What a tensor rebuild call in the file asked for. It becomes a tensor only after the whole
+    file is read and its size, stride and offset are checked (:class:`_TensorMaker`); until then
+    no tensor exists that a BUILD opcode could re-shape."""
+
+    __slots__ = ("storage", "offset", "size", "stride", "build")
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride, self.build = storage, offset, size, stride, None
+
+    def __setstate__(self, state):
+        # a BUILD opcode after the rebuild call: torch's Tensor.__setstate__ would set_(storage, offset,
+        # size, stride) from the state, unchecked. Kept (never applied) to refuse the tensor by its name.
+        self.build = state if isinstance(state, tuple) else (state,)
 
 
 def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, backward_hooks=None, *metadata):
-    """torch's _rebuild_tensor_v2, for dense tensors that fit their storage only: an expanded view
-    (stride 0) or a size beyond the storage would become a huge allocation at the first copy."""
+    """torch's _rebuild_tensor_v2, deferred: a :class:`_TensorRecord` (checked and made a tensor after loading)."""
     if backward_hooks:
         raise NVlabsImportError("a tensor with backward hooks (code) attached")
-    size, stride, offset = tuple(int(v) for v in size), tuple(int(v) for v in stride), int(offset)
-    n = math.prod(size)
     if not isinstance(storage, torch.storage.TypedStorage):
         raise NVlabsImportError(f"a tensor over a {type(storage).__name__}, not a typed storage")
-    with warnings.catch_warnings():  # TypedStorage is deprecated, and what the legacy format holds
-        warnings.simplefilter("ignore")
-        avail = len(storage)
-    if len(size) != len(stride) or offset < 0 or any(v < 0 for v in size) or \
-            (n and (any(st < 1 for sz, st in zip(size, stride) if sz > 1)
-                    or offset + sum((sz - 1) * st for sz, st in zip(size, stride)) >= avail or n > avail)):
-        raise NVlabsImportError(f"a tensor of size {size} / stride {stride} that its storage ({avail} elements) "
-                                "does not hold")
-    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())
+    return _TensorRecord(storage, offset, size, stride)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *state):
@@ -229,22 +377,177 @@ class _RestrictedUnpickler(pickle.Unpickler):
                                 "NVlabs pickle? try format rosinality or native)")
 
 
+def _ints(values, what: str) -> tuple[int, ...]:
+    if not isinstance(values, (tuple, list, torch.Size)) or len(values) > MAX_DIMS:
+        raise NVlabsImportError(f"{what} {values!r:.80} is not a tuple of at most {MAX_DIMS} integers")
+    try:
+        return tuple(operator.index(v) for v in values)
+    except TypeError:
+        raise NVlabsImportError(f"{what} {values!r:.80} is not a tuple of integers") from None
+
+
+class _TensorMaker:
+    """Makes each :class:`_TensorRecord` a tensor once its size, stride and offset fit its storage, it
+    has at most :data:`MAX_TENSOR_ELEMENTS` elements and all tensors together no more elements than the
+    file has bytes (every element takes one byte or more; more would mean storages read many times)."""
+
+    def __init__(self, file_bytes: int):
+        self.budget, self.total = max(file_bytes, 0), 0
+
+    def __call__(self, rec: _TensorRecord, where: str) -> torch.Tensor:
+        if rec.build is not None:
+            asked = f" (size {rec.build[2]!r:.60} / stride {rec.build[3]!r:.60})" if len(rec.build) == 4 else ""
+            raise NVlabsImportError(f"tensor {where}: a BUILD opcode after its rebuild call would re-shape it over "
+                                    f"its storage{asked}, unchecked; expected none (torch pickles no tensor state)")
+        size, stride = _ints(rec.size, f"tensor {where}: size"), _ints(rec.stride, f"tensor {where}: stride")
+        try:
+            offset = operator.index(rec.offset)
+        except TypeError:
+            raise NVlabsImportError(f"tensor {where}: storage offset {rec.offset!r:.40} is not an integer") from None
+        with warnings.catch_warnings():  # TypedStorage is deprecated, and what the legacy format holds
+            warnings.simplefilter("ignore")
+            avail = len(rec.storage)
+        n = math.prod(size)
+        shape = f"size {size} / stride {stride} / offset {offset}"
+        if len(size) != len(stride) or min(size + stride + (offset,)) < 0:
+            raise NVlabsImportError(f"tensor {where}: {shape}: expected one stride per size, none negative")
+        reach = offset + sum((sz - 1) * st for sz, st in zip(size, stride)) + 1 if n else offset
+        if reach > avail or n > avail or any(st == 0 for sz, st in zip(size, stride) if sz > 1):
+            raise NVlabsImportError(f"tensor {where}: a tensor of {shape} that its storage ({avail} elements) does "
+                                    f"not hold (expected a dense tensor inside it, not stride-0 expanded; it "
+                                    f"reaches element {reach})")
+        if n > MAX_TENSOR_ELEMENTS:
+            raise NVlabsImportError(f"tensor {where}: {shape} has {n:,} elements; expected at most "
+                                    f"{MAX_TENSOR_ELEMENTS:,} (StyleGAN2's largest tensor at 1024 px has 4.2M)")
+        self.total += n
+        if self.total > self.budget:
+            raise NVlabsImportError(f"tensor {where}: the tensors so far hold {self.total:,} elements, more than the "
+                                    f"file's {self.budget:,} bytes can store (storages reused by many tensors?)")
+        return torch._utils._rebuild_tensor_v2(rec.storage, offset, size, stride, False, OrderedDict())
+
+
+_GROUPS = frozenset({"_parameters", "_buffers", "_modules"})  # left out of a tensor's name, as state_dict() does
+
+
+def _name(path) -> str:
+    parts = []
+    while path is not None:
+        path, label = path
+        parts.append(label)
+    name = "".join(reversed(parts)).lstrip(".")
+    return name or "(the pickle's top object)"
+
+
+def _parts(obj) -> list | None:
+    """(label, item) of what a tensor record may sit in and be replaced in; None for anything else
+    (a record left in a set, a dict key or an attribute stays an inert record, never a tensor)."""
+    if isinstance(obj, Record):
+        return [("", obj.state)]
+    if isinstance(obj, dict):
+        return [("" if k in _GROUPS else f".{k}" if isinstance(k, str) else f"[{k!r:.40}]", v) for k, v in obj.items()]
+    if isinstance(obj, (list, tuple)):
+        return [(f"[{i}]", v) for i, v in enumerate(obj)]
+    return None
+
+
+def _make_tensors(root, make):
+    """``root`` with each :class:`_TensorRecord` in its dicts, lists, tuples and Records replaced by
+    ``make(record, name)`` (once per record, however often it is reached). Iterative and depth-bounded:
+    the loaded objects may nest deeper than the opcode walk counted (lists filled after nesting)."""
+    if isinstance(root, _TensorRecord):
+        return make(root, _name(None))
+    done: dict[int, Any] = {}  # id -> replacement, for records made and containers finished
+    alive = [root]  # what done's ids belong to stays referenced, so no id is reused meanwhile
+    open_ids = {id(root)}
+    todo = [(root, None, iter(_parts(root) or ()))]
+    while todo:
+        obj, path, items = todo[-1]
+        for label, item in items:
+            if id(item) in done or id(item) in open_ids:
+                continue
+            if isinstance(item, _TensorRecord):
+                done[id(item)] = make(item, _name((path, label)))
+                alive.append(item)
+                continue
+            sub = _parts(item)
+            if sub:
+                if len(todo) >= MAX_DEPTH:
+                    raise NVlabsImportError(f"objects nested more than {MAX_DEPTH} deep (at {_name((path, label))})")
+                open_ids.add(id(item))
+                todo.append((item, (path, label), iter(sub)))
+                break
+        else:
+            todo.pop()
+            open_ids.discard(id(obj))
+            done[id(obj)] = _replaced(obj, done)
+            alive.append(obj)
+    return done[id(root)]
+
+
+def _replaced(obj, done: dict[int, Any]):
+    """obj with its items swapped for their replacements in ``done`` (dicts, lists, Records in place)."""
+    if isinstance(obj, Record):
+        obj.state = done.get(id(obj.state), obj.state)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            if id(v) in done:
+                obj[k] = done[id(v)]
+    elif isinstance(obj, list):
+        obj[:] = [done.get(id(v), v) for v in obj]
+    elif isinstance(obj, tuple) and any(id(v) in done and done[id(v)] is not v for v in obj):
+        obj = tuple(done.get(id(v), v) for v in obj)
+    return obj
+
+
+def _check_size(path: str, nbytes: int) -> None:
+    if nbytes > MAX_FILE_BYTES:
+        raise NVlabsImportError(f"{path}: {nbytes:,} bytes; expected at most {MAX_FILE_BYTES:,} (a 1024 px NVlabs "
+                                "snapshot has about 360 MB)")
+
+
+def scan_pickles(path: str | os.PathLike, count: int = 5) -> None:
+    """Walk the pickles at the start of ``path`` (up to ``count``, as many as torch's legacy format
+    reads) without building anything; :class:`NVlabsImportError` for one nested deeper than
+    :data:`MAX_DEPTH` or with more than :data:`MAX_OPS` opcodes, which would crash or exhaust the
+    unpickler of whatever reader tried it. Stops quietly at the first bytes that are no pickle."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        nbytes = os.fstat(f.fileno()).st_size
+        if f.read(2) == b"PK":
+            return  # a zip (torch.save): not read here
+        f.seek(0)
+        window = _Window(f, nbytes)
+        for _ in range(count):
+            try:
+                _scan(window)
+            except NVlabsImportError as e:
+                if str(e).startswith("not a readable pickle"):
+                    return
+                raise NVlabsImportError(f"{path}: {e}") from None
+
+
 def read_nvlabs_pickle(path: str | os.PathLike) -> dict[str, Any]:
     """The pickle's top-level dict with every network as a :class:`Record` (no code from the file runs)."""
     path = os.fspath(path)
     with open(path, "rb") as f:
+        nbytes = os.fstat(f.fileno()).st_size
+        _check_size(path, nbytes)
         head = f.read(2)
         if head[:2] == b"PK":
             raise NVlabsImportError(f"{path}: a torch.save zip file, not an NVlabs pickle "
                                     "(use format native or rosinality)")
         f.seek(0)
         try:
-            data = _RestrictedUnpickler(f, path).load()
+            _scan(_Window(f, nbytes))  # before pickle builds anything from it
+            f.seek(0)
+            data = _make_tensors(_RestrictedUnpickler(f, path).load(), _TensorMaker(nbytes))
         except NVlabsImportError as e:
             msg = str(e)
             raise NVlabsImportError(msg if msg.startswith(path) else f"{path}: {msg}") from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-            raise NVlabsImportError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, RuntimeError,
+                MemoryError, RecursionError) as e:
+            raise NVlabsImportError(f"{path}: not a readable pickle ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     if isinstance(data, tuple):
         raise NVlabsImportError(f"{path}: a TensorFlow-era pickle (a tuple of networks); convert it with NVlabs' "
                                 "legacy.py first")

@@ -2,6 +2,7 @@
 networks compute what NVlabs' arithmetic computes (tests/interop/nvlabs_reference.py, float64)."""
 import os
 import pickle
+import re
 import warnings
 
 import pytest
@@ -217,3 +218,168 @@ def test_read_keeps_other_entries_inert(tmp_path, sentinel):
     assert data["training_set_kwargs"]["resolution"] == 16
     assert data["D"] is None and data["G_ema"] is None
     assert data["G"].source_chars == len(fx.MODULE_SRC)
+    assert type(data["augment_pipe"].tensors()["p"]) is torch.Tensor  # made a tensor once checked
+
+
+# ------------------------------------------------------------------------------ hostile files
+class _Reshaped:
+    """Pickles as torch's tensor rebuild call over a 1-element storage followed by a BUILD opcode, whose
+    state torch's ``Tensor.__setstate__`` would hand to ``set_(storage, 0, size, stride)`` unchecked."""
+
+    def __init__(self, size, stride):
+        self.size, self.stride = size, stride
+
+    def __reduce__(self):
+        from collections import OrderedDict
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TypedStorage is deprecated
+            storage = torch.zeros(1).storage()
+        args = (storage, 0, (1,), (1,), False, OrderedDict())
+        return (torch._utils._rebuild_tensor_v2, args, (storage, 0, self.size, self.stride))
+
+
+def _with_bias(value) -> bytes:
+    """A fixture snapshot whose G.synthesis.b4.conv1.bias pickles as ``value`` does."""
+    G = fx.generator()
+    G.synthesis.b4.conv1._parameters["bias"] = value
+    return fx.snapshot_bytes(G=G)
+
+
+def _nested_tuple_key(depth: int) -> bytes:
+    """{((((),),...),): None}, a dict key of ``depth`` nested 1-tuples, one byte a level: no global at all."""
+    return pickle.PROTO + b"\x04" + pickle.EMPTY_DICT + pickle.EMPTY_TUPLE + pickle.TUPLE1 * depth + \
+        pickle.NONE + pickle.SETITEM + pickle.STOP
+
+
+_ISOLATED = r"""
+import json, resource, sys
+from cartoon_stylegan import importers
+from cartoon_stylegan.nvlabs import NVlabsImportError, import_nvlabs
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+base = peak_mb()
+for path in sys.argv[1:]:
+    try:
+        import_nvlabs(path)
+        got = "imported"
+    except Exception as e:
+        got = f"{type(e).__name__}: {e}"
+    print(json.dumps({"path": path, "error": got, "grew_mb": peak_mb() - base}), flush=True)
+print(json.dumps({"sniff": importers.sniff(sys.argv[-1], skip="nvlabs")[0], "grew_mb": peak_mb() - base}))
+"""
+
+
+def test_hostile_files_fail_cleanly_in_a_fresh_process(tmp_path):
+    """Two ~100-200 KB files that took the reader to 3 GB (a stride-0 bias of 3e8 elements set by BUILD)
+    and to SIGSEGV (tuple hashing recurses in C): one NVlabsImportError each, and almost no memory.
+    In a subprocess, so that a crash fails this test instead of killing pytest. The format sniffer the
+    init preflight uses (which would hand the bomb to torch.load) must not crash either."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    reshaped = write(tmp_path, _with_bias(_Reshaped((300_000_000,), (0,))), "reshaped.pkl")
+    bomb = write(tmp_path, _nested_tuple_key(200_000), "bomb.pkl")
+    proc = subprocess.run([sys.executable, "-c", _ISOLATED, str(reshaped), str(bomb)], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stdout}{proc.stderr[-2000:]}"
+    first, second, sniffed = (json.loads(line) for line in proc.stdout.splitlines())
+    assert first["error"].startswith(f"NVlabsImportError: {reshaped}: tensor G.synthesis.b4.conv1.bias: a BUILD "
+                                     "opcode") and "size (300000000,) / stride (0,)" in first["error"]
+    assert second["error"].startswith(f"NVlabsImportError: {bomb}: objects nested more than 1000 deep")
+    assert "\n" not in first["error"] + second["error"]
+    assert sniffed["sniff"] is None
+    assert sniffed["grew_mb"] < 300, sniffed  # the bias alone would be 1.2 GB (2.9 GB peak with its copies)
+
+
+@pytest.mark.parametrize("size, stride", [
+    ((1_000_000,), (0,)),                   # stride-0 expansion of one element
+    ((2 ** 40, 2 ** 40), (0, 0)),           # more elements than int64 counts: torch raised RuntimeError
+    ((1_000_000,), (1,)),                   # set_ would grow the storage to fit
+    ((4,), (-1,)),                          # negative stride
+])
+def test_refuses_a_build_opcode_after_a_tensor(tmp_path, sentinel, size, stride):
+    p = write(tmp_path, _with_bias(_Reshaped(size, stride)))
+    with pytest.raises(NVlabsImportError, match=r"tensor G\.synthesis\.b4\.conv1\.bias: a BUILD opcode .*"
+                                                rf"\(size {re.escape(str(size))} / stride {re.escape(str(stride))}\)"):
+        import_nvlabs(p)
+
+
+@pytest.mark.parametrize("data", [
+    _nested_tuple_key(1500),
+    pickle.PROTO + b"\x02" + pickle.MARK * 1500 + pickle.TUPLE * 1500 + pickle.STOP,
+    # the same object fetched back from the memo and wrapped again: depth travels through the memo
+    pickle.EMPTY_LIST + (pickle.BINPUT + b"\x00" + pickle.POP + pickle.BINGET + b"\x00" + pickle.TUPLE1) * 1500
+    + pickle.STOP,
+], ids=["tuple1", "mark-tuple", "memo"])
+def test_refuses_deeply_nested_pickles_before_loading(tmp_path, sentinel, data):
+    with pytest.raises(NVlabsImportError, match="objects nested more than 1000 deep"):
+        read_nvlabs_pickle(write(tmp_path, data))
+
+
+def _tensor_pickle_over(storage, *views):
+    """A pickle whose G is a list of tensors rebuilt over one storage, each (size, stride, offset)."""
+    from collections import OrderedDict
+
+    class T:
+        def __init__(self, view):
+            self.view = view
+
+        def __reduce__(self):
+            size, stride, offset = self.view
+            return (torch._utils._rebuild_tensor_v2, (storage, offset, size, stride, False, OrderedDict()))
+    return pickle.dumps({"G": [T(v) for v in views]}, protocol=4)
+
+
+def _storage(n):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.zeros(n).storage()
+
+
+def test_tensor_checks_name_the_tensor_and_what_was_expected(tmp_path, sentinel, monkeypatch):
+    from cartoon_stylegan import nvlabs
+
+    with pytest.raises(NVlabsImportError, match=r"tensor G\[1\]: size \('3',\) is not a tuple of integers"):
+        read_nvlabs_pickle(write(tmp_path, _tensor_pickle_over(_storage(4), ((2,), (1,), 0), (("3",), (1,), 0))))
+    # views reading one storage over and over: more elements than the file has bytes
+    views = [((1000,), (1,), 0)] * 100
+    with pytest.raises(NVlabsImportError, match=r"tensor G\[\d+\]: the tensors so far hold [\d,]+ elements, more "
+                                                r"than the file's [\d,]+ bytes can store"):
+        read_nvlabs_pickle(write(tmp_path, _tensor_pickle_over(_storage(1000), *views)))
+    monkeypatch.setattr(nvlabs, "MAX_TENSOR_ELEMENTS", 8)
+    with pytest.raises(NVlabsImportError, match=r"tensor G\[0\]: size \(16,\) / stride \(1,\) / offset 0 has 16 "
+                                                "elements; expected at most 8"):
+        read_nvlabs_pickle(write(tmp_path, _tensor_pickle_over(_storage(16), ((16,), (1,), 0))))
+
+
+def _storage_record(data: bytes):
+    class S:
+        def __reduce__(self):
+            return (torch.storage._load_from_bytes, (data,))
+    return pickle.dumps({"G": S()}, protocol=4)
+
+
+def test_storage_bytes_are_checked_before_torch_reads_them(tmp_path, sentinel):
+    import io
+
+    # a storage record holding a whole tensor (a rebuild call, which torch.load would run)
+    buf = io.BytesIO()
+    torch.save(torch.zeros(3), buf, _use_new_zipfile_serialization=False)
+    with pytest.raises(NVlabsImportError, match=r"a tensor storage record with a GLOBAL torch\._utils "
+                                                r"_rebuild_tensor_v2 opcode"):
+        read_nvlabs_pickle(write(tmp_path, _storage_record(buf.getvalue())))
+    # a storage record claiming a billion elements in a few hundred bytes (torch would ask for 4 GB first)
+    fields = _storage(6).__reduce__()[1][0]
+    assert fields.count(b"K\x06Nt") == 1  # BININT1 6 (the element count), NONE, TUPLE
+    claimed = fields.replace(b"K\x06Nt", b"J" + (10 ** 9).to_bytes(4, "little") + b"Nt")
+    with pytest.raises(NVlabsImportError, match=r"a tensor storage record with the number 1000000000, more elements "
+                                                r"than its \d+ bytes hold"):
+        read_nvlabs_pickle(write(tmp_path, _storage_record(claimed)))
+    # the nesting bomb inside a storage's bytes (torch.load's own unpickler would crash on it)
+    with pytest.raises(NVlabsImportError, match="objects nested more than 1000 deep"):
+        read_nvlabs_pickle(write(tmp_path, _storage_record(_nested_tuple_key(1500))))
