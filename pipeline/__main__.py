@@ -7,7 +7,7 @@
   python -m pipeline show finetune                 # the resolved config of a stage
   python -m pipeline submit all                    # SLURM: one sbatch job per stage, chained
   python -m pipeline compare                       # variants side by side, from MLflow
-  python -m pipeline build-ops                     # build the CUDA kernels into their cache
+  python -m pipeline build-ops                     # build the CUDA kernels into their cache (a registry command)
   python -m pipeline generate --variant freezesg --seeds 0-15 --out samples/   # use a trained model
   python -m pipeline COMMAND --help                # the options of one command
 
@@ -233,18 +233,6 @@ def cmd_compare(args) -> int:
     return reg.compare(cfg, experiment=args.experiment, out=args.out)
 
 
-def cmd_build_ops(args) -> int:
-    from cartoon_stylegan.ops import OpsBuildError, build_ops
-
-    try:
-        path = build_ops(verbose=True)
-    except OpsBuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"CUDA ops built and cached: {path}")
-    return 0
-
-
 def _common(p: argparse.ArgumentParser, items: bool = True, stages_help: str = "stage names (or all)"):
     if items:
         p.add_argument("items", nargs="*", help=f"{stages_help} and KEY=VALUE config overrides")
@@ -280,8 +268,6 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, callable]]:
     _common(p, stages_help="(no stage names)")
     p.add_argument("--experiment", default=None, help="experiment name (default: the config's)")
     p.add_argument("--out", default=None, help="where to write the bar chart PNG")
-    p = add("build-ops", cmd_build_ops, "Build the CUDA kernels into their cache (on a login node with nvcc).")
-    _common(p, items=False)
     return out
 
 
@@ -303,10 +289,15 @@ def _command_parsers(argv) -> dict:
     out = {}
     for c in reg.commands:
         p = argparse.ArgumentParser(prog=f"python -m pipeline {c.name}", description=c.help)
-        _common(p, stages_help="the command's own arguments (e.g. files)")
+        if c.config:
+            _common(p, stages_help="the command's own arguments (e.g. files)")
+        else:
+            p.add_argument("--registry", default=registries.DEFAULT_REGISTRY, help=argparse.SUPPRESS)
         c.arguments(p)
 
         def func(args, c=c):
+            if not c.config:
+                return c.run(registries.load(args.registry), None, args)
             # KEY=VALUE items override the config; the others are the command's (args.names: e.g. photos)
             args.names = [a for a in args.items if "=" not in a]
             args.items = [a for a in args.items if "=" in a]

@@ -7,7 +7,7 @@ is a :class:`ConfigError` naming the dotted key, the value and what is accepted.
 Sections are plain dataclasses declared by their owners (the stages, the library's
 settings groups, the runner); a field's ``metadata`` may carry ``help``, ``min``, ``max``,
 ``choices``, ``pow2`` (power of two) and ``length``, checked by
-:func:`cartoon_stylegan.settings.check_value` (one home for range checks). The root
+:func:`toolbox.settings.check_value` (one home for range checks). The root
 config class comes from the registry the runner is handed (:mod:`pipeline.registry`).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from cartoon_stylegan.settings import SettingError, check_value, setting
+from toolbox.settings import SettingError, check_value, setting
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -31,7 +31,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.y
 ConfigError = SettingError
 """A config value or key that is not accepted; the message names key, value and what is expected."""
 
-spec = setting  # a config field: default, help text and range checks (cartoon_stylegan.settings.setting)
+spec = setting  # a config field: default, help text and range checks (toolbox.settings.setting)
 
 
 # --------------------------------------------------------------------------------------

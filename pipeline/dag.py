@@ -89,15 +89,13 @@ class StageStopped(RuntimeError):
 
 
 def fingerprint(registry, cfg, name: str) -> str:
-    from cartoon_stylegan import __version__
-
     st = registry[name]
     deps = {}
     for dep in registry.needs_of(name, cfg):
         state = read_state(cfg, dep)
         deps[dep] = state.get("digest") or [state.get("fingerprint"), state.get("finished")]
     blob = {"stage": name, "config": {s: section_value(cfg, s) for s in st.reads},
-            "inputs": deps, "version": __version__}
+            "inputs": deps, "version": registry.version}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -74,11 +74,13 @@ class Command:
 
     arguments: ``arguments(parser)`` adds its options (the config options are added for it)
     run:       ``run(registry, cfg, args) -> exit code``
+    config:    False: the command reads no config (``cfg`` is None; no --config or KEY=VALUE options)
     """
     name: str
     help: str
     arguments: Callable[[Any], None]
     run: Callable[[Any, Any, Any], int]
+    config: bool = True
 
 
 @dataclass
@@ -89,6 +91,7 @@ class Registry:
     compare:  ``compare(cfg, experiment=None, out=None) -> exit code`` for ``python -m pipeline compare``
     commands: :class:`Command` s that use the trained models (``python -m pipeline generate ...``)
     default_config: the YAML file used when no ``--config`` is given (None: every default)
+    version:  the version of what the stages run (part of every fingerprint: a new version reruns them)
     resolve:  ``resolve(tree) -> tree``: fills in config keys from what the config names, on the raw
               mapping (YAML + overrides) before validation -- e.g. the architecture from the
               checkpoint a run starts from; raises ConfigError for a key that contradicts it
@@ -100,6 +103,7 @@ class Registry:
     commands: list[Command] = field(default_factory=list)
     default_config: Optional[Path] = None
     resolve: Optional[Callable[[dict], dict]] = None
+    version: str = ""
     name: str = DEFAULT_REGISTRY
 
     def __post_init__(self):

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
-from cartoon_stylegan.settings import SettingError, setting
+from toolbox.settings import SettingError, setting
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -40,12 +40,7 @@ class LaunchConfig:
             return
         import importlib.util
 
-        from cartoon_stylegan.training.backends import DeepSpeedConfigError, load_deepspeed_config
-
-        try:
-            load_deepspeed_config(self.deepspeed)
-        except DeepSpeedConfigError as e:
-            raise SettingError(f"launch.deepspeed: {e}") from None
+        # the file named by launch.deepspeed is checked by the training stages (what they can train with)
         if self.mixed_precision == "fp16":
             raise SettingError("launch.mixed_precision: fp16 is not supported with backend=deepspeed (ZeRO's backward takes "
                                "no loss scaler from Accelerate); use bf16")

@@ -303,7 +303,7 @@ def follow_run_root(uri: str, exp, artifact_root: Path) -> bool:
 
 def log_image(logger, array, path, artifact_dir: str | None = None):
     """Write an HWC uint8 array as a PNG at ``path`` and log it under ``artifact_dir``."""
-    from cartoon_stylegan.imageutil import save_png
+    from toolbox.images import save_png
 
     save_png(array, path)
     logger.artifact(path, artifact_dir)

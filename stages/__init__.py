@@ -7,9 +7,10 @@ To add a stage: write ``stages/<name>.py`` with its config dataclass, ``run(ctx)
 """
 from __future__ import annotations
 
+from cartoon_stylegan import __version__
 from pipeline.config import DEFAULT_CONFIG
 from pipeline.registry import Registry, Section
-from stages import commands, compare, export, finetune, pretrain, shard, swap
+from stages import buildops, commands, compare, export, finetune, pretrain, shard, swap
 from stages import eval as eval_stage
 from stages.common import DataConfig, ModelConfig
 from stages.models import architecture_from_init
@@ -19,9 +20,10 @@ REGISTRY = Registry(
     shared=[Section("data", DataConfig, "datasets"), Section("model", ModelConfig, "architecture")],
     renamed={"train": "pretrain"},  # configs in the wild use `train:`; accepted with a note for one release
     compare=compare.main,
-    commands=[*commands.COMMANDS, export.COMMAND],  # generate, ..., export (python -m pipeline generate --help)
+    commands=[*commands.COMMANDS, export.COMMAND, buildops.COMMAND],  # generate, ..., export (python -m pipeline generate --help)
     default_config=DEFAULT_CONFIG,
-    resolve=architecture_from_init,  # a source generator file fixes data.resolution and model.*
+    resolve=architecture_from_init,
+    version=__version__,  # cartoon_stylegan's: part of every stage's fingerprint  # a source generator file fixes data.resolution and model.*
 )
 
 

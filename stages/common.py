@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from cartoon_stylegan import importers
-from cartoon_stylegan.settings import derive
+from toolbox.settings import derive
 from cartoon_stylegan.training.options import LoopOptions
 from pipeline.config import ConfigError, spec
 
@@ -91,6 +91,19 @@ def check_compile_backend(root, key: str, value) -> None:
     if value and root.launch.backend != "ddp":
         raise ConfigError(f"{key}: true is not supported with launch.backend={root.launch.backend} (its engines wrap "
                           f"the networks' backward); set {key}=false or launch.backend=ddp")
+
+
+def check_deepspeed_config(root) -> None:
+    """``launch.deepspeed`` names a config the training loop can train with (a shipped preset or a JSON
+    file): checked as the config loads, one line naming the key, the file and what is wrong."""
+    if root.launch.backend != "deepspeed":
+        return
+    from cartoon_stylegan.training.backends import DeepSpeedConfigError, load_deepspeed_config
+
+    try:
+        load_deepspeed_config(root.launch.deepspeed)
+    except DeepSpeedConfigError as e:
+        raise ConfigError(f"launch.deepspeed: {e}") from None
 
 
 def loop_section(name: str, *, exclude=(), optional: bool = False, doc: str = ""):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from cartoon_stylegan.settings import overrides_of
+from toolbox.settings import overrides_of
 from pipeline.config import ConfigError, spec, unknown_key_error
 from pipeline.registry import Stage
 from pipeline.settings import check_name

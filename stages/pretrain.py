@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from pipeline.config import spec
 from pipeline.registry import Stage
-from stages.common import InitConfig, check_compile_backend, loop_section, source_from_file
+from stages.common import InitConfig, check_compile_backend, check_deepspeed_config, loop_section, source_from_file
 
 
 @dataclass
@@ -14,6 +14,7 @@ class PretrainConfig(loop_section("PretrainLoop")):
     init: InitConfig = spec(factory=InitConfig, help="start from these weights (kimg 0: import only)")
 
     def validate_against(self, root):
+        check_deepspeed_config(root)  # launch.deepspeed: what both training stages train with
         check_compile_backend(root, "pretrain.compile", self.compile)
 
 

@@ -1,7 +1,7 @@
 """The training loop's settings, declared once (help, range, default), and what a run returns.
 
 `LoopOptions` is the single declaration: the pipeline's config sections for pretrain and
-fine-tune are derived from it (`cartoon_stylegan.settings.derive`), and a fine-tuning
+fine-tune are derived from it (`toolbox.settings.derive`), and a fine-tuning
 variant's overrides are its all-optional copy. Ranges are checked here, on construction,
 and by the config loader from the same field metadata.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from cartoon_stylegan.settings import SettingError, check_fields, setting
+from toolbox.settings import SettingError, check_fields, setting
 
 __all__ = ["LoopOptions", "TrainResult", "NonFiniteLossError", "RUN_ONLY"]
 

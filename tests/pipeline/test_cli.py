@@ -13,7 +13,17 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = ["run", "list", "show", "submit", "compare", "build-ops", "generate", "sefa", "mix", "cartoonize", "serve"]
+
+
+def _commands() -> list[str]:
+    """Every command the CLI has: the runner's own and the registry's (generate, ..., export, build-ops)."""
+    from pipeline.__main__ import _parsers
+    from stages import REGISTRY
+
+    return [*_parsers(), *(c.name for c in REGISTRY.commands)]
+
+
+COMMANDS = _commands()
 
 
 def _cli(*args, cwd=REPO, timeout=120, env=None):
@@ -29,7 +39,15 @@ def test_each_command_has_help(command):
     p = _cli(command, "--help")
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith(f"usage: python -m pipeline {command}")
-    assert "--config" in p.stdout or command == "build-ops"
+    from stages import REGISTRY
+
+    needs_config = all(c.config for c in REGISTRY.commands if c.name == command)
+    assert ("--config" in p.stdout) == needs_config, p.stdout
+
+
+def test_the_command_list_is_the_registrys():
+    assert {"run", "list", "show", "submit", "compare"} <= set(COMMANDS)
+    assert {"generate", "sefa", "mix", "cartoonize", "serve", "export", "build-ops"} <= set(COMMANDS)
 
 
 def test_no_command_prints_usage_not_a_traceback():
@@ -84,6 +102,27 @@ def test_runner_imports_nothing_from_stages():
     assert not bad, bad
     text = "\n".join(p.read_text() for p in (REPO / "pipeline").rglob("*.py"))
     assert "import stages" not in text and "from stages" not in text
+
+
+def _all_imports(top: str):
+    """(file, line, module) of every import under ``top`` -- lazy ones inside functions included."""
+    for p in (REPO / top).rglob("*.py"):
+        for line, mod, _ in _imports(p):
+            yield p, line, mod
+
+
+def test_runner_imports_nothing_from_the_library():
+    """pipeline/ is generic: the registry hands it the version, the commands, the path names; the
+    mechanisms it shares with the library come from toolbox/ (a leaf)."""
+    bad = [f"{p.relative_to(REPO)}:{line} imports {mod}" for p, line, mod in _all_imports("pipeline")
+           if mod.split(".")[0] in ("cartoon_stylegan", "stages")]
+    assert not bad, bad
+
+
+def test_toolbox_is_a_leaf():
+    bad = [f"{p.relative_to(REPO)}:{line} imports {mod}" for p, line, mod in _all_imports("toolbox")
+           if mod.split(".")[0] in ("cartoon_stylegan", "stages", "pipeline")]
+    assert not bad, bad
 
 
 def test_no_private_names_imported_across_packages():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cartoon_stylegan.settings import setting
+from toolbox.settings import setting
 from pipeline.artifacts import write_json
 from pipeline.registry import Registry, Section, Stage
 
