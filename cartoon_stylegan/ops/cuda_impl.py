@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import torch
 
-from .bias_act import ACTIVATIONS
+from .activations import ACTIVATIONS
 
 _NS = "cartoon_stylegan"
 
 
 def _act(name: str):
-    """The registry entry of a kernel activation (ids, defaults: ``bias_act.ACTIVATIONS``, the one table)."""
+    """The registry entry of a kernel activation (ids, defaults: ``activations.ACTIVATIONS``, the one table)."""
     spec = ACTIVATIONS.get(name)
     if spec is None or not spec.cuda:
         raise ValueError(f"activation {name!r} is not one of the kernels' "
