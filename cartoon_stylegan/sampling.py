@@ -21,7 +21,7 @@ import weakref
 
 import torch
 
-__all__ = ["Sampler", "truncation_center", "set_truncation_center", "pinned_truncation_center", "as_sampler",
+__all__ = ["Sampler", "device_of", "truncation_center", "set_truncation_center", "pinned_truncation_center", "as_sampler",
            "CENTER_SEED", "PREFIX_META_KEY"]
 
 CENTER_SEED = 7919  # seed of the z whose mean mapped w is the truncation centre
@@ -32,7 +32,8 @@ _pinned: "dict[str, torch.Tensor]" = {}  # mapping-weights digest -> centre (any
 _MAX_PINNED = 64
 
 
-def _device_of(module: torch.nn.Module) -> torch.device:
+def device_of(module: torch.nn.Module) -> torch.device:
+    """Where ``module``'s parameters live (CPU for a module without any)."""
     for p in module.parameters():
         return p.device
     return torch.device("cpu")
@@ -88,7 +89,7 @@ def truncation_center(G, n: int = 4096, seed: int = CENTER_SEED) -> torch.Tensor
     key = (int(n), int(seed))
     if key not in cached[1]:
         z = torch.randn(int(n), G.style_dim, generator=torch.Generator().manual_seed(int(seed)))
-        cached[1][key] = G.mapping(z.to(_device_of(G))).mean(0, keepdim=True)
+        cached[1][key] = G.mapping(z.to(device_of(G))).mean(0, keepdim=True)
     return cached[1][key]
 
 
@@ -140,7 +141,7 @@ class Sampler:
 
     @property
     def device(self) -> torch.device:
-        return _device_of(self.G)
+        return device_of(self.G)
 
     def __repr__(self) -> str:
         return f"Sampler(prefix_len={self.prefix_len}, truncation={self.truncation}, G={self.G.config})"
@@ -148,7 +149,7 @@ class Sampler:
     # ------------------------------------------------------------------ latents
     def _wplus_of(self, G, z, z2, crossover) -> torch.Tensor:
         """Mapping (with a graph if G's mapping requires grad), truncation to G's centre, mixing."""
-        dev = _device_of(G)
+        dev = device_of(G)
         ws = [G.mapping(v.to(dev)) if v is not None else None for v in (z, z2)]
         if self.truncation != 1:
             c = truncation_center(G, self.center_n)

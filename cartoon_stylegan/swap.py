@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from cartoon_stylegan.sampling import Sampler, as_sampler, seed_latents
+from cartoon_stylegan.sampling import Sampler, as_sampler, device_of, seed_latents
 
 MAPPING_SIDES = ("source", "target")
 SWAP_KINDS = ("weight", "activation")
@@ -115,10 +115,6 @@ def activation_swap(G_src, G_tgt, wplus: torch.Tensor, res: int, noise=None, noi
 
 
 # ---------------------------------------------------------------------------------- grid
-def _device_of(G) -> torch.device:
-    return next(G.parameters()).device
-
-
 def row_labels(resolutions: Sequence[int], kind: str) -> list[str]:
     """Labels of :func:`swap_grid`'s rows."""
     if kind == "activation":  # the source's features at r, the target's RGB path and blocks above
@@ -174,15 +170,15 @@ def swap_grid(G_src, tgt, *, seeds: Sequence[int], resolutions: Sequence[int] | 
     noise, mode = None, noise_mode
     if noise_mode == "random":
         gen = torch.Generator().manual_seed(seeds[0])
-        noise = [torch.randn(len(seeds), 1, r, r, generator=gen).to(_device_of(G_src))
+        noise = [torch.randn(len(seeds), 1, r, r, generator=gen).to(device_of(G_src))
                  for r in map(G_src.noise_resolution, range(G_src.num_layers))]
         mode = "const"   # every layer's noise is given
     elif noise_mode not in ("const", "none"):
         raise ValueError(f"swap_grid: noise_mode must be const|random|none, got {noise_mode!r}")
 
     def run(G, wp):
-        nz = None if noise is None else [t.to(_device_of(G)) for t in noise]
-        return G.synthesis(wp.to(_device_of(G)), noise_mode=mode, noise=nz).cpu()
+        nz = None if noise is None else [t.to(device_of(G)) for t in noise]
+        return G.synthesis(wp.to(device_of(G)), noise_mode=mode, noise=nz).cpu()
 
     rows = [run(G_src, src.wplus(z)), run(G_tgt, tgt.wplus(z))]
     wp = (src if mapping == "source" else tgt.replace(source=None, prefix_len=0)).wplus(z)
@@ -190,8 +186,8 @@ def swap_grid(G_src, tgt, *, seeds: Sequence[int], resolutions: Sequence[int] | 
         if kind == "weight":
             rows.append(run(weight_swap(G_src, G_tgt, r, mapping=mapping, blend_width=blend_width), wp))
         else:
-            nz = None if noise is None else [t.to(_device_of(G_src)) for t in noise]
-            rows.append(activation_swap(G_src, G_tgt, wp.to(_device_of(G_src)), r, noise=nz,
+            nz = None if noise is None else [t.to(device_of(G_src)) for t in noise]
+            rows.append(activation_swap(G_src, G_tgt, wp.to(device_of(G_src)), r, noise=nz,
                                         noise_mode=mode).cpu())
     labels = row_labels(resolutions, kind)
 

@@ -106,6 +106,12 @@ def check_deepspeed_config(root) -> None:
         raise ConfigError(f"launch.deepspeed: {e}") from None
 
 
+def training_resources(cfg) -> dict:
+    """SLURM, for a training stage: a GPU per process; per process the loader's workers, the process
+    itself and one spare CPU."""
+    return {"gpu": True, "cpus": cfg.data.num_workers + 2, "procs": cfg.launch.num_processes}
+
+
 def loop_section(name: str, *, exclude=(), optional: bool = False, doc: str = ""):
     """A config section holding the loop settings (less ``exclude``), for a stage to extend."""
     return derive(LoopOptions, name, exclude=("seed", *exclude), optional=optional, doc=doc, module=__name__)

@@ -1,14 +1,16 @@
 """Fine-tune stage: FreezeSG / structure loss and the baselines, one sub-run per variant."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from toolbox.settings import overrides_of
+from cartoon_stylegan.training.options import FreezeOptions
 from pipeline.config import ConfigError, spec, unknown_key_error
 from pipeline.registry import Stage
 from pipeline.settings import check_name
-from stages.common import LOOP_KEYS, InitConfig, check_compile_backend, loop_section
+from stages.common import LOOP_KEYS, InitConfig, check_compile_backend, loop_section, training_resources
+from toolbox.settings import derive, overrides_of
 
 
 @dataclass
@@ -19,19 +21,32 @@ class StructureLossConfig:
     on: Literal["rgb", "features"] = spec("rgb", help="compare RGB skip outputs (paper) or feature maps (reference code)")
 
 
+# A variant's freezing options are the library's FreezeOptions (FreezePlan's fields) (declared there once, with help and
+# range), copied into the config schema.
+_FreezeOptions = derive(FreezeOptions, "VariantFreezeOptions", module=__name__)
+FREEZE_KEYS = tuple(f.name for f in dataclasses.fields(FreezeOptions))
+
+
 @dataclass
-class VariantConfig(loop_section("VariantLoopOverrides", optional=True)):
-    """A fine-tuning method: what it freezes and adds; any loop setting given here overrides the
-    finetune section's for this variant only (the copy of the loop settings with every key optional)."""
-    freeze_d_above: Optional[int] = spec(None, min=4, pow2=True, help="FreezeD: D blocks above this resolution do not train")
-    freeze_g_up_to: Optional[int] = spec(None, min=4, pow2=True, help="FreezeG: G const/mapping/blocks up to this resolution do not train")
-    freeze_style_up_to: Optional[int] = spec(None, min=4, pow2=True, help="FreezeSG: W+ of layers up to this resolution from the frozen source mapping")
-    freeze_mapping: bool = spec(False, help="the target mapping network does not train")
+class VariantConfig(loop_section("VariantLoopOverrides", optional=True), _FreezeOptions):
+    """A fine-tuning method: what it freezes (FreezePlan's options) and adds; any loop setting given
+    here overrides the finetune section's for this variant only (the copy of the loop settings with
+    every key optional)."""
     structure_loss: Optional[StructureLossConfig] = spec(None, help="structure loss against the source generator")
 
     def loop_overrides(self) -> dict:
         """The loop settings this variant sets (those not None)."""
         return overrides_of(self, LOOP_KEYS)
+
+    def freeze_plan(self, freeze_d_above: Optional[int] = None):
+        """This variant's FreezePlan; ``freeze_d_above``: the finetune section's, used where the
+        variant sets none."""
+        plan = {k: getattr(self, k) for k in FREEZE_KEYS}
+        if plan["freeze_d_above"] is None:
+            plan["freeze_d_above"] = freeze_d_above
+        from cartoon_stylegan.training import FreezePlan
+
+        return FreezePlan(**plan)
 
 
 def default_variants():
@@ -169,13 +184,10 @@ def digest(cfg) -> str:
     return digest_of({r.dir: file_digest(paths.final_network(r.dir)) for r in cfg.finetune.runs(cfg.seed)})
 
 
-def _resources(cfg):
-    """SLURM: a GPU per process; per process the loader's workers, the process itself and one spare."""
-    return {"gpu": True, "cpus": cfg.data.num_workers + 2, "procs": cfg.launch.num_processes}
 
 
 STAGE = Stage(
-    name="finetune", run=run, config=FinetuneConfig, needs=("pretrain",), preflight=preflight, distributed=True, resources=_resources,
+    name="finetune", run=run, config=FinetuneConfig, needs=("pretrain",), preflight=preflight, distributed=True, resources=training_resources,
     digest=digest, makes="finetune/<variant>/checkpoints/network-final.pt",
     reads=("seed", "data.resolution", "data.target", "data.xflip", "data.shuffle_buffer", "model", "finetune"),
     help="finetune stage: one sub-run per variant")

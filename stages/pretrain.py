@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 from pipeline.config import spec
 from pipeline.registry import Stage
-from stages.common import InitConfig, check_compile_backend, check_deepspeed_config, loop_section, source_from_file
+from stages.common import (InitConfig, check_compile_backend, check_deepspeed_config, loop_section, source_from_file,
+                           training_resources)
 
 
 @dataclass
@@ -40,13 +41,10 @@ def digest(cfg) -> str:
     return file_digest(StagePaths(cfg, "pretrain").final_network())[:16]
 
 
-def _resources(cfg):
-    """SLURM: a GPU per process; per process the loader's workers, the process itself and one spare."""
-    return {"gpu": True, "cpus": cfg.data.num_workers + 2, "procs": cfg.launch.num_processes}
 
 
 STAGE = Stage(
-    name="pretrain", run=run, config=PretrainConfig, needs=("shard",), preflight=preflight, distributed=True, resources=_resources,
+    name="pretrain", run=run, config=PretrainConfig, needs=("shard",), preflight=preflight, distributed=True, resources=training_resources,
     digest=digest, left_out=source_from_file, makes="pretrain/checkpoints/network-final.pt",
     reads=("seed", "data.resolution", "data.source", "data.xflip", "data.shuffle_buffer", "model", "pretrain"),
     help="pretrain stage: the training loop on the source domain (was `train`)")

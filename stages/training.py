@@ -94,7 +94,7 @@ def run_training(ctx, *, section, data_name, nets, G_source=None, variant=None, 
     import torch
 
     from cartoon_stylegan.data import make_loader
-    from cartoon_stylegan.training import FreezePlan, StructureLoss, find_latest_resume, train
+    from cartoon_stylegan.training import StructureLoss, find_latest_resume, train
     from cartoon_stylegan.training.backends import make_backend
 
     cfg, acc = ctx.cfg, ctx.accelerator
@@ -105,9 +105,7 @@ def run_training(ctx, *, section, data_name, nets, G_source=None, variant=None, 
     label = variant.title if variant else ctx.stage
     freeze = structure = None
     if v is not None:
-        d_above = v.freeze_d_above if v.freeze_d_above is not None else getattr(section, "freeze_d_above", None)
-        freeze = FreezePlan(freeze_d_above=d_above, freeze_g_up_to=v.freeze_g_up_to,
-                            freeze_style_up_to=v.freeze_style_up_to, freeze_mapping=v.freeze_mapping)
+        freeze = v.freeze_plan(getattr(section, "freeze_d_above", None))
         if v.structure_loss:
             structure = StructureLoss(up_to=v.structure_loss.up_to, weight=v.structure_loss.weight,
                                       on=v.structure_loss.on)

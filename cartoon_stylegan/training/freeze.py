@@ -32,27 +32,15 @@ from typing import Iterable
 
 import torch
 
+from cartoon_stylegan.training.options import FreezeOptions
+
 __all__ = ["FreezePlan", "trainable_parameters", "lazy_ratio", "build_optimizers"]
 
 
-def _check_res(name, value):
-    if value is not None and (not isinstance(value, int) or value < 4 or value & (value - 1)):
-        raise ValueError(f"FreezePlan.{name} must be None or a power of two >= 4, got {value!r}")
-
-
 @dataclass(frozen=True)
-class FreezePlan:
-    """What to freeze; every field None/False = train everything."""
-
-    freeze_d_above: int | None = None  # D blocks whose input resolution is > this are frozen
-    freeze_g_up_to: int | None = None  # G synthesis layers at resolution <= this are frozen (not the mapping)
-    freeze_style_up_to: int | None = None  # W+ entries of layers <= this come from G_source's mapping
-    freeze_mapping: bool = False  # freeze the mapping network (style.*)
-
-    def __post_init__(self):
-        _check_res("freeze_d_above", self.freeze_d_above)
-        _check_res("freeze_g_up_to", self.freeze_g_up_to)
-        _check_res("freeze_style_up_to", self.freeze_style_up_to)
+class FreezePlan(FreezeOptions):
+    """What to freeze (the options: training/options.py, declared once) and the queries on it;
+    every option None/False = train everything."""
 
     # ------------------------------------------------------------------ queries
     @property

@@ -8,10 +8,11 @@ and by the config loader from the same field metadata.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 from toolbox.settings import SettingError, check_fields, setting
 
-__all__ = ["LoopOptions", "TrainResult", "NonFiniteLossError", "RUN_ONLY"]
+__all__ = ["LoopOptions", "FreezeOptions", "TrainResult", "NonFiniteLossError", "RUN_ONLY"]
 
 # Settings that say how a run is carried out, not what it trains: a change to one of them
 # keeps a run's checkpoints (the budget and the reporting intervals).
@@ -100,3 +101,22 @@ class NonFiniteLossError(RuntimeError):
             f"non-finite loss at step {step}{at}: {', '.join(names)} "
             f"(no checkpoint written; last good checkpoint: {last_checkpoint or 'none'})"
         )
+
+
+@dataclass(frozen=True)
+class FreezeOptions:
+    """The freezing options of a fine-tune (FreezePlan, training/freeze.py, adds the queries): declared
+    here once, with help and range, so that a variant's config section is derived from them
+    (stages/finetune.py) without importing torch."""
+
+    freeze_d_above: Optional[int] = setting(None, min=4, pow2=True, help="FreezeD: D blocks reading inputs "
+                                            "above this resolution do not train (the head always trains)")
+    freeze_g_up_to: Optional[int] = setting(None, min=4, pow2=True, help="G synthesis layers up to this resolution "
+                                            "do not train (the const input, conv1 and to_rgb1 are 4x4); the "
+                                            "mapping network is not frozen by this (see freeze_mapping)")
+    freeze_style_up_to: Optional[int] = setting(None, min=4, pow2=True, help="FreezeSG: the W+ entries of layers "
+                                                "up to this resolution come from the frozen source mapping network")
+    freeze_mapping: bool = setting(False, help="the mapping network (style.*) does not train")
+
+    def __post_init__(self):
+        check_fields(self, "FreezePlan.")

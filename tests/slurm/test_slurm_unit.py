@@ -98,7 +98,10 @@ def test_unknown_hostlist_syntax_asks_scontrol():
 def test_port_is_stable_per_job_and_in_range():
     assert slurm.rendezvous_port(1) == 20001
     assert slurm.rendezvous_port(20000) == 20000
-    assert slurm.rendezvous_port(123456) == slurm.rendezvous_port(123456)
+    # concurrent jobs (consecutive ids, as a busy scheduler hands out) get different ports; a requeued job
+    # keeps its id and so its port: a function of the id alone (what the launcher computes on every node)
+    assert len({slurm.rendezvous_port(j) for j in range(123456, 123456 + 1000)}) == 1000
+    assert slurm.rendezvous_port("123456") == slurm.rendezvous_port(123456) == 20000 + 123456 % 20000
     assert all(20000 <= slurm.rendezvous_port(j) < 40000 for j in (0, 19999, 10 ** 9 + 7))
 
 
