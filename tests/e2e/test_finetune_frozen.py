@@ -16,6 +16,8 @@ import torch
 from cartoon_stylegan import checkpoint
 from pipeline.__main__ import main
 
+pytestmark = pytest.mark.slow  # trains (the whole DAG or a training stage): not in make test-fast
+
 BLOCKS_UP_TO_8 = ("input.", "conv1.", "to_rgb1.", "convs.0.", "convs.1.", "to_rgbs.0.")
 MAPPING = ("style.",)
 D_ABOVE_16 = ("convs.0.", "convs.1.")

@@ -6,7 +6,10 @@ aside) and trains a new one, and a bad input fails before anything is moved.
 """
 from __future__ import annotations
 
+import pytest
 from e2e_helpers import TINY_DATA_MODEL, cli, read_json, stage_state
+
+pytestmark = pytest.mark.slow  # trains (the whole DAG or a training stage): not in make test-fast
 
 EXP = "keep"
 BASE = [f"experiment={EXP}", *TINY_DATA_MODEL, "tracking.enabled=false", "pretrain.batch=4",

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import signal
 
+import pytest
 from e2e_helpers import kill_group, stage_state, start, wait_for
+
+pytestmark = pytest.mark.slow  # trains (the whole DAG or a training stage): not in make test-fast
 
 
 def test_sigterm_stops_the_shard_stage(tmp_path):

@@ -12,6 +12,8 @@ from pipeline import dag, launch
 from pipeline.artifacts import read_json
 from stages import REGISTRY, load_config
 
+pytestmark = pytest.mark.slow  # trains (the whole DAG or a training stage): not in make test-fast
+
 TINY = [
     "experiment=recipes", "tracking.enabled=false", "seed=3",
     "data.resolution=16", "data.source.count=48", "data.target.count=32", "data.shuffle_buffer=0",
