@@ -27,7 +27,7 @@ from typing import Callable, Optional
 
 from toolbox import atomic_write_text, sha256_file
 
-from .sources import SkipImage, SyntheticLoader, check_spec, encode, iter_source, load_prepared
+from .sources import CROPS, SkipImage, SyntheticLoader, check_spec, encode, iter_source, load_prepared
 from .synthetic import check_resolution, get_domain
 
 __all__ = ["write_shards", "ShardingStopped", "file_sha256", "read_manifest", "MANIFEST", "SHARD_PATTERN"]
@@ -41,7 +41,7 @@ _FORMATS = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}
 
 def _process_chunk(args):
     """Load, convert and encode one chunk: list of ("ok", key, path, bytes, note) | ("skip", key, path, reason)."""
-    items, resolution, fmt, quality, min_size = args
+    items, resolution, fmt, quality, min_size, crop = args
     out = []
     # consecutive synthetic samples of one domain render as a batch (same bytes as one by one)
     syn = [it for it in items if isinstance(it[2], SyntheticLoader)]
@@ -58,7 +58,7 @@ def _process_chunk(args):
             if key in rendered:
                 array, note = rendered[key], None
             else:
-                array, note = load_prepared(loader, resolution, min_size)
+                array, note = load_prepared(loader, resolution, min_size, crop)
             out.append(("ok", key, path, encode(array, fmt, quality), note))
         except SkipImage as exc:
             out.append(("skip", key, path, exc.reason))
@@ -163,13 +163,16 @@ class ShardingStopped(Exception):
 
 def write_shards(spec, out_dir, name: str, *, resolution: int, count: Optional[int] = None,
                  seed: int = 0, fmt: str = "png", quality: int = 95, max_per_shard: int = 1000,
-                 workers: int = 2, min_size: int = 0, progress: bool = True,
+                 workers: int = 2, min_size: int = 0, crop: str = "center", progress: bool = True,
                  report: Optional[Callable[[dict], None]] = None, chunk_size: Optional[int] = None,
                  should_stop: Optional[Callable[[], bool]] = None) -> dict:
     """Shard the first ``count`` inputs of ``spec`` (all when None) into ``out_dir``.
 
     ``should_stop`` is polled after every chunk of images; when it returns True the partial
     shard is removed and :class:`ShardingStopped` is raised (a rerun shards from the start).
+
+    ``crop``: how a photo becomes the square (sources.CROPS): ``center`` (the largest centred square) or
+    ``face`` (the most confident face, FFHQ-aligned; a photo without one is skipped, with the reason).
 
     Returns the manifest (also written to ``out_dir/manifest.json``). ``report``, when
     given, is called after each shard and at the end with ``{"written", "skipped",
@@ -198,7 +201,9 @@ def write_shards(spec, out_dir, name: str, *, resolution: int, count: Optional[i
     if kind != "synthetic":          # folders and zips are listed up front anyway: know the total
         items = list(items)
         total = len(items)
-    tasks = ((chunk, resolution, fmt, int(quality), int(min_size)) for chunk in _chunks(items, chunk_size))
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
+    tasks = ((chunk, resolution, fmt, int(quality), int(min_size), crop) for chunk in _chunks(items, chunk_size))
 
     sink = _ShardSink(out_dir, name, fmt, int(max_per_shard))
     found = written = 0
@@ -277,6 +282,7 @@ def write_shards(spec, out_dir, name: str, *, resolution: int, count: Optional[i
         "seed": int(seed),
         "requested_count": count,
         "min_size": int(min_size),
+        "crop": crop,
         "max_per_shard": int(max_per_shard),
     }
     _atomic_json(manifest, out_dir / MANIFEST)

@@ -30,7 +30,7 @@ import numpy as np
 from .synthetic import check_resolution, get_domain
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "SkipImage", "iter_source", "check_spec", "prepare", "load_prepared",
+    "IMAGE_EXTENSIONS", "CROPS", "SkipImage", "iter_source", "check_spec", "prepare", "load_prepared",
     "encode", "FileLoader", "ZipMemberLoader", "SyntheticLoader", "Rejected",
 ]
 
@@ -301,10 +301,19 @@ def _to_rgb(im):
     return out, f"converted from {mode} ({names.get(mode, mode)})"
 
 
-def prepare(image, resolution: int, min_size: int = 0) -> tuple[np.ndarray, Optional[str]]:
+CROPS = ("center", "face")
+"""How a photo becomes the training square: the largest centred square, or its most confident face
+aligned as FFHQ's were (cartoon_stylegan.faces)."""
+FACE_DECODE = 512
+"""With crop=face, JPEGs are decoded at a reduced scale of at least this short side (faces must stay
+large enough for the detector, ~40 px)."""
+
+
+def prepare(image, resolution: int, min_size: int = 0, crop: str = "center") -> tuple[np.ndarray, Optional[str]]:
     """Loaded image (PIL, or uint8 HWC array) -> (uint8 (res, res, 3), conversion note or None).
 
-    Raises :class:`SkipImage` for an image smaller than ``min_size`` on its short side.
+    Raises :class:`SkipImage` for an image smaller than ``min_size`` on its short side, and with
+    ``crop="face"`` for a photo in which no face is found.
     """
     from PIL import Image
 
@@ -318,6 +327,8 @@ def prepare(image, resolution: int, min_size: int = 0) -> tuple[np.ndarray, Opti
     if min(w, h) < min_size:
         raise SkipImage(f"too small: {w}x{h} < min_size {min_size}")
     image, note = _to_rgb(image)
+    if crop == "face":
+        return _face_square(image, resolution, note)
     w, h = image.size
     side = min(w, h)
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
@@ -328,11 +339,27 @@ def prepare(image, resolution: int, min_size: int = 0) -> tuple[np.ndarray, Opti
     return out, note
 
 
-def load_prepared(loader, resolution: int, min_size: int = 0) -> tuple[np.ndarray, Optional[str]]:
-    """``prepare(loader(resolution), ...)``; any failure becomes :class:`SkipImage`."""
-    image = loader(resolution)
+def _face_square(image, resolution: int, note: Optional[str]) -> tuple[np.ndarray, Optional[str]]:
+    from cartoon_stylegan.faces import FaceAlignError, align_face, detect_faces
+
+    rgb = np.asarray(image, dtype=np.uint8)
     try:
-        return prepare(image, resolution, min_size)
+        found = detect_faces(rgb)
+    except FaceAlignError:
+        raise  # the packages are missing: a configuration error, not this image's fault
+    if not found:
+        raise SkipImage("no face found (shard.crop=face)")
+    f = found[0]
+    more = f"; {len(found)} faces, the most confident (score {f.score:.2f}) taken" if len(found) > 1 else ""
+    out = align_face(rgb, f, resolution)
+    return out, (note + more if note else (more[2:] or None))
+
+
+def load_prepared(loader, resolution: int, min_size: int = 0, crop: str = "center") -> tuple[np.ndarray, Optional[str]]:
+    """``prepare(loader(resolution), ...)``; any failure becomes :class:`SkipImage`."""
+    image = loader(resolution if crop == "center" else max(resolution, FACE_DECODE))
+    try:
+        return prepare(image, resolution, min_size, crop)
     except SkipImage:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. a truncated image that fails only on resize
