@@ -132,6 +132,8 @@ def cmd_list(args) -> int:
 def cmd_show(args) -> int:
     reg, cfg, stages = _load(args)
     tree = to_dict(cfg)
+    if stages == ["all"]:
+        stages = []
     if stages:
         sections = {}
         for name in stages:
@@ -152,6 +154,10 @@ def cmd_submit(args) -> int:
     reg, cfg, targets = _load(args)
     from pipeline import slurm
     from pipeline.artifacts import StagePaths, experiment_dir, slurm_log_dir
+
+    if not args.dry_run and dag.run_in_progress(cfg):  # the jobs would train into the same folders
+        raise dag.RunLockHeld(f"a `pipeline run` is working on experiment {cfg.experiment!r} here (lock "
+                              f"{dag.lock_path(cfg)}); submit when it has finished, or stop it first")
 
     _say_left_out(reg, cfg)
     order = [n for n in reg.plan(targets or ["all"], cfg) if args.force or dag.status(reg, cfg, n) != "done"]

@@ -30,6 +30,14 @@ def check_run_root(cfg) -> Path:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"run_root: {root} is not writable (no write permission on {probe})")
+    try:  # permissions are not the whole story (root, read-only mounts, /proc): make it and write there
+        root.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as e:
+        raise ConfigError(f"run_root: {root} cannot be created or written ({e.strerror or e})") from None
     return root
 
 

@@ -251,8 +251,11 @@ def load_yaml(path: Path, _chain: tuple = ()) -> dict:
     if path.resolve() in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
         raise ConfigError(f"config file {path}: `extends` goes round in a circle ({cycle})")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give a YAML file, e.g. configs/default.yaml")
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist" + (f" (extended by {_chain[-1]})" if _chain else ""))
+        why = "is not a regular file" if path.exists() else "does not exist"
+        raise ConfigError(f"config file {path} {why}" + (f" (extended by {_chain[-1]})" if _chain else ""))
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

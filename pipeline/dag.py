@@ -29,7 +29,7 @@ class RunLockHeld(RuntimeError):
     """Another `pipeline run` works on this experiment."""
 
 
-def _lock_path(cfg):
+def lock_path(cfg):
     return artifacts.experiment_dir(cfg) / ".pipeline-run.lock"
 
 
@@ -42,7 +42,7 @@ def run_lock(cfg, say=print):
     file names the holder (pid, host, since) for the message a second run gets. On a file system
     without locks (some Lustre/NFS mounts) the run goes on unlocked, after one line saying so.
     """
-    path = _lock_path(cfg)
+    path = lock_path(cfg)
 
     def unsupported(e):
         say(f"note: {path.parent} has no file locks ({e.strerror or e}); running without the run lock: "
@@ -75,7 +75,7 @@ def _parse_holder(text: str) -> dict:
 def run_in_progress(cfg) -> bool:
     """True while some `pipeline run` holds the experiment's run lock (False where the file
     system has no locks: nothing can tell there)."""
-    return bool(lock_held(_lock_path(cfg)))
+    return bool(lock_held(lock_path(cfg)))
 
 
 class StageFailed(RuntimeError):

@@ -121,7 +121,7 @@ class Registry:
 
     def __getitem__(self, name: str) -> Stage:
         if name not in self.by_name:
-            close = difflib.get_close_matches(name, list(self.by_name) + ["all"], n=1)
+            close = [c for c in difflib.get_close_matches(name, list(self.by_name) + ["all"], n=2) if c != name][:1]
             raise KeyError(f"unknown stage {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                            + f" (stages: {', '.join(self.by_name)}, or all)")
         return self.by_name[name]

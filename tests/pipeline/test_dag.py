@@ -226,3 +226,23 @@ def test_a_stage_the_config_leaves_out_is_bypassed(reg, tmp_path, capsys):
     assert "not part of this config's plan" in capsys.readouterr().err
     # the same config without the switch plans b again, and a's result still counts for it
     assert reg.plan(["all"], _cfg(reg, tmp_path)) == ["a", "b", "c", "d"]
+
+
+def test_careless_cli_answers_are_one_true_line(reg, tmp_path, capsys):
+    """show all shows everything; --config of a folder says so; an unwritable run root is one line; submit
+    refuses while a local run holds the experiment's lock."""
+    from pipeline.__main__ import main
+
+    args = ["--registry", TOY, f"run_root={tmp_path}", "experiment=t", "tracking.enabled=false"]
+    assert main(["show", "all", *args]) == 0
+    assert "word: hi" in capsys.readouterr().out
+    assert main(["list", "--config", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder; give a YAML file" in err and "did you mean 'all'" not in err
+    assert main(["run", "a", "--registry", TOY, "run_root=/proc/no-such/runs", "tracking.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run_root: /proc/no-such/runs cannot be created") and len(err.splitlines()) == 1
+    cfg = _cfg(reg, tmp_path)
+    with dag.run_lock(cfg):
+        assert main(["submit", "all", "--no-check", *args]) == 2
+        assert "a `pipeline run` is working on experiment 't'" in capsys.readouterr().err
