@@ -9,6 +9,7 @@ inputs are held at their stored constants (``noise_mode="const"``), so they need
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable
 
 import torch
@@ -16,7 +17,11 @@ import torch.nn.functional as F
 
 from cartoon_stylegan.sampling import truncation_center
 
-__all__ = ["d_features", "project", "center_crop_square"]
+__all__ = ["d_features", "project", "ProjectionCancelled", "center_crop_square"]
+
+
+class ProjectionCancelled(Exception):
+    """``project`` stopped because its ``cancel`` event was set (the message says at which step)."""
 
 
 def d_features(D, img: torch.Tensor) -> list[torch.Tensor]:
@@ -36,9 +41,13 @@ def _lr(step: int, steps: int, lr: float, rampdown: float = 0.25, rampup: float 
 
 
 def project(G, D, target: torch.Tensor, *, steps: int = 200, lr: float = 0.1, pixel_weight: float = 1.0,
-            feature_weight: float = 1.0, progress: Callable[[int, dict], None] | None = None):
+            feature_weight: float = 1.0, progress: Callable[[int, dict], None] | None = None,
+            cancel: threading.Event | None = None):
     """W+ (N, n_latent, style_dim) of G for ``target`` (N, C, H, W) in [-1, 1], and the per-step history
-    [{"step", "loss", "pixel_mse", "feature_mse"}]. G and D stay frozen."""
+    [{"step", "loss", "pixel_mse", "feature_mse"}]. G and D stay frozen.
+
+    cancel: checked before every step; once set, :class:`ProjectionCancelled` is raised (the serve page's
+        cancel button)."""
     if target.shape[-1] != G.size or target.shape[-2] != G.size:
         raise ValueError(f"project: target is {tuple(target.shape[-2:])}, the generator draws {G.size}x{G.size}")
     dev = next(G.parameters()).device
@@ -51,6 +60,8 @@ def project(G, D, target: torch.Tensor, *, steps: int = 200, lr: float = 0.1, pi
         want = d_features(D, target)
     history = []
     for step in range(steps):
+        if cancel is not None and cancel.is_set():
+            raise ProjectionCancelled(f"cancelled at step {step} of {steps}")
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr)
         img = G(wplus, input_is="wplus", noise_mode="const")
@@ -68,11 +79,20 @@ def project(G, D, target: torch.Tensor, *, steps: int = 200, lr: float = 0.1, pi
 
 
 def center_crop_square(image, size: int, box: tuple[int, int, int, int] | None = None):
-    """A PIL image -> (size, size) RGB: the box (x, y, w, h) if given, else the largest centred square."""
+    """A PIL image -> (size, size) RGB: the box (x, y, w, h) if given, else the largest centred square.
+
+    The image is converted to RGB as :func:`cartoon_stylegan.photo.to_rgb` does (16-bit scaled, alpha over
+    white); a box that is not inside the image raises ValueError (a crop outside it would be black, and
+    a huge one would allocate the whole box)."""
     from PIL import Image
 
-    img = image.convert("RGB")
+    from cartoon_stylegan.photo import box_problem, to_rgb
+
+    img = to_rgb(image)
     if box is not None:
+        problem = box_problem(box, img.size)
+        if problem:
+            raise ValueError(problem)
         x, y, w, h = box
         img = img.crop((x, y, x + w, y + h))
     w, h = img.size

@@ -7,6 +7,7 @@ JSON of what it did, and says in one line what is missing when it cannot.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 
@@ -18,23 +19,31 @@ class UseError(Exception):
     """A missing experiment, variant or checkpoint: one line for the user."""
 
 
-def parse_seeds(text: str) -> list[int]:
-    """'0-15', '1,5,9', '0-3,10' -> seeds (at most 4096, each in [0, 2**31))."""
-    seeds: list[int] = []
-    for part in str(text).split(","):
+MAX_SEEDS = 4096
+
+
+def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
+    """'0-15', '1,5,9', '0-3,10' -> seeds (at most MAX_SEEDS, each in [0, 2**31)); errors name ``option``.
+    A range is counted before it is built: '0-99999999999' is refused, not expanded."""
+    text = str(text)
+    shown = repr(text if len(text) <= 40 else text[:37] + "...")
+    parts = []
+    for part in text.split(","):
         part = part.strip()
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not m:
-            raise UseError(f"--seeds: {text!r}: expected numbers and ranges like 0-15 or 1,5,9")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            raise UseError(f"{option}: {shown}: expected numbers and ranges like 0-15 or 1,5,9")
+        # past 30 digits the value only needs to be too large (int() refuses 4,300 digits with a traceback)
+        lo, hi = (int(g) if len(g) <= 30 else 10**30 for g in (m.group(1), m.group(2) or m.group(1)))
         if hi < lo:
-            raise UseError(f"--seeds: range {part!r} goes down")
-        seeds.extend(range(lo, hi + 1))
-        if len(seeds) > 4096:
-            raise UseError("--seeds: at most 4096 seeds")
-    if not seeds or max(seeds) >= 2**31:
-        raise UseError(f"--seeds: {text!r}: give seeds in [0, 2**31)")
-    return seeds
+            raise UseError(f"{option}: range {part!r} goes down")
+        parts.append((lo, hi))
+    count = sum(hi - lo + 1 for lo, hi in parts)
+    if count > MAX_SEEDS:
+        raise UseError(f"{option}: {shown} is {count} seeds: at most {MAX_SEEDS}")
+    if max(hi for _, hi in parts) >= 2**31:
+        raise UseError(f"{option}: {shown}: give seeds in [0, 2**31)")
+    return [s for lo, hi in parts for s in range(lo, hi + 1)]
 
 
 def check_use_args(args, command: str) -> None:
@@ -131,12 +140,25 @@ def _generate_arguments(p) -> None:
     p.add_argument("--out", required=True, help="folder for the images, grid.png and generate.json")
 
 
-def _check_out(out: str) -> Path:
-    d = Path(out)
-    if d.exists() and not d.is_dir():
-        raise UseError(f"--out {out}: exists and is not a folder")
-    d.mkdir(parents=True, exist_ok=True)
+def _writable_folder(d: Path, out: str) -> Path:
+    """``d`` made (with its parents) and writable, else a UseError naming ``--out {out}``: found before any compute,
+    not as a traceback when the first image is saved."""
+    probe = d
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UseError(f"--out {out}: {probe} exists and is not a folder")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UseError(f"--out {out}: cannot make the folder {d}: {e.strerror or e}") from None
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise UseError(f"--out {out}: the folder {d} is not writable")
     return d
+
+
+def _check_out(out: str) -> Path:
+    return _writable_folder(Path(out), out)
 
 
 def run_generate(reg, cfg, args) -> int:
@@ -194,7 +216,7 @@ def _png_out(out: str) -> Path:
         raise UseError(f"--out {out}: give a .png file (a JSON of what was done goes beside it)")
     if p.exists() and p.is_dir():
         raise UseError(f"--out {out}: is a folder; give a .png file")
-    p.parent.mkdir(parents=True, exist_ok=True)
+    _writable_folder(p.parent, out)
     return p
 
 
@@ -285,7 +307,7 @@ def run_mix(reg, cfg, args) -> int:
 
     try:
         check_use_args(args, "mix")
-        rows_s, cols_s = parse_seeds(args.seeds), parse_seeds(args.cols)
+        rows_s, cols_s = parse_seeds(args.seeds), parse_seeds(args.cols, "--cols")
         png = _png_out(args.out)
         dev = device()
         sampler, network = load_sampler(cfg, args.variant, swap_res=None, truncation=args.truncation, device=dev)
@@ -323,8 +345,9 @@ def _cartoonize_arguments(p) -> None:
     p.add_argument("--variant", required=True, help="the fine-tuned variant that draws the cartoon (NAME or NAME-seedK)")
     p.add_argument("--swap-res", type=int, default=None, help="draw with the source's layers up to this resolution")
     p.add_argument("--steps", type=int, default=200, help="projection steps: more is closer to the photo (default %(default)s)")
-    p.add_argument("--lr", type=float, default=0.1, help="projection learning rate (default %(default)s)")
-    p.add_argument("--box", default=None, help="crop box x,y,w,h in the photo (default: the largest centred square)")
+    p.add_argument("--lr", type=float, default=0.1, help="projection learning rate, > 0 (default %(default)s)")
+    p.add_argument("--box", default=None, help="crop box x,y,w,h inside the photo, as shown (EXIF orientation applied; default: the largest "
+                        "centred square)")
     p.add_argument("--out", required=True, help="folder: per photo the crop, reconstruction, cartoon and a strip")
 
 
@@ -333,11 +356,10 @@ def run_cartoonize(reg, cfg, args) -> int:
 
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
     from tqdm.auto import tqdm
 
     from cartoon_stylegan.imageutil import save_png, tile_images, to_uint8
-    from cartoon_stylegan.sampling import seed_latents
+    from cartoon_stylegan.photo import PhotoError, read_photo
     from cartoon_stylegan.project import center_crop_square, project
     from pipeline.artifacts import StagePaths
     from stages.models import device, load_weights, source_path
@@ -348,6 +370,8 @@ def run_cartoonize(reg, cfg, args) -> int:
             raise UseError("give at least one PHOTO")
         if not 1 <= args.steps <= 100_000:
             raise UseError(f"--steps {args.steps}: 1..100000")
+        if not (math.isfinite(args.lr) and args.lr > 0):
+            raise UseError(f"--lr {args.lr}: expected a positive number (default 0.1)")
         box = None
         if args.box:
             try:
@@ -359,12 +383,13 @@ def run_cartoonize(reg, cfg, args) -> int:
         crops = []
         for ph in photos:
             try:
-                with Image.open(ph) as im:
-                    crops.append(center_crop_square(im, res, box))
-            except FileNotFoundError:
-                raise UseError(f"{ph}: no such file") from None
-            except (UnidentifiedImageError, OSError) as e:
-                raise UseError(f"{ph}: not an image PIL can read ({type(e).__name__})") from None
+                im = read_photo(ph)
+            except PhotoError as e:
+                raise UseError(str(e)) from None
+            try:
+                crops.append(center_crop_square(im, res, box))
+            except ValueError as e:  # the box is not inside this photo
+                raise UseError(f"--box: {ph}: {e}") from None
         out = _check_out(args.out)
         dev = device()
         if args.variant == "source":
@@ -420,9 +445,22 @@ def run_cartoonize(reg, cfg, args) -> int:
 # ----------------------------------------------------------------------------- serve
 
 def _serve_arguments(p) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (0: a free one; default %(default)s)")
-    p.add_argument("--steps", type=int, default=200, help="default projection steps on the page")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: this machine only; the page has no login, so any other "
+                        "address lets whoever reaches it use this machine)")
+    p.add_argument("--port", type=int, default=7860, help="port 0..65535 (0: a free one; default %(default)s)")
+    p.add_argument("--steps", type=int, default=200, help="default projection steps on the page (default %(default)s)")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def run_serve(reg, cfg, args) -> int:
@@ -431,19 +469,28 @@ def run_serve(reg, cfg, args) -> int:
 
     from werkzeug.serving import make_server
 
-    from stages.webapp import create_app
+    from stages.webapp import STEPS_RANGE, create_app
 
     try:
         check_use_args(args, "serve")
+        if not 0 <= args.port <= 65535:
+            raise UseError(f"--port {args.port}: expected 0..65535 (0: a free one)")
+        if not STEPS_RANGE[0] <= args.steps <= STEPS_RANGE[1]:
+            raise UseError(f"--steps {args.steps}: expected {STEPS_RANGE[0]}..{STEPS_RANGE[1]}")
         app = create_app(cfg, steps=args.steps)
     except UseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         server = make_server(args.host, args.port, app, threaded=True)
-    except (OSError, socket.error) as e:
+    except (OSError, socket.error, OverflowError) as e:
         print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 2
+    if not _is_loopback(args.host):
+        print(f"warning: --host {args.host}: this page has no authentication, and it is now reachable from the "
+              f"network: anyone who can reach port {server.port} can upload photos, run projections on this machine "
+              "and see the results; keep the default 127.0.0.1 and use an SSH tunnel to reach it from elsewhere",
+              file=sys.stderr, flush=True)
     print(f"serving experiment {cfg.experiment!r} on http://{args.host}:{server.port}/ (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()

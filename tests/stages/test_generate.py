@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -58,6 +59,9 @@ def test_generate_source_variant_and_swap(experiment, tmp_path, capsys):
     (["--seeds", "9-3"], ["range '9-3' goes down"]),
     (["--seeds", "a"], ["expected numbers and ranges"]),
     (["--truncation", "1.5"], ["--truncation 1.5: expected 0..1"]),
+    (["--seeds", "0-99999999999"], ["--seeds: '0-99999999999' is 100000000000 seeds: at most 4096"]),  # not built
+    (["--seeds", "0-4095,4096"], ["--seeds: '0-4095,4096' is 4097 seeds: at most 4096"]),
+    (["--seeds", "2147483648"], ["give seeds in [0, 2**31)"]),
 ])
 def test_generate_errors_are_one_line(experiment, tmp_path, capsys, extra, words):
     args, _, _ = experiment
@@ -191,7 +195,7 @@ def test_cartoonize_projects_a_photo_and_draws_it_with_the_variant(experiment, t
 
 @pytest.mark.parametrize("photo, extra, words", [
     ("missing.png", ["--variant", "freezesg"], ["missing.png: no such file"]),
-    ("text.png", ["--variant", "freezesg"], ["text.png: not an image PIL can read"]),
+    ("text.png", ["--variant", "freezesg"], ["text.png: not an image that can be read"]),
     ("ok.png", ["--variant", "source"], ["name a fine-tuned variant"]),
     ("ok.png", ["--variant", "freezesg", "--box", "1,2,3"], ["--box '1,2,3': expected x,y,w,h"]),
 ])
@@ -214,13 +218,13 @@ def test_serve_refuses_huge_and_truncated_uploads_with_a_message(experiment, tmp
 
     args, _, _ = experiment
     client = create_app(load_config(None, args), steps=3).test_client()
-    huge = io.BytesIO()
-    Image.new("1", (20000, 20000)).save(huge, format="PNG")  # small file, 400 megapixels
-    r = client.post("/api/cartoonize", data={"photo": (io.BytesIO(huge.getvalue()), "huge.png"), "variant": "freezesg"})
+    from photo_files import png_claiming
+
+    huge = png_claiming(20000, 20000)  # a few dozen bytes, 400 megapixels
+    r = client.post("/api/cartoonize", data={"photo": (io.BytesIO(huge), "huge.png"), "variant": "freezesg"})
     assert r.status_code == 400 and "huge.png: too large to decode safely" in r.get_json()["error"]
-    big = io.BytesIO()
-    Image.new("1", (8000, 8000)).save(big, format="PNG")  # under PIL's bomb limit, over ours
-    r = client.post("/api/cartoonize", data={"photo": (io.BytesIO(big.getvalue()), "big.png"), "variant": "freezesg"})
+    big = png_claiming(8000, 8000)  # under PIL's bomb limit, over ours
+    r = client.post("/api/cartoonize", data={"photo": (io.BytesIO(big), "big.png"), "variant": "freezesg"})
     assert r.status_code == 400 and "8000x8000: at most 40 megapixels" in r.get_json()["error"]
     jpg = io.BytesIO()
     Image.new("RGB", (64, 64), (10, 200, 30)).save(jpg, format="JPEG")
@@ -256,3 +260,160 @@ def test_sefa_top_direction_moves_images_more_than_a_random_one_and_mixing_with_
         for cross in (1, 3, G.n_latent - 1):
             same = style_mix(s, z[:3], z[:3], cross).view(3, 3, *plain.shape[1:])
             assert torch.allclose(torch.stack([same[i, i] for i in range(3)]), plain[:3], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- hostile inputs (issue 29)
+
+def test_parse_seeds_counts_before_building_and_names_its_option():
+    from stages.commands import UseError, parse_seeds
+
+    assert parse_seeds("3,1-2") == [3, 1, 2]
+    with pytest.raises(UseError, match=r"^--seeds: '0-99999999999' is 100000000000 seeds: at most 4096$"):
+        parse_seeds("0-99999999999")
+    with pytest.raises(UseError, match=r"^--cols: '9{37}\.\.\.': give seeds in \[0, 2\*\*31\)$"):
+        parse_seeds("9" * 5000, "--cols")  # 5,000 digits: past int()'s limit, still one line
+    with pytest.raises(UseError, match=r"^--cols: 'x-y': expected numbers and ranges"):
+        parse_seeds("x-y", "--cols")
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.timeout(120)  # the FIFO used to block the open() forever
+@pytest.mark.parametrize("photo, extra, words", [
+    ("fifo.jpg", [], ["fifo.jpg: not a regular file: named pipe (FIFO)"]),
+    ("a-folder", [], ["a-folder: not a regular file: folder"]),
+    ("bomb.png", [], ["bomb.png: too large to decode safely"]),
+    ("big.png", [], ["big.png: the image is 8000x8000: at most 40 megapixels"]),
+    ("ok.png", ["--lr", "nan"], ["--lr nan: expected a positive number"]),
+    ("ok.png", ["--lr=-1"], ["--lr -1.0: expected a positive number"]),
+    ("ok.png", ["--lr", "0"], ["--lr 0.0: expected a positive number"]),
+    ("ok.png", ["--box", "200,200,10,10"], ["--box: ", "ok.png: 200,200,10,10 is not inside the 96x64 image",
+                                            "x + w <= 96 and y + h <= 64"]),
+    ("ok.png", ["--box", "0,0,100000,100000"], ["--box: ", "0,0,100000,100000 is not inside the 96x64 image"]),
+    ("ok.png", ["--box", "90,0,10,10"], ["is not inside the 96x64 image"]),
+])
+def test_cartoonize_hostile_photos_and_options_are_one_line(experiment, tmp_path, capsys, photo, extra, words):
+    from photo_files import png_claiming
+
+    args, _, _ = experiment
+    os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "bomb.png").write_bytes(png_claiming(20000, 20000))
+    (tmp_path / "big.png").write_bytes(png_claiming(8000, 8000))
+    Image.new("RGB", (96, 64)).save(tmp_path / "ok.png")
+    assert main(["cartoonize", str(tmp_path / photo), "--variant", "freezesg", *extra, "--steps", "2",
+                 "--out", str(tmp_path / "o"), *args]) == 2
+    err = _one_error_line(capsys)
+    for w in words:
+        assert w in err, err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_cartoonize_crops_16_bit_rotated_and_transparent_photos_as_shown(experiment, tmp_path, capsys):
+    """The crop written beside the cartoon: a 16-bit PNG is mid-grey (was white), a phone photo is upright
+    (EXIF orientation), a transparent PNG is white (alpha over white, as the training data)."""
+    from photo_files import png16, rotated_jpeg, transparent_png
+
+    args, _, _ = experiment
+    photos = {"grey16.png": png16(30000), "phone.jpg": rotated_jpeg((60, 30)), "clear.png": transparent_png()}
+    for name, data in photos.items():
+        (tmp_path / name).write_bytes(data)
+    out = tmp_path / "toon"
+    assert main(["cartoonize", *(str(tmp_path / n) for n in photos), "--variant", "freezesg", "--steps", "1",
+                 "--out", str(out), *args]) == 0, capsys.readouterr().err
+    record = json.loads((out / "cartoonize.json").read_text())
+    crops = [_img(out / p["files"]["crop"]).astype(int) for p in record["photos"]]
+    grey, phone, clear = crops
+    assert np.abs(grey - 117).max() <= 1
+    # upright: the stored left third (red) is at the top, the right third (blue) at the bottom
+    assert phone[0, :, 0].min() > 200 and phone[0, :, 2].max() < 60, phone[0]
+    assert phone[-1, :, 2].min() > 200 and phone[-1, :, 0].max() < 60, phone[-1]
+    assert (clear == 255).all()
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "--seeds", "0"],
+    ["sefa", "--seeds", "0"],
+    ["mix", "--seeds", "0", "--cols", "1"],
+    ["cartoonize", "PHOTO", "--variant", "freezesg", "--steps", "1"],
+])
+def test_out_in_an_unwritable_place_is_one_line(experiment, tmp_path, capsys, command):
+    args, _, _ = experiment
+    Image.new("RGB", (20, 20)).save(tmp_path / "ok.png")
+    command = [str(tmp_path / "ok.png") if c == "PHOTO" else c for c in command]
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / ("g" if command[0] in ("generate", "cartoonize") else "g.png")
+    assert main([*command, "--out", str(out), *args]) == 2
+    err = _one_error_line(capsys)
+    assert f"--out {out}: {tmp_path / 'afile'} exists and is not a folder" in err, err
+
+
+def test_out_in_a_read_only_folder_is_one_line(experiment, tmp_path, capsys, monkeypatch):
+    args, _, _ = experiment
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: the permission check is shown what a user would see
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: str(p) != str(ro) and real_access(p, mode, **kw))
+    try:
+        assert main(["generate", "--seeds", "0", "--out", str(ro), *args]) == 2
+        assert f"--out {ro}: the folder {ro} is not writable" in _one_error_line(capsys)
+        assert main(["sefa", "--seeds", "0", "--out", str(ro / "s.png"), *args]) == 2
+        assert "is not writable" in _one_error_line(capsys)
+    finally:
+        ro.chmod(0o755)
+
+
+def test_mix_cols_errors_name_cols(experiment, tmp_path, capsys):
+    args, _, _ = experiment
+    assert main(["mix", "--cols", "x-y", "--out", str(tmp_path / "m.png"), *args]) == 2
+    err = _one_error_line(capsys)
+    assert err.startswith("error: --cols: 'x-y'") and "--seeds" not in err
+
+
+class _FakeServer:
+    port = 8123
+
+    def serve_forever(self):
+        raise KeyboardInterrupt  # Ctrl-C at once: the test only wants what run_serve says before serving
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--port", "70000"], ["--port 70000: expected 0..65535"]),
+    (["--port", "-1"], ["--port -1: expected 0..65535"]),
+    (["--steps", "0"], ["--steps 0: expected 1..5000"]),
+])
+def test_serve_refuses_bad_port_and_steps(experiment, capsys, monkeypatch, extra, words):
+    import werkzeug.serving
+
+    args, _, _ = experiment
+    monkeypatch.setattr(werkzeug.serving, "make_server", lambda *a, **k: _FakeServer())
+    assert main(["serve", *extra, *args]) == 2
+    err = _one_error_line(capsys)
+    for w in words:
+        assert w in err, err
+
+
+@pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("192.168.1.20", True), ("myhost", True),
+                                          ("127.0.0.1", False), ("localhost", False), ("::1", False)])
+def test_serve_on_a_network_address_warns_that_the_page_has_no_login(experiment, capsys, monkeypatch, host,
+                                                                      warned):
+    import werkzeug.serving
+
+    args, _, _ = experiment
+    monkeypatch.setattr(werkzeug.serving, "make_server", lambda *a, **k: _FakeServer())
+    assert main(["serve", "--host", host, "--port", "0", *args]) == 0
+    captured = capsys.readouterr()
+    assert f"on http://{host}:8123/" in captured.out
+    warning = [ln for ln in captured.err.splitlines() if ln.startswith("warning: ")]
+    if warned:
+        assert len(warning) == 1 and f"--host {host}" in warning[0], captured.err
+        for w in ("no authentication", "reachable from the network", "anyone", "port 8123", "127.0.0.1"):
+            assert w in warning[0], warning[0]
+    else:
+        assert warning == [], captured.err

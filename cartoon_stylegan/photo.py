@@ -1,0 +1,108 @@
+"""Reading a user's photo (``cartoonize``, the ``serve`` page): one function, and one line when it cannot.
+
+:func:`read_photo` takes a path or the bytes of an upload and returns an RGB PIL image the way the
+training data sees its images:
+
+- a path must be a regular file: a FIFO, a device, a socket or a folder is refused from ``stat``
+  alone, before anything opens it (opening a FIFO for reading blocks until a writer comes; a device
+  may never end). The open itself is non-blocking and checked again, in case the path was swapped
+  between the two;
+- the pixel count is read from the header and capped (``max_pixels``) before anything is decoded;
+  PIL's own decompression-bomb refusal becomes the same kind of line;
+- the whole image is decoded (a truncated file fails here, not later in a resize);
+- the EXIF orientation is applied (a phone's portrait photo is upright, as in the training data);
+- every mode becomes RGB by the training data's rule (``data.sources``): 16- and 32-bit grayscale
+  scaled to 8 bits (not clipped: a 16-bit PNG is not white), palette, CMYK, 1-bit and grayscale
+  converted, and an alpha channel (RGBA, LA, a palette's transparency) composited over **white**.
+
+Everything that goes wrong is a :class:`PhotoError` whose message is one line starting with the
+file's name; the caller adds its own context (an option's name, an HTTP status). No paths policy:
+where photos come from and where results go is the caller's business.
+"""
+from __future__ import annotations
+
+import io
+import os
+import stat
+import warnings
+
+__all__ = ["MAX_PIXELS", "PhotoError", "read_photo", "to_rgb", "box_problem"]
+
+MAX_PIXELS = 40_000_000  # a 40-megapixel photo decodes to 120 MB of RGB: more is not a face photo
+
+
+class PhotoError(ValueError):
+    """A photo that cannot be used; the message is one line naming it."""
+
+
+def to_rgb(image):
+    """A PIL image of any mode -> RGB, by the training data's rule (16-bit scaled, alpha over white)."""
+    from cartoon_stylegan.data.sources import SkipImage, _to_rgb
+
+    try:
+        return _to_rgb(image)[0]
+    except SkipImage as e:
+        raise ValueError(e.reason) from None
+
+
+def _regular_file(path, name: str):
+    """``path`` opened for reading in binary, after making sure it is a regular file."""
+    from cartoon_stylegan.data.sources import _not_regular
+
+    if not os.path.lexists(path):
+        raise PhotoError(f"{name}: no such file")
+    reason = _not_regular(path)  # stat only: nothing is opened
+    if reason:
+        raise PhotoError(f"{name}: {reason}: give an image file")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise PhotoError(f"{name}: cannot open it: {e.strerror or e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for something else since the stat
+        os.close(fd)
+        raise PhotoError(f"{name}: not a regular file any more: give an image file")
+    return os.fdopen(fd, "rb")
+
+
+def read_photo(source, *, name: str | None = None, max_pixels: int = MAX_PIXELS):
+    """An RGB PIL image, fully decoded and upright, from a path or an upload's bytes.
+
+    name: how the messages call the photo (default: the path, or "the upload").
+    max_pixels: the largest width x height accepted, checked from the header before decoding.
+    Raises :class:`PhotoError` (one line) for a missing, special, unreadable, damaged or too large file.
+    """
+    from PIL import Image, ImageOps
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name = name or "the upload"
+        fh = io.BytesIO(source)
+    else:
+        name = name or str(source)
+        fh = _regular_file(source, name)
+    cap = f"at most {max_pixels / 1e6:g} megapixels"
+    with fh:
+        try:
+            with warnings.catch_warnings():  # PIL warns from 89 to 179 megapixels: over our cap, refused here too
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(fh)  # not closed by a `with`: closing would free the decoded pixels returned
+            w, h = im.size
+            if w * h > max_pixels:
+                raise PhotoError(f"{name}: the image is {w}x{h}: {cap} (too large to decode safely)")
+            im.load()
+            return to_rgb(ImageOps.exif_transpose(im))
+        except PhotoError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise PhotoError(f"{name}: too large to decode safely (PIL's decompression-bomb limit): {cap}") from None
+        except Exception as e:  # noqa: BLE001 -- any decoder failure (OSError, SyntaxError, struct.error...): a line
+            raise PhotoError(f"{name}: not an image that can be read ({type(e).__name__})") from None
+
+
+def box_problem(box, size) -> str | None:
+    """Why the crop box (x, y, w, h) does not fit an image of ``size`` (width, height), or None."""
+    x, y, w, h = box
+    W, H = size
+    if w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= W and y + h <= H:
+        return None
+    return (f"{x},{y},{w},{h} is not inside the {W}x{H} image: expected x >= 0, y >= 0, w and h > 0, "
+            f"x + w <= {W} and y + h <= {H}")
