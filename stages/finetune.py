@@ -16,9 +16,25 @@ from toolbox.settings import derive, overrides_of
 @dataclass
 class StructureLossConfig:
     up_to: int = spec(32, min=4, pow2=True, help="blocks at resolutions <= up_to (from 8 px) take part")
-    weight: float = spec(1.0, min=0.0, help="lambda; the loss is the MEAN over the blocks (the paper's "
-                         "text), the reference code SUMS them: its lambda is n_blocks x ours")
+    weight: float = spec(1.0, min=0.0, help="lambda; with reduce: mean (the paper's text) the loss is the MEAN "
+                         "over the blocks, with reduce: sum (the reference code) their sum: n_blocks x the mean")
     on: Literal["rgb", "features"] = spec("rgb", help="compare RGB skip outputs (paper) or feature maps (reference code)")
+    reduce: Literal["mean", "sum"] = spec("mean", help="mean (paper's text) or sum (reference code) of the "
+                                          "per-block MSEs")
+    source_w: Literal["target", "own"] = spec("target", help="the W+ the source runs on: the target's (the loss "
+                                              "sees only the synthesis layers) or its own mapping's for the same z "
+                                              "(reference code: a drifting target mapping is penalised too)")
+
+    # keys added after runs existed: at these values they stay out of a training dir's lineage,
+    # so the runs trained before them continue their checkpoints
+    LATER_KEYS = {"reduce": "mean", "source_w": "target"}
+
+    def lineage(self) -> dict:
+        """What a training dir's lineage records of this loss: every key, less the later ones at
+        the values that reproduce the loss as it was before them."""
+        from pipeline.config import to_dict
+
+        return {k: v for k, v in to_dict(self).items() if self.LATER_KEYS.get(k, object()) != v}
 
 
 # A variant's freezing options are the library's FreezeOptions (FreezePlan's fields) (declared there once, with help and

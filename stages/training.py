@@ -47,6 +47,8 @@ def lineage(cfg, data_name: str, opts, *, variant=None, source: str | None = Non
     }
     if variant is not None:
         out["variant"] = {k: v for k, v in to_dict(variant).items() if k not in LOOP_KEYS}
+        if variant.structure_loss:  # the keys added later, at their old behaviour, left out
+            out["variant"]["structure_loss"] = variant.structure_loss.lineage()
     if source is not None:
         out["source"] = file_digest(source)
     if init is not None and init.path:
@@ -107,8 +109,9 @@ def run_training(ctx, *, section, data_name, nets, G_source=None, variant=None, 
     if v is not None:
         freeze = v.freeze_plan(getattr(section, "freeze_d_above", None))
         if v.structure_loss:
-            structure = StructureLoss(up_to=v.structure_loss.up_to, weight=v.structure_loss.weight,
-                                      on=v.structure_loss.on)
+            sl = v.structure_loss
+            structure = StructureLoss(up_to=sl.up_to, weight=sl.weight, on=sl.on, reduce=sl.reduce,
+                                      source_w=sl.source_w)
 
     if ctx.is_main:
         train_dir.mkdir(parents=True, exist_ok=True)

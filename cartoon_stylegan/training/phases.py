@@ -132,10 +132,11 @@ class StyleGAN2Phases:
         return z1, None, None
 
     def _fakes(self, n: int, net=None, **returns):
-        """Fresh latents and noise (in this order), then the sampler's images through ``net``."""
+        """Fresh latents and noise (in this order), then the sampler's images through ``net``;
+        returns (images, noise, (z1, z2, crossover))."""
         z1, z2, cross = self._latents(n)
         noise = self.sampler.G.make_noise(n, generator=self.gen)
-        return self.sampler(z1, z2=z2, crossover=cross, noise=noise, net=net, **returns), noise
+        return self.sampler(z1, z2=z2, crossover=cross, noise=noise, net=net, **returns), noise, (z1, z2, cross)
 
     def _augment(self, images):
         return images if self.ada is None else self.ada.pipe(images, generator=self.gen)
@@ -150,7 +151,7 @@ class StyleGAN2Phases:
     def _Dmain(self, real):
         acc = self.acc
         with torch.no_grad(), acc.autocast():
-            fake, _ = self._fakes(self.opts.batch, net=self.G_fakes)
+            fake, _, _ = self._fakes(self.opts.batch, net=self.G_fakes)
         with acc.autocast():
             fake_pred = self.D_main(self._augment(fake.detach()))
             real_pred = self.D_main(self._augment(real))
@@ -173,15 +174,17 @@ class StyleGAN2Phases:
     def _Gmain(self, real):
         acc, s = self.acc, self.structure
         figures = {}
-        want = {} if s is None else {"return_rgbs": s.on == "rgb", "return_features": s.on == "features"}
+        want = {} if s is None else s.returns
         with _no_param_grads(self.d_trainable), acc.autocast():
-            (img, extras), noise = self._fakes(self.opts.batch, net=self.G_main, return_latents=True, **want)
+            (img, extras), noise, (z1, z2, cross) = self._fakes(self.opts.batch, net=self.G_main,
+                                                                 return_latents=True, **want)
             loss = g_nonsaturating_loss(self.D_for_G(self._augment(img)).float())
             total = loss
-            if s is not None:  # the source's blocks for the same W+ and noise
+            if s is not None:  # the source's blocks for the same noise, on the target's W+ or its own
+                own = self.sampler.replace(G=self.G_source, source=None, prefix_len=0)
+                wplus = s.source_wplus(extras["latents"], lambda: own.wplus(z1, z2, cross))
                 with torch.no_grad():
-                    _, src_extras = self.G_source.synthesis(extras["latents"].detach(), noise=noise,
-                                                            stop_res=s.up_to, **want)
+                    _, src_extras = self.G_source.synthesis(wplus, noise=noise, stop_res=s.up_to, **want)
                 loss_s = s(src_extras, extras)
                 total = total + s.weight * loss_s
                 figures["Loss/structure"] = loss_s.detach()
