@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from cartoon_stylegan.networks import Discriminator, Generator
+from cartoon_stylegan.pickle_scan import PickleRefused, scan_pickles
 from toolbox import atomic_path
 
 TRANSFER_FORMAT = "cartoon-stylegan/transfer-v1"
@@ -82,11 +83,27 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def _load(path: str | os.PathLike, map_location: Any = "cpu", hint: str = "", mmap: bool = False) -> Any:
     try:
+        scan_pickles(path)  # a pickle nested deep enough to crash the unpickler never reaches it
+    except PickleRefused as e:
+        raise pickle.UnpicklingError(str(e)) from None
+    try:
         with warnings.catch_warnings():  # a plain pickle (NVlabs') makes torch warn before it refuses it
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(os.fspath(path), map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        raise pickle.UnpicklingError(f"{os.fspath(path)}: refused by the weights-only loader{hint}: {e}") from e
+        raise pickle.UnpicklingError(f"{os.fspath(path)}: {refusal(e)}{hint}") from e
+
+
+def refusal(e: BaseException) -> str:
+    """One line for the weights-only loader's refusal: what the file would have run or imported. torch's
+    own message is a paragraph whose point (the global it refused) comes last."""
+    text = " ".join(str(e).split())
+    m = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", text)
+    if m:
+        return (f"holds Python objects that would import or run {m.group(1)} when loaded; refused (only tensors, "
+                "numbers, strings and plain containers are read; load it elsewhere only if you trust its source, "
+                "and save its state dicts)")
+    return f"refused by the weights-only loader: {text[:300]}"
 
 
 def _format_of(obj: Any) -> str | None:

@@ -59,17 +59,20 @@ def names() -> tuple[str, ...]:
     return tuple(IMPORTERS)
 
 
-def sniff(path, skip: str | None = None) -> tuple[str | None, dict | None]:
+def sniff(path, skip: str | None = None, reasons: dict | None = None) -> tuple[str | None, dict | None]:
     """(name, networks) of the first registered format that reads ``path`` (registration order, ``skip``
     left out), or (None, None). The networks are what that importer returned: no need to read it again.
-    A plain pickle nested deep enough to crash an unpickler (``torch.load``'s too) is none: (None, None)."""
+    A plain pickle nested deep enough to crash an unpickler (``torch.load``'s too) is none: (None, None).
+    ``reasons``: filled with {format: why it could not read the file} (one line each)."""
     import warnings
 
-    from cartoon_stylegan.nvlabs import NVlabsImportError, scan_pickles
+    from cartoon_stylegan.pickle_scan import PickleRefused, scan_pickles
 
     try:
         scan_pickles(path)
-    except NVlabsImportError:
+    except (PickleRefused, OSError) as e:
+        if reasons is not None:
+            reasons["any"] = " ".join(str(e).split())
         return None, None
     for imp in IMPORTERS.values():
         if imp.name == skip:
@@ -78,6 +81,8 @@ def sniff(path, skip: str | None = None) -> tuple[str | None, dict | None]:
             with warnings.catch_warnings():  # a wrong guess may warn (e.g. torch on a plain pickle)
                 warnings.simplefilter("ignore")
                 return imp.name, imp.load(path)
-        except Exception:  # noqa: BLE001 -- any failure means "not this format"
+        except Exception as e:  # noqa: BLE001 -- any failure means "not this format"
+            if reasons is not None:
+                reasons[imp.name] = " ".join(str(e).split())[:400] or type(e).__name__
             continue
     return None, None

@@ -53,7 +53,7 @@ image where an activation exceeds the clamp).
 
 A hostile file cannot make the reader allocate or recurse without bound: before ``pickle`` reads it,
 its opcodes are walked once (streaming, no objects built) and a file nested deeper than
-:data:`MAX_DEPTH` (CPython hashes a nested tuple recursively in C: a 200 KB dict key of nested tuples
+:data:`~cartoon_stylegan.pickle_scan.MAX_DEPTH` (CPython hashes a nested tuple recursively in C: a 200 KB dict key of nested tuples
 overflows the C stack), with more than :data:`MAX_OPS` opcodes or larger than :data:`MAX_FILE_BYTES`
 is refused; each storage's bytes are walked the same way before ``torch.load`` sees them. A
 tensor is not made while the pickle is read: the rebuild call returns an inert record (a BUILD
@@ -68,17 +68,18 @@ import math
 import operator
 import os
 import pickle
-import pickletools
 import warnings
 from collections import OrderedDict
 from typing import Any
 
 import torch
 
-__all__ = ["import_nvlabs", "read_nvlabs_pickle", "scan_pickles", "Record", "NVlabsImportError", "KNOWN_CLASSES"]
+from cartoon_stylegan.pickle_scan import MAX_DEPTH, MAX_FILE_BYTES, PickleRefused, Window, scan_pickle
+
+__all__ = ["import_nvlabs", "read_nvlabs_pickle", "Record", "NVlabsImportError", "KNOWN_CLASSES"]
 
 
-class NVlabsImportError(ValueError):
+class NVlabsImportError(PickleRefused):
     """The file is not an NVlabs StyleGAN2 pickle we can import (one line saying why)."""
 
 
@@ -152,116 +153,9 @@ def _reconstruct(meta):
     return Record(name, state, len(src) if isinstance(src, str) else 0)
 
 
-# Bounds on what a file may make the reader do; real snapshots are far inside them. stylegan2-ada's
-# 1024 px snapshot (G, G_ema, D, augment_pipe) is about 360 MB and its largest tensor is D's b4.fc
-# weight, 8192 x 512 = 4.2M elements. The test fixture's snapshots (tests/interop/nvlabs_fixture.py,
-# the same structure) nest 32 deep as _scan counts (each persistent module adds its REDUCE, argument
-# tuple, meta dict, state dict and _modules dict) at every resolution from 8 to 64 px; one at 256 px
-# with 512 channels (357 MB) has 31,900 opcodes, and each doubling adds about 4,000.
-MAX_FILE_BYTES = 2 ** 31
-MAX_OPS = 4_000_000
-# CPython hashes a tuple by hashing its items in C, without a recursion guard: a dict key of
-# ~100,000 nested tuples (200 KB of pickle) overflows the C stack while pickle reads the file
-# (SIGSEGV); repr, == and deallocation are guarded. 1000 is far from both.
-MAX_DEPTH = 1000
+# Bounds on the tensors of a file; the pickle's own bounds (opcodes, nesting) are in pickle_scan.
 MAX_TENSOR_ELEMENTS = 2 ** 27  # 32x D.b4.fc at 1024 px / 512 channels; 512 MiB as float32
 MAX_DIMS = 8
-
-
-class _Window:
-    """A binary file read no further than ``end``: pickletools asks read() for whatever length an
-    opcode claims, and a file object allocates that much before it finds the bytes missing."""
-
-    def __init__(self, f, end: int):
-        self.f, self.end = f, end
-
-    def read(self, n: int = -1) -> bytes:
-        left = max(self.end - self.f.tell(), 0)
-        return self.f.read(left if n is None or n < 0 else min(n, left))
-
-    def readline(self, limit: int = -1) -> bytes:
-        left = max(self.end - self.f.tell(), 0)
-        return self.f.readline(left if limit is None or limit < 0 else min(limit, left))
-
-    def tell(self) -> int:
-        return self.f.tell()
-
-
-_MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
-_MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
-_FILLS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})  # change the object below
-# torch's legacy storage format (magic, protocol, sys_info, a persistent-id record, the keys) calls nothing
-_CALLS = frozenset({"REDUCE", "BUILD", "NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4"})
-
-
-def _scan(f, *, storage: bool = False, max_int: int | None = None) -> int:
-    """Walk one pickle's opcodes up to its STOP, building nothing; -> how deep its objects nest.
-
-    Each stack entry is the depth of the object it stands for (a container is one deeper than its
-    deepest item, a call's result one deeper than its arguments); the memo keeps the depth an object
-    had when it was stored. That is exact for tuples (immutable, so built after their items), which
-    is what CPython recurses on unguarded (hashing); a list filled after it was nested elsewhere can
-    be deeper than counted here, and the walk over the loaded objects (:func:`_make_tensors`) stops
-    at the same depth. ``storage``: one of a storage's torch.save pickles, where any call or a global
-    other than ``torch.*Storage`` is refused, and ``max_int`` bounds its integers (the element count).
-    Raises :class:`NVlabsImportError` (the message has no file name).
-    """
-    stack: list[int] = []
-    frames: list[list[int]] = []
-    memo: dict[int, int] = {}
-    deepest = 0
-    try:
-        for n, (op, arg, _) in enumerate(pickletools.genops(f)):
-            name = op.name
-            if n >= MAX_OPS:
-                raise NVlabsImportError(f"more than {MAX_OPS:,} pickle opcodes (an NVlabs snapshot has under 50,000)")
-            if storage and (name in _CALLS or name == "GLOBAL" and not (
-                    arg.startswith("torch ") and arg.endswith("Storage") and arg.count(" ") == 1)):
-                what = name if arg is None else f"{name} {arg}"[:80]
-                raise NVlabsImportError(f"a tensor storage record with a {what} opcode; expected torch's legacy "
-                                        "storage format (no calls, no global but a torch.*Storage)")
-            if max_int is not None and isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > max_int:
-                raise NVlabsImportError(f"a tensor storage record with the number {arg}, more elements than its "
-                                        f"{max_int} bytes hold")
-            if name == "STOP":
-                return deepest
-            if name == "MARK":
-                frames.append(stack)
-                stack = []
-            elif name in _MEMO_PUT:
-                memo[arg] = stack[-1]
-            elif name == "MEMOIZE":
-                memo[len(memo)] = stack[-1]
-            elif name in _MEMO_GET:
-                stack.append(memo[arg])
-            elif name == "DUP":
-                stack.append(stack[-1])
-            elif name == "POP" and stack:
-                stack.pop()
-            elif name in ("POP", "POP_MARK"):  # POP with nothing above the mark drops the mark, as pickle does
-                stack = frames.pop()
-            else:
-                before = op.stack_before
-                if pickletools.markobject in before:
-                    above, stack = stack, frames.pop()
-                    below = before.index(pickletools.markobject)
-                else:
-                    above, below = [], len(before)
-                held = [stack.pop() for _ in range(below)]  # held[-1]: the one deepest in the stack
-                if name in _FILLS:
-                    depth = max(held[-1], 1 + max(above + held[:-1], default=0))
-                else:
-                    depth = 1 + max(above + held, default=-1)
-                if depth > MAX_DEPTH:
-                    raise NVlabsImportError(f"objects nested more than {MAX_DEPTH} deep (at opcode {n:,}, {name}; "
-                                            "an NVlabs snapshot nests about 32 deep)")
-                deepest = max(deepest, depth)
-                stack.extend([depth] * len(op.stack_after))
-    except NVlabsImportError:
-        raise
-    except (ValueError, IndexError, KeyError) as e:
-        raise NVlabsImportError(f"not a readable pickle ({type(e).__name__}: {e})") from None
-    raise NVlabsImportError("not a readable pickle (it ends before its STOP opcode)")
 
 
 def _load_storage(data: bytes):
@@ -271,9 +165,12 @@ def _load_storage(data: bytes):
         raise NVlabsImportError("a tensor storage record without bytes")
     if data[:2] == b"PK":
         raise NVlabsImportError("a tensor storage in torch's zip format (NVlabs pickles hold the legacy format)")
-    f = _Window(io.BytesIO(data), len(data))
-    for i in range(5):  # magic number, protocol, sys_info, the storage's record, its keys
-        _scan(f, storage=True, max_int=len(data) if i == 3 else None)
+    f = Window(io.BytesIO(data), len(data))
+    try:
+        for i in range(5):  # magic number, protocol, sys_info, the storage's record, its keys
+            scan_pickle(f, storage=True, max_int=len(data) if i == 3 else None)
+    except PickleRefused as e:
+        raise NVlabsImportError(str(e)) from None
     try:
         storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except (RuntimeError, MemoryError, EOFError, ValueError, pickle.UnpicklingError) as e:
@@ -505,27 +402,6 @@ def _check_size(path: str, nbytes: int) -> None:
                                 "snapshot has about 360 MB)")
 
 
-def scan_pickles(path: str | os.PathLike, count: int = 5) -> None:
-    """Walk the pickles at the start of ``path`` (up to ``count``, as many as torch's legacy format
-    reads) without building anything; :class:`NVlabsImportError` for one nested deeper than
-    :data:`MAX_DEPTH` or with more than :data:`MAX_OPS` opcodes, which would crash or exhaust the
-    unpickler of whatever reader tried it. Stops quietly at the first bytes that are no pickle."""
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        nbytes = os.fstat(f.fileno()).st_size
-        if f.read(2) == b"PK":
-            return  # a zip (torch.save): not read here
-        f.seek(0)
-        window = _Window(f, nbytes)
-        for _ in range(count):
-            try:
-                _scan(window)
-            except NVlabsImportError as e:
-                if str(e).startswith("not a readable pickle"):
-                    return
-                raise NVlabsImportError(f"{path}: {e}") from None
-
-
 def read_nvlabs_pickle(path: str | os.PathLike) -> dict[str, Any]:
     """The pickle's top-level dict with every network as a :class:`Record` (no code from the file runs)."""
     path = os.fspath(path)
@@ -538,10 +414,10 @@ def read_nvlabs_pickle(path: str | os.PathLike) -> dict[str, Any]:
                                     "(use format native or rosinality)")
         f.seek(0)
         try:
-            _scan(_Window(f, nbytes))  # before pickle builds anything from it
+            scan_pickle(Window(f, nbytes))  # before pickle builds anything from it
             f.seek(0)
             data = _make_tensors(_RestrictedUnpickler(f, path).load(), _TensorMaker(nbytes))
-        except NVlabsImportError as e:
+        except PickleRefused as e:  # NVlabsImportError is one too
             msg = str(e)
             raise NVlabsImportError(msg if msg.startswith(path) else f"{path}: {msg}") from None
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, RuntimeError,

@@ -140,7 +140,7 @@ def _generate_arguments(p) -> None:
     p.add_argument("--out", required=True, help="folder for the images, grid.png and generate.json")
 
 
-def _writable_folder(d: Path, out: str) -> Path:
+def writable_folder(d: Path, out: str) -> Path:
     """``d`` made (with its parents) and writable, else a UseError naming ``--out {out}``: found before any compute,
     not as a traceback when the first image is saved."""
     probe = d
@@ -158,7 +158,7 @@ def _writable_folder(d: Path, out: str) -> Path:
 
 
 def _check_out(out: str) -> Path:
-    return _writable_folder(Path(out), out)
+    return writable_folder(Path(out), out)
 
 
 def run_generate(reg, cfg, args) -> int:
@@ -216,7 +216,7 @@ def _png_out(out: str) -> Path:
         raise UseError(f"--out {out}: give a .png file (a JSON of what was done goes beside it)")
     if p.exists() and p.is_dir():
         raise UseError(f"--out {out}: is a folder; give a .png file")
-    _writable_folder(p.parent, out)
+    writable_folder(p.parent, out)
     return p
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.artifacts import write_json
 from pipeline.registry import Command
-from stages.commands import UseError, check_use_args, load_sampler
+from stages.commands import UseError, check_use_args, load_sampler, writable_folder
 
 
 def _arguments(p) -> None:
@@ -36,14 +36,18 @@ def _arguments(p) -> None:
                         "variant's own, or the source's (the reference Colab drives both generators with the "
                         "source's w); neither is exactly how the variant is sampled here")
     p.add_argument("--out", required=True, help="the file to write (a JSON of what was done goes beside it)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
 
 
-def _out(path: str) -> Path:
+def _out(path: str, overwrite: bool = False) -> Path:
     p = Path(path)
     if p.exists() and p.is_dir():
         raise UseError(f"--out {path}: is a folder; give a file name")
     if p.name.startswith(".") or not p.name:
         raise UseError(f"--out {path}: give a plain file name")
+    if (p.exists() or p.is_symlink()) and not overwrite:
+        raise UseError(f"--out {path}: exists; give another name, or --overwrite to replace it")
+    writable_folder(p.parent, path)  # made and writable now, not a traceback after the export's work
     return p
 
 
@@ -53,12 +57,22 @@ def _from_checkpoint(args):
     from cartoon_stylegan.sampling import PREFIX_META_KEY, Sampler
 
     f = Path(args.checkpoint).expanduser()
-    if not f.is_file():
+    if not f.exists():
         raise UseError(f"--checkpoint {args.checkpoint}: no such file")
+    if f.is_dir():
+        raise UseError(f"--checkpoint {args.checkpoint}: is a folder; give a checkpoint file")
+    if not f.is_file():
+        raise UseError(f"--checkpoint {args.checkpoint}: not a regular file (a named pipe, socket or device); "
+                       "give a checkpoint file")
     if args.checkpoint_format is None:
-        fmt, nets = importers.sniff(f)
+        reasons: dict = {}
+        fmt, nets = importers.sniff(f, reasons=reasons)
         if fmt is None:
-            raise UseError(f"--checkpoint {f}: not readable as any of {', '.join(importers.names())}")
+            refused = next((r for r in reasons.values() if "would import or run" in r or "nested more" in r), None)
+            if refused:  # the file itself is the problem, whatever its format: say what
+                raise UseError(f"--checkpoint {f}: {refused.split(': ', 1)[-1]}")
+            raise UseError(f"--checkpoint {f}: not readable as any of {', '.join(importers.names())} "
+                           f"({'; '.join(f'{k}: {v[:120]}' for k, v in reasons.items())})")
     else:
         fmt = args.checkpoint_format
         try:
@@ -163,7 +177,7 @@ def run(reg, cfg, args) -> int:
         if args.format == "rosinality" and (args.truncation != 1.0 or args.input != "z"):
             raise UseError("--truncation / --input shape a traced network; a rosinality checkpoint holds weights "
                            "(his scripts take --truncation themselves)")
-        out = _out(args.out)
+        out = _out(args.out, args.overwrite)
         sampler, nets, what = _from_checkpoint(args) if args.checkpoint else _from_variant(reg, cfg, args)
         record = _rosinality(sampler, nets, args, out) if args.format == "rosinality" else _traced(sampler, args, out)
     except (UseError, ExportError) as e:

@@ -202,3 +202,43 @@ def test_load_transfer_points_rosinality_files_to_import_rosinality(tmp_path):
     torch.save({"g_ema": g_ema.state_dict()}, tmp_path / "his_noargs.pt")
     with pytest.raises(ValueError, match="import_rosinality"):
         load_transfer(tmp_path / "his_noargs.pt")
+
+
+# ------------------------------------------------------------------------------ hostile files
+def test_a_pickled_global_is_refused_naming_it(tmp_path):
+    """torch's refusal is a paragraph whose point comes last; ours is one line naming what would have run."""
+    import pickle as pk
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo never",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"g_ema": {}, "x": Evil()}, path)
+    with pytest.raises(pk.UnpicklingError) as e:
+        ckpt.import_rosinality(path)
+    msg = str(e.value)
+    assert "would import or run posix.system" in msg and "\n" not in msg and str(path) in msg
+
+
+def test_a_torch_zip_whose_pickle_would_crash_the_unpickler_is_refused(tmp_path):
+    """A dict key of 100,000 nested tuples inside a torch zip's data.pkl: torch.load would die of SIGSEGV
+    (CPython hashes tuples recursively in C); the walk before it refuses it in one line. In a subprocess,
+    so that a crash fails this test instead of killing the test run."""
+    import pickle as pk
+    import subprocess
+    import sys
+    import zipfile
+
+    bomb = pk.PROTO + b"\x04" + pk.EMPTY_DICT + pk.EMPTY_TUPLE + pk.TUPLE1 * 100_000 + pk.NONE + pk.SETITEM + pk.STOP
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", bomb)
+        z.writestr("archive/version", "3\n")
+    code = ("import sys, pickle\nfrom cartoon_stylegan.checkpoint import import_rosinality, load_transfer\n"
+            "for f in (import_rosinality, load_transfer):\n"
+            "    try:\n        f(sys.argv[1])\n    except pickle.UnpicklingError as e:\n        print('refused:', e)\n")
+    p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("refused:")]
+    assert len(lines) == 2 and all("archive/data.pkl: objects nested more than 1000 deep" in ln for ln in lines), p.stdout

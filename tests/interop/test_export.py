@@ -1,6 +1,7 @@
 """Export: rosinality's layout (his naming rules, written out below from his model.py), the lossless round
 trip through import_rosinality, one-network TorchScript/ONNX of a sampler, and the `export` command."""
 import json
+import os
 
 import pytest
 import torch
@@ -156,6 +157,39 @@ def test_export_command(tiny_experiment, tmp_path, capsys, monkeypatch):
     assert main(["export", "--checkpoint", str(tmp_path / "nope.pkl"), "--format", "onnx", "--out",
                  str(out / "n.onnx"), *args]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_export_refuses_careless_and_hostile_arguments_in_one_line(tiny_experiment, tmp_path, capsys):
+    """An existing --out is not replaced without --overwrite; --out where nothing can be written, a folder or
+    a FIFO as --checkpoint, and a checkpoint that would run code: one line each, naming what is wrong."""
+    args, _, _ = tiny_experiment
+    net_file = next(p for p in (tmp_path / "runs").rglob("network-final.pt") if "pretrain" in str(p))
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes")
+    base = ["export", "--checkpoint", str(net_file), "--format", "torchscript"]
+    assert main([*base, "--out", str(mine), *args]) == 2
+    assert "exists; give another name, or --overwrite" in capsys.readouterr().err and mine.read_text() == "my notes"
+    assert main([*base, "--out", str(mine), "--overwrite", *args]) == 0, capsys.readouterr().err
+    assert main([*base, "--out", "/proc/nowhere/g.ts", *args]) == 2
+    assert "cannot make the folder /proc/nowhere" in capsys.readouterr().err
+    fifo = tmp_path / "pipe.pt"
+    os.mkfifo(fifo)
+    for src, why in ((tmp_path, "is a folder"), (fifo, "not a regular file")):
+        assert main(["export", "--checkpoint", str(src), "--format", "torchscript", "--out", str(tmp_path / "x.ts"),
+                     *args]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, err
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo never",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"g_ema": {}, "x": Evil()}, evil)
+    assert main(["export", "--checkpoint", str(evil), "--format", "torchscript", "--out", str(tmp_path / "e.ts"),
+                 *args]) == 2
+    err = capsys.readouterr().err
+    assert "would import or run posix.system" in err and err.count("\n") == 1, err
 
 
 def test_export_source_from_an_nvlabs_init(tiny_experiment, tmp_path, capsys, monkeypatch):
