@@ -26,7 +26,7 @@ import os
 import stat
 import warnings
 
-__all__ = ["MAX_PIXELS", "PhotoError", "read_photo", "to_rgb", "box_problem"]
+__all__ = ["MAX_PIXELS", "PhotoError", "read_photo", "to_rgb", "box_problem", "CROPS", "photo_squares"]
 
 MAX_PIXELS = 40_000_000  # a 40-megapixel photo decodes to 120 MB of RGB: more is not a face photo
 
@@ -37,21 +37,21 @@ class PhotoError(ValueError):
 
 def to_rgb(image):
     """A PIL image of any mode -> RGB, by the training data's rule (16-bit scaled, alpha over white)."""
-    from cartoon_stylegan.data.sources import SkipImage, _to_rgb
+    from cartoon_stylegan.data.sources import SkipImage, to_rgb_noted
 
     try:
-        return _to_rgb(image)[0]
+        return to_rgb_noted(image)[0]
     except SkipImage as e:
         raise ValueError(e.reason) from None
 
 
 def _regular_file(path, name: str):
     """``path`` opened for reading in binary, after making sure it is a regular file."""
-    from cartoon_stylegan.data.sources import _not_regular
+    from cartoon_stylegan.data.sources import not_regular
 
     if not os.path.lexists(path):
         raise PhotoError(f"{name}: no such file")
-    reason = _not_regular(path)  # stat only: nothing is opened
+    reason = not_regular(path)  # stat only: nothing is opened
     if reason:
         raise PhotoError(f"{name}: {reason}: give an image file")
     try:
@@ -106,3 +106,42 @@ def box_problem(box, size) -> str | None:
         return None
     return (f"{x},{y},{w},{h} is not inside the {W}x{H} image: expected x >= 0, y >= 0, w and h > 0, "
             f"x + w <= {W} and y + h <= {H}")
+
+
+CROPS = ("face", "center")
+"""How a photo becomes the generator's square: ``face`` -- every face found, aligned as FFHQ's were
+(cartoon_stylegan.faces); ``center`` -- the largest centred square. A box given by hand wins over both."""
+
+
+def photo_squares(image, size: int, *, crop: str = "face", box=None, name: str = "photo") -> list[tuple]:
+    """The squares of a photo the generator can be fitted to: [(RGB uint8 (size, size, 3), how), ...].
+
+    ``how`` (JSON-able) says where the square came from: ``{"box": [x, y, w, h]}`` for a hand-given box,
+    ``{"center": True}``, or a face's record (detector box, score, FFHQ quad and its bounding box).
+    ``crop="face"``: one square per face, the most confident first; none found is a PhotoError saying
+    what to do instead. The one recipe of ``cartoonize`` and the ``serve`` page.
+    """
+    import numpy as np
+
+    from cartoon_stylegan.project import center_crop_square
+
+    if box is not None or crop == "center":
+        try:
+            sq = center_crop_square(image, size, box)
+        except ValueError as e:  # the box is not inside this photo
+            raise PhotoError(f"--box: {name}: {e}") from None
+        return [(np.asarray(sq, dtype=np.uint8), {"box": list(box)} if box is not None else {"center": True})]
+    if crop != "face":
+        raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
+    from cartoon_stylegan.faces import FaceAlignError, align_face, detect_faces
+
+    rgb = np.asarray(to_rgb(image), dtype=np.uint8)
+    try:
+        found = detect_faces(rgb)
+    except FaceAlignError as e:
+        raise PhotoError(f"{name}: {e}") from None
+    if not found:
+        raise PhotoError(f"{name}: no face found; give its box by hand (--box x,y,w,h) or use the centre "
+                         "square (--crop center)")
+    return [(align_face(rgb, f, size), f.record()) for f in found]
+

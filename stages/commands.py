@@ -346,9 +346,12 @@ def _cartoonize_arguments(p) -> None:
     p.add_argument("--swap-res", type=int, default=None, help="draw with the source's layers up to this resolution")
     p.add_argument("--steps", type=int, default=200, help="projection steps: more is closer to the photo (default %(default)s)")
     p.add_argument("--lr", type=float, default=0.1, help="projection learning rate, > 0 (default %(default)s)")
-    p.add_argument("--box", default=None, help="crop box x,y,w,h inside the photo, as shown (EXIF orientation applied; default: the largest "
-                        "centred square)")
-    p.add_argument("--out", required=True, help="folder: per photo the crop, reconstruction, cartoon and a strip")
+    p.add_argument("--crop", choices=("face", "center"), default="face",
+                   help="face (default): every face found, aligned as FFHQ's faces were (needs the faces extra); "
+                        "center: the largest centred square")
+    p.add_argument("--box", default=None, help="crop box x,y,w,h inside the photo, as shown (EXIF orientation applied); "
+                        "wins over --crop")
+    p.add_argument("--out", required=True, help="folder: per face the crop, reconstruction, cartoon and a strip")
 
 
 def run_cartoonize(reg, cfg, args) -> int:
@@ -359,8 +362,8 @@ def run_cartoonize(reg, cfg, args) -> int:
     from tqdm.auto import tqdm
 
     from cartoon_stylegan.imageutil import save_png, tile_images, to_uint8
-    from cartoon_stylegan.photo import PhotoError, read_photo
-    from cartoon_stylegan.project import center_crop_square, project
+    from cartoon_stylegan.photo import PhotoError, photo_squares, read_photo
+    from cartoon_stylegan.project import project
     from pipeline.artifacts import StagePaths
     from stages.models import device, load_weights, source_path
 
@@ -380,16 +383,15 @@ def run_cartoonize(reg, cfg, args) -> int:
             except (ValueError, AssertionError):
                 raise UseError(f"--box {args.box!r}: expected x,y,w,h (pixels, w and h > 0)") from None
         res = cfg.data.resolution
-        crops = []
+        crops, sources = [], []  # one square per face (or per photo with --box / --crop center)
         for ph in photos:
             try:
-                im = read_photo(ph)
+                squares = photo_squares(read_photo(ph), res, crop=args.crop, box=box, name=ph)
             except PhotoError as e:
                 raise UseError(str(e)) from None
-            try:
-                crops.append(center_crop_square(im, res, box))
-            except ValueError as e:  # the box is not inside this photo
-                raise UseError(f"--box: {ph}: {e}") from None
+            for k, (sq, how) in enumerate(squares):
+                crops.append(sq)
+                sources.append((ph, k if len(squares) > 1 else None, how))
         out = _check_out(args.out)
         dev = device()
         if args.variant == "source":
@@ -408,7 +410,7 @@ def run_cartoonize(reg, cfg, args) -> int:
     G_src = nets["g_ema"].eval().requires_grad_(False).to(dev)
     D_src = nets["d"].eval().requires_grad_(False).to(dev)
     x = torch.from_numpy(np.stack([np.asarray(c) for c in crops])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    bar = tqdm(total=args.steps, unit="step", desc=f"projecting {len(photos)} photo(s)")
+    bar = tqdm(total=args.steps, unit="step", desc=f"projecting {len(crops)} face(s) of {len(photos)} photo(s)")
 
     def progress(step, rec):
         bar.update(1)
@@ -421,8 +423,8 @@ def run_cartoonize(reg, cfg, args) -> int:
         cartoon = to_uint8(target.G(wplus, input_is="wplus", noise_mode="const").float()).cpu()
     crop_u8 = to_uint8(x)
     results = []
-    for i, ph in enumerate(photos):
-        stem = f"{i:02d}-{Path(ph).stem[:40]}"
+    for i, (ph, face, how) in enumerate(sources):
+        stem = f"{i:02d}-{Path(ph).stem[:40]}" + (f"-face{face + 1}" if face is not None else "")
         files = {}
         for kind, img in (("crop", crop_u8[i]), ("reconstruction", recon[i]), ("cartoon", cartoon[i])):
             files[kind] = save_png(img.permute(1, 2, 0).numpy(), out / f"{stem}-{kind}.png").name
@@ -430,15 +432,15 @@ def run_cartoonize(reg, cfg, args) -> int:
                                   out / f"{stem}-strip.png").name
         err = float(((recon[i].float() - crop_u8[i].float()) / 127.5).pow(2).mean())
         psnr = 10 * math.log10(4.0 / max(err, 1e-12))  # images in [-1, 1]: peak-to-peak 2
-        results.append({"photo": str(ph), "files": files, "reconstruction_mse": round(err, 6),
-                        "reconstruction_psnr_db": round(psnr, 2)})
+        results.append({"photo": str(ph), "face": face, "crop": how, "files": files,
+                        "reconstruction_mse": round(err, 6), "reconstruction_psnr_db": round(psnr, 2)})
     record = {"command": "cartoonize", "experiment": cfg.experiment, "variant": args.variant,
               "swap_res": args.swap_res, "network": str(network), "source": str(src_file), "steps": args.steps,
-              "lr": args.lr, "box": box, "perceptual": "source discriminator features + pixel MSE",
+              "lr": args.lr, "box": box, "crop_mode": "box" if box else args.crop, "perceptual": "source discriminator features + pixel MSE",
               "photos": results, "history": history[::max(1, args.steps // 100)] + history[-1:]}
     write_json(out / "cartoonize.json", record)
     first, last = history[0]["pixel_mse"], history[-1]["pixel_mse"]
-    print(f"{len(photos)} photo(s) -> {out}: pixel MSE {first:.4f} -> {last:.4f} over {args.steps} steps")
+    print(f"{len(crops)} face(s) of {len(photos)} photo(s) -> {out}: pixel MSE {first:.4f} -> {last:.4f} over {args.steps} steps")
     return 0
 
 

@@ -60,6 +60,7 @@ section.on{display:block}img{image-rendering:pixelated;width:192px;border:1px so
 <p><label>Variant</label><select name="variant" id="variant">%(variants)s</select></p>
 <p><label>Swap at (px)</label><select name="swap_res" id="swap_res"><option value="">no swap</option>%(swaps)s</select></p>
 <p><label>Steps</label><input name="steps" id="steps" type="number" value="%(steps)d" min="%(steps_lo)d" max="%(steps_hi)d"></p>
+<p><label>Crop</label><select name="crop" id="crop"><option value="face">the face, aligned</option><option value="center">the centre square</option></select></p>
 <p><button type="submit" id="go">Cartoonize</button> <button type="button" id="cancel" hidden>Cancel</button></p></form>
 <p id="progress"></p><p id="error"></p><div id="result"></div></section>
 <section id="generate"><p><label>Variant</label><select id="gvariant">%(variants)s</select>
@@ -119,8 +120,8 @@ def create_app(cfg, *, steps: int = 200, components: int = 3, max_jobs: int = MA
 
     from cartoon_stylegan.edit import sefa_directions
     from cartoon_stylegan.imageutil import to_uint8
-    from cartoon_stylegan.photo import PhotoError, read_photo
-    from cartoon_stylegan.project import ProjectionCancelled, center_crop_square, project
+    from cartoon_stylegan.photo import CROPS, PhotoError, photo_squares, read_photo
+    from cartoon_stylegan.project import ProjectionCancelled, project
     from cartoon_stylegan.sampling import seed_latents
     from pipeline.artifacts import StagePaths
     from stages.commands import UseError, _trained, load_sampler
@@ -232,6 +233,9 @@ def create_app(cfg, *, steps: int = 200, components: int = 3, max_jobs: int = MA
             n_steps = number_field(request.form, "steps", steps)
         except FieldError as e:
             return bad(str(e))
+        crop_mode = request.form.get("crop") or "face"
+        if crop_mode not in CROPS:
+            return bad(f"crop={crop_mode[:20]!r}: expected one of {', '.join(CROPS)}")
         if D_src is None:
             return bad("the source checkpoint holds no discriminator, which the projection needs")
         with jobs_lock:
@@ -240,11 +244,14 @@ def create_app(cfg, *, steps: int = 200, components: int = 3, max_jobs: int = MA
             return bad(f"another photo is being cartoonized (step {busy['step']} of {busy['steps']}): wait for it "
                        "or cancel it", 409)
         try:
-            crop = center_crop_square(read_photo(f.read(), name=f.filename[:100]), res)
+            squares = photo_squares(read_photo(f.read(), name=f.filename[:100]), res, crop=crop_mode,
+                                    name=f.filename[:100])
+            crop, how = squares[0]  # the most confident face (the CLI cartoonizes each)
             target = sampler_of(variant, swap)
         except (PhotoError, UseError) as e:
             return bad(str(e).splitlines()[0])
-        job = {"step": 0, "steps": n_steps, "done": False, "_cancel": threading.Event()}
+        job = {"step": 0, "steps": n_steps, "done": False, "_cancel": threading.Event(), "crop": how,
+               "faces": len(squares)}
         jid = add_job(job)
         if jid is None:
             return bad("another photo is being cartoonized: wait for it or cancel it", 409)

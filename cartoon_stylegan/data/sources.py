@@ -30,7 +30,7 @@ import numpy as np
 from .synthetic import check_resolution, get_domain
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "CROPS", "SkipImage", "iter_source", "check_spec", "prepare", "load_prepared",
+    "IMAGE_EXTENSIONS", "CROPS", "SkipImage", "to_rgb_noted", "not_regular", "iter_source", "check_spec", "prepare", "load_prepared",
     "encode", "FileLoader", "ZipMemberLoader", "SyntheticLoader", "Rejected",
 ]
 
@@ -72,7 +72,7 @@ def _open_image(data_or_path, resolution: Optional[int], what: str):
     return im
 
 
-def _not_regular(path) -> Optional[str]:
+def not_regular(path) -> Optional[str]:
     """Why ``path`` must not be opened (a FIFO would block forever, a device never ends), or None."""
     try:
         st = os.stat(path)  # follows symlinks: a link to a FIFO is a FIFO
@@ -93,7 +93,7 @@ class FileLoader:
     path: str
 
     def __call__(self, resolution: Optional[int] = None):
-        reason = _not_regular(self.path)  # checked again here: it may have changed since the listing
+        reason = not_regular(self.path)  # checked again here: it may have changed since the listing
         if reason:
             raise SkipImage(reason)
         return _open_image(self.path, resolution, "image")
@@ -212,7 +212,7 @@ def _folder_items(root: Path):
         dirnames[:] = keep
         for fn in filenames:
             rel = Path(dirpath, fn).relative_to(root).as_posix()
-            entries.append((rel, _not_regular(os.path.join(dirpath, fn))))
+            entries.append((rel, not_regular(os.path.join(dirpath, fn))))
     for rel, reason in sorted(entries):
         path = str(root / rel)
         if reason is None and not _has_image_ext(rel):
@@ -271,7 +271,7 @@ def iter_source(spec, count: Optional[int] = None, seed: int = 0) -> Iterator[tu
 
 # --------------------------------------------------------------------------- preparation
 
-def _to_rgb(im):
+def to_rgb_noted(im):
     """PIL image of any mode -> (RGB image, conversion note or None)."""
     from PIL import Image
 
@@ -326,7 +326,7 @@ def prepare(image, resolution: int, min_size: int = 0, crop: str = "center") -> 
     w, h = image.info.get("original_size", image.size)
     if min(w, h) < min_size:
         raise SkipImage(f"too small: {w}x{h} < min_size {min_size}")
-    image, note = _to_rgb(image)
+    image, note = to_rgb_noted(image)
     if crop == "face":
         return _face_square(image, resolution, note)
     w, h = image.size

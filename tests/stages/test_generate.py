@@ -165,7 +165,8 @@ def test_cartoonize_projects_a_photo_and_draws_it_with_the_variant(experiment, t
     canvas.paste(big, (16, 0))
     canvas.save(photo, quality=95)
     out = tmp_path / "toon"
-    assert main(["cartoonize", str(photo), "--variant", "freezesg", "--steps", "80", "--out", str(out), *args]) == 0, \
+    assert main(["cartoonize", str(photo), "--variant", "freezesg", "--crop", "center", "--steps", "80", "--out",
+                 str(out), *args]) == 0, \
         capsys.readouterr().err
     rec = json.loads((out / "cartoonize.json").read_text())
     (res,) = rec["photos"]
@@ -203,8 +204,8 @@ def test_cartoonize_errors_are_one_line(experiment, tmp_path, capsys, photo, ext
     args, _, _ = experiment
     (tmp_path / "text.png").write_text("not a png")
     Image.new("RGB", (20, 20)).save(tmp_path / "ok.png")
-    assert main(["cartoonize", str(tmp_path / photo), *extra, "--steps", "2", "--out", str(tmp_path / "o"),
-                 *args]) == 2
+    assert main(["cartoonize", str(tmp_path / photo), *extra, "--crop", "center", "--steps", "2", "--out",
+                 str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     for w in words:
@@ -305,7 +306,7 @@ def test_cartoonize_hostile_photos_and_options_are_one_line(experiment, tmp_path
     (tmp_path / "bomb.png").write_bytes(png_claiming(20000, 20000))
     (tmp_path / "big.png").write_bytes(png_claiming(8000, 8000))
     Image.new("RGB", (96, 64)).save(tmp_path / "ok.png")
-    assert main(["cartoonize", str(tmp_path / photo), "--variant", "freezesg", *extra, "--steps", "2",
+    assert main(["cartoonize", str(tmp_path / photo), "--variant", "freezesg", "--crop", "center", *extra, "--steps", "2",
                  "--out", str(tmp_path / "o"), *args]) == 2
     err = _one_error_line(capsys)
     for w in words:
@@ -323,7 +324,8 @@ def test_cartoonize_crops_16_bit_rotated_and_transparent_photos_as_shown(experim
     for name, data in photos.items():
         (tmp_path / name).write_bytes(data)
     out = tmp_path / "toon"
-    assert main(["cartoonize", *(str(tmp_path / n) for n in photos), "--variant", "freezesg", "--steps", "1",
+    assert main(["cartoonize", *(str(tmp_path / n) for n in photos), "--variant", "freezesg", "--crop", "center",
+                 "--steps", "1",
                  "--out", str(out), *args]) == 0, capsys.readouterr().err
     record = json.loads((out / "cartoonize.json").read_text())
     crops = [_img(out / p["files"]["crop"]).astype(int) for p in record["photos"]]
@@ -339,7 +341,7 @@ def test_cartoonize_crops_16_bit_rotated_and_transparent_photos_as_shown(experim
     ["generate", "--seeds", "0"],
     ["sefa", "--seeds", "0"],
     ["mix", "--seeds", "0", "--cols", "1"],
-    ["cartoonize", "PHOTO", "--variant", "freezesg", "--steps", "1"],
+    ["cartoonize", "PHOTO", "--variant", "freezesg", "--crop", "center", "--steps", "1"],
 ])
 def test_out_in_an_unwritable_place_is_one_line(experiment, tmp_path, capsys, command):
     args, _, _ = experiment
@@ -417,3 +419,30 @@ def test_serve_on_a_network_address_warns_that_the_page_has_no_login(experiment,
             assert w in warning[0], warning[0]
     else:
         assert warning == [], captured.err
+
+
+def test_cartoonize_finds_and_aligns_the_face_of_a_real_photo(experiment, tmp_path, capsys):
+    """No --box: scikit-image's astronaut (a woman in a space suit, face upper middle) is cartoonized from
+    her FFHQ-aligned face, and the record says where the square lies: on the face. A photo without a face
+    is one line saying what to do instead."""
+    skdata = pytest.importorskip("skimage.data")
+    pytest.importorskip("dlib")
+    args, _, _ = experiment
+    Image.fromarray(skdata.astronaut()).save(tmp_path / "astronaut.png")
+    out = tmp_path / "toon"
+    assert main(["cartoonize", str(tmp_path / "astronaut.png"), "--variant", "freezesg", "--steps", "2",
+                 "--out", str(out), *args]) == 0, capsys.readouterr().err
+    rec = json.loads((out / "cartoonize.json").read_text())
+    (res,) = rec["photos"]
+    assert rec["crop_mode"] == "face" and res["face"] is None  # one face: no -faceK suffix
+    x0, y0, x1, y1 = res["crop"]["quad_bbox"]
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    assert 175 < cx < 266 and 76 < cy < 167, res["crop"]  # the centre of the square is on her face
+    assert 100 < x1 - x0 < 300  # a head-sized square, not the whole 512 px photo
+    assert _img(out / res["files"]["crop"]).shape == (16, 16, 3)
+    capsys.readouterr()
+    Image.fromarray(skdata.coffee()).save(tmp_path / "coffee.png")
+    assert main(["cartoonize", str(tmp_path / "coffee.png"), "--variant", "freezesg", "--steps", "2",
+                 "--out", str(tmp_path / "o2"), *args]) == 2
+    err = _one_error_line(capsys)
+    assert "coffee.png: no face found; give its box by hand (--box x,y,w,h) or use the centre square" in err

@@ -32,7 +32,7 @@ def _photo() -> bytes:
 
 
 def _upload(client, photo: bytes | None = None, name: str = "me.png", **form):
-    data = {"photo": (io.BytesIO(photo or _photo()), name), "variant": "freezesg", **form}
+    data = {"photo": (io.BytesIO(photo or _photo()), name), "variant": "freezesg", "crop": "center", **form}
     return client.post("/api/cartoonize", data=data)
 
 
