@@ -34,10 +34,11 @@ def main() -> int:
     from PIL import Image
 
     from cartoon_stylegan.imageutil import to_uint8
-    from cartoon_stylegan.project import center_crop_square, project
+    from cartoon_stylegan.photo import center_crop_square
+    from cartoon_stylegan.project import project
     from pipeline.artifacts import StagePaths
     from stages import load_config
-    from stages.commands import load_sampler
+    from stages.use.trained import load_sampler
     from stages.models import device, load_weights, source_path
 
     cfg = load_config(args.config, args.overrides)

@@ -26,7 +26,8 @@ import os
 import stat
 import warnings
 
-__all__ = ["MAX_PIXELS", "PhotoError", "read_photo", "to_rgb", "box_problem", "CROPS", "photo_squares"]
+__all__ = ["MAX_PIXELS", "PhotoError", "read_photo", "to_rgb", "box_problem", "center_crop_square", "CROPS",
+           "photo_squares"]
 
 MAX_PIXELS = 40_000_000  # a 40-megapixel photo decodes to 120 MB of RGB: more is not a face photo
 
@@ -108,6 +109,27 @@ def box_problem(box, size) -> str | None:
             f"x + w <= {W} and y + h <= {H}")
 
 
+def center_crop_square(image, size: int, box: tuple[int, int, int, int] | None = None):
+    """A PIL image -> (size, size) RGB: the box (x, y, w, h) if given, else the largest centred square.
+
+    The image is converted to RGB as :func:`cartoon_stylegan.photo.to_rgb` does (16-bit scaled, alpha over
+    white); a box that is not inside the image raises ValueError (a crop outside it would be black, and
+    a huge one would allocate the whole box)."""
+    from PIL import Image
+
+    img = to_rgb(image)
+    if box is not None:
+        problem = box_problem(box, img.size)
+        if problem:
+            raise ValueError(problem)
+        x, y, w, h = box
+        img = img.crop((x, y, x + w, y + h))
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.LANCZOS)
+
+
 CROPS = ("face", "center")
 """How a photo becomes the generator's square: ``face`` -- every face found, aligned as FFHQ's were
 (cartoon_stylegan.faces); ``center`` -- the largest centred square. A box given by hand wins over both."""
@@ -122,8 +144,6 @@ def photo_squares(image, size: int, *, crop: str = "face", box=None, name: str =
     what to do instead. The one recipe of ``cartoonize`` and the ``serve`` page.
     """
     import numpy as np
-
-    from cartoon_stylegan.project import center_crop_square
 
     if box is not None or crop == "center":
         try:

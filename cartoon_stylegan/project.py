@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from cartoon_stylegan.sampling import truncation_center
 
-__all__ = ["d_features", "project", "ProjectionCancelled", "center_crop_square"]
+__all__ = ["d_features", "project", "ProjectionCancelled"]
 
 
 class ProjectionCancelled(Exception):
@@ -77,25 +77,3 @@ def project(G, D, target: torch.Tensor, *, steps: int = 200, lr: float = 0.1, pi
             progress(step, rec)
     return wplus.detach(), history
 
-
-def center_crop_square(image, size: int, box: tuple[int, int, int, int] | None = None):
-    """A PIL image -> (size, size) RGB: the box (x, y, w, h) if given, else the largest centred square.
-
-    The image is converted to RGB as :func:`cartoon_stylegan.photo.to_rgb` does (16-bit scaled, alpha over
-    white); a box that is not inside the image raises ValueError (a crop outside it would be black, and
-    a huge one would allocate the whole box)."""
-    from PIL import Image
-
-    from cartoon_stylegan.photo import box_problem, to_rgb
-
-    img = to_rgb(image)
-    if box is not None:
-        problem = box_problem(box, img.size)
-        if problem:
-            raise ValueError(problem)
-        x, y, w, h = box
-        img = img.crop((x, y, x + w, y + h))
-    w, h = img.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.LANCZOS)

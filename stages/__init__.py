@@ -10,20 +10,21 @@ from __future__ import annotations
 from cartoon_stylegan import __version__
 from pipeline.config import DEFAULT_CONFIG
 from pipeline.registry import Registry, Section
-from stages import buildops, commands, compare, export, finetune, pretrain, shard, swap
+from stages import compare, finetune, pretrain, shard, swap, use
 from stages import eval as eval_stage
 from stages.common import DataConfig, ModelConfig
 from stages.models import architecture_from_init
 
 REGISTRY = Registry(
     stages=[shard.STAGE, pretrain.STAGE, finetune.STAGE, swap.STAGE, eval_stage.STAGE],
-    shared=[Section("data", DataConfig, "datasets"), Section("model", ModelConfig, "architecture")],
+    shared=[Section("data", DataConfig, "datasets"), Section("model", ModelConfig, "architecture"),
+            Section("compare", compare.CompareConfig, "pipeline compare: the paired tests (read by no stage)")],
     renamed={"train": "pretrain"},  # configs in the wild use `train:`; accepted with a note for one release
     compare=compare.main,
-    commands=[*commands.COMMANDS, export.COMMAND, buildops.COMMAND],  # generate, ..., export (python -m pipeline generate --help)
+    commands=use.COMMANDS,  # generate, sefa, mix, cartoonize, serve, export, build-ops (stages/use/)
     default_config=DEFAULT_CONFIG,
-    resolve=architecture_from_init,
-    version=__version__,  # cartoon_stylegan's: part of every stage's fingerprint  # a source generator file fixes data.resolution and model.*
+    resolve=architecture_from_init,  # a source generator file fixes data.resolution and model.*
+    version=__version__,  # cartoon_stylegan's: part of every stage's fingerprint
 )
 
 

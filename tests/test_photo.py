@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from photo_files import BLUE, RED, encoded, png16, png_claiming, rotated_jpeg, stripes, transparent_png
 
-from cartoon_stylegan.photo import MAX_PIXELS, PhotoError, box_problem, read_photo
-from cartoon_stylegan.project import ProjectionCancelled, center_crop_square, project
+from cartoon_stylegan.photo import MAX_PIXELS, PhotoError, box_problem, center_crop_square, read_photo
+from cartoon_stylegan.project import ProjectionCancelled, project
 
 
 def _one_line(e) -> str:

@@ -73,13 +73,16 @@ def test_upload_a_photo_and_see_the_cartoon(server, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, _ = server
-    photo = _photo(tmp_path / "face.png")
+    skdata = pytest.importorskip("skimage.data")
+    pytest.importorskip("dlib")
+    from PIL import Image
+
+    photo = tmp_path / "astronaut.jpg"  # a real photo: the page finds and aligns her face (the default crop)
+    Image.fromarray(skdata.astronaut()).save(photo, quality=92)
     text = tmp_path / "notes.png"
     text.write_text("this is not an image")
     buf = io.BytesIO()
-    from PIL import Image
-
-    Image.open(photo).save(buf, format="JPEG")
+    Image.open(_photo(tmp_path / "face.png")).save(buf, format="JPEG")
     (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     drv = _driver()
     try:

@@ -215,7 +215,7 @@ def test_cartoonize_errors_are_one_line(experiment, tmp_path, capsys, photo, ext
 def test_serve_refuses_huge_and_truncated_uploads_with_a_message(experiment, tmp_path):
     """The page's upload checks, through Flask's test client (the real browser test is in tests/e2e)."""
     from stages import load_config
-    from stages.webapp import create_app
+    from stages.use.webapp import create_app
 
     args, _, _ = experiment
     client = create_app(load_config(None, args), steps=3).test_client()
@@ -266,7 +266,7 @@ def test_sefa_top_direction_moves_images_more_than_a_random_one_and_mixing_with_
 # ----------------------------------------------------------------------------- hostile inputs (issue 29)
 
 def test_parse_seeds_counts_before_building_and_names_its_option():
-    from stages.commands import UseError, parse_seeds
+    from stages.use.trained import UseError, parse_seeds
 
     assert parse_seeds("3,1-2") == [3, 1, 2]
     with pytest.raises(UseError, match=r"^--seeds: '0-99999999999' is 100000000000 seeds: at most 4096$"):

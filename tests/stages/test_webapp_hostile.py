@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 from photo_files import encoded, png16, rotated_jpeg
 
-from stages import load_config, webapp
+from stages import load_config
+from stages.use import webapp
 
 
 @pytest.fixture
@@ -143,7 +144,7 @@ def test_uploads_are_read_like_the_cli_reads_photos(client):
 def test_two_hundred_requests_leave_the_caches_bounded_and_the_page_answering(cfg, monkeypatch):
     """Distinct truncations, seeds, directions and swaps (each used to load and keep another generator), and
     more projection jobs than the table keeps. Asserted on what the server holds, not on timing."""
-    import stages.commands as commands
+    import stages.use.trained as commands
 
     alive = weakref.WeakSet()  # every sampler the page loaded and still holds
     load = commands.load_sampler

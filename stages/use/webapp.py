@@ -124,7 +124,7 @@ def create_app(cfg, *, steps: int = 200, components: int = 3, max_jobs: int = MA
     from cartoon_stylegan.project import ProjectionCancelled, project
     from cartoon_stylegan.sampling import seed_latents
     from pipeline.artifacts import StagePaths
-    from stages.commands import UseError, _trained, load_sampler
+    from stages.use.trained import UseError, load_sampler, trained_networks
     from stages.models import device, load_weights, source_path
 
     if not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]:
@@ -133,7 +133,7 @@ def create_app(cfg, *, steps: int = 200, components: int = 3, max_jobs: int = MA
         raise ValueError(f"create_app: max_jobs must be >= 1, got {max_jobs}")
     dev = device()
     res = cfg.data.resolution
-    names = list(_trained(cfg))
+    names = list(trained_networks(cfg))
     if "source" not in names:
         raise UseError(f"no source generator in experiment {cfg.experiment!r} under {cfg.run_root}: run "
                        "`python -m pipeline run pretrain` first")

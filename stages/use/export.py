@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.artifacts import write_json
 from pipeline.registry import Command
-from stages.commands import UseError, check_use_args, load_sampler, writable_folder
+from stages.use.trained import UseError, check_use_args, load_sampler, writable_folder
 
 
 def _arguments(p) -> None:
