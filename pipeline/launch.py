@@ -6,6 +6,7 @@ training loop finishes its step, writes a checkpoint, and the stage reports "sto
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -108,6 +109,26 @@ def needs_launcher(cfg, stage) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def one_process_group(cfg, stage):
+    """The rendezvous environment of a one-process group, for a training stage run in this process with a
+    backend that needs a torch.distributed group (DeepSpeed); elsewhere nothing. Variables already set
+    (a launcher's) are kept; the ones set here are removed afterwards. The launcher is the one place that
+    writes RANK / WORLD_SIZE / MASTER_*: the training backends only use the group."""
+    if not (stage.distributed and cfg.launch.backend == "deepspeed"):
+        yield
+        return
+    wanted = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+              "MASTER_PORT": str(cfg.launch.main_process_port or free_port())}
+    added = [k for k in wanted if k not in os.environ]
+    os.environ.update({k: wanted[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def stage_logger(tracker, parent, cfg, name, fp, previous):
     """The stage's MLflow run: new, or the one a stopped/failed attempt with the same fingerprint used."""
     if tracker is None:
@@ -134,10 +155,11 @@ def execute(registry, cfg, name: str, fp: str, previous: dict, *, tracker, paren
             if needs_launcher(cfg, stage):
                 result, world_size = _run_launched(registry, cfg, name, fp, logger, paths)
             else:
-                acc = make_accelerator(cfg) if stage.distributed else None
-                ctx = StageContext(cfg, name, logger, accelerator=acc, stop_flag=lambda: stop.requested,
-                                   fingerprint=fp)
-                result = stage.run(ctx)
+                with one_process_group(cfg, stage):
+                    acc = make_accelerator(cfg) if stage.distributed else None
+                    ctx = StageContext(cfg, name, logger, accelerator=acc, stop_flag=lambda: stop.requested,
+                                       fingerprint=fp)
+                    result = stage.run(ctx)
                 world_size = acc.num_processes if acc is not None else 1
         status = "FINISHED"
         write_json(paths.result_file, {"status": "done", "result": result, "world_size": world_size})

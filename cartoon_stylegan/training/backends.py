@@ -252,24 +252,17 @@ class DeepSpeedBackend:
         return self.engines["G"].module, self.engines["D"].module
 
     def _single_process_group(self) -> None:
-        """DeepSpeed needs a process group; a stage run in this process (one process, no launcher) has none:
-        make a one-process group on a free local port."""
+        """DeepSpeed needs a process group. Under a launcher it exists (or its environment does); a stage
+        run in the runner's own process gets a one-process rendezvous environment from the runner
+        (pipeline.launch.one_process_group): this library only joins it, it never writes it."""
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             return
         if self.acc.num_processes != 1:
             raise RuntimeError("DeepSpeed: several processes but no torch.distributed process group")
-        import socket
-
         import deepspeed
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
-                           ("MASTER_PORT", str(port))):
-            os.environ.setdefault(key, value)
         deepspeed.init_distributed(dist_backend="nccl" if self.acc.device.type == "cuda" else "gloo",
                                    auto_mpi_discovery=False, verbose=False)
 

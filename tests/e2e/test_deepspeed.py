@@ -189,3 +189,18 @@ def test_sigkill_mid_pretraining_then_rerun_continues_from_the_newest_complete_c
     assert res["resumed_from"] == str(snaps[-1]) and res["start_step"] == newest and res["step"] == more
     assert f"resuming from {snaps[-1]}" in out
     assert not list(ckpt_dir.glob(".partial-*"))
+
+
+def test_one_process_in_the_runner_trains_with_zero2(tmp_path):
+    """launch.num_processes=1: the stage runs in the runner's own process, which gives DeepSpeed its
+    one-process group (pipeline.launch.one_process_group: the launcher side owns RANK / WORLD_SIZE /
+    MASTER_*; the backend only joins it)."""
+    root = tmp_path / "runs"
+    args = ["experiment=zero2-one", *[a for a in ARGS if not a.startswith(("experiment=", "launch.num_processes=",
+                                                                               "pretrain.kimg="))],
+            "launch.num_processes=1", f"pretrain.kimg={4 * BATCH / 1000}"]
+    out = cli("run", "pretrain", *args, run_root=root).stdout
+    st = stage_state(root, "zero2-one", "pretrain")
+    assert st["status"] == "done" and st["result"]["step"] == 4, out[-3000:]
+    assert "launching:" not in out  # in the runner's process, no launcher
+    assert (root / "zero2-one" / "pretrain" / "checkpoints" / "network-final.pt").is_file()
