@@ -98,7 +98,7 @@ def check_deepspeed_config(root) -> None:
     file): checked as the config loads, one line naming the key, the file and what is wrong."""
     if root.launch.backend != "deepspeed":
         return
-    from cartoon_stylegan.training.backends import DeepSpeedConfigError, load_deepspeed_config
+    from cartoon_stylegan.training.deepspeed_config import DeepSpeedConfigError, load_deepspeed_config
 
     try:
         load_deepspeed_config(root.launch.deepspeed)

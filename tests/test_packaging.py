@@ -40,7 +40,7 @@ def test_a_non_editable_install_resolves_the_shipped_deepspeed_presets(tmp_path)
                    timeout=300)
     probe = (
         "import json, cartoon_stylegan, pipeline, toolbox\n"
-        "from cartoon_stylegan.training.backends import deepspeed_config_path, SHIPPED_DEEPSPEED\n"
+        "from cartoon_stylegan.training.deepspeed_config import deepspeed_config_path, SHIPPED_DEEPSPEED\n"
         "from stages import load_config\n"
         "import sys\n"
         "cfg = load_config(sys.argv[1], ['launch.backend=deepspeed', 'launch.deepspeed=zero2'])\n"

@@ -45,48 +45,29 @@ The GAN step under DeepSpeed:
   partitioning saves for networks of StyleGAN2's size (30 M parameters at 1024 px).
   ZeRO-1 (optimiser state partitioned) and ZeRO-2 (gradients too) are what a GAN gains from.
 
-Resume under DeepSpeed (:class:`DeepSpeedCheckpoints`): ``resume-<nimg>.ds/`` holding
+Resume under DeepSpeed (``deepspeed_store.DeepSpeedCheckpoints``): ``resume-<nimg>.ds/`` holding
 ``G/`` and ``D/`` (DeepSpeed's own checkpoint of each engine: the weights written by rank 0
 and, under ZeRO, one optimiser partition file per rank) and ``loop.pt`` (our state: step,
 images seen, G_ema, the EMA and ADA state, the path-length mean, RNG). It is written under
 ``.partial-resume-<nimg>.ds/`` and renamed once every rank has finished writing, so a killed
 job never leaves a directory that looks complete.
+
+The DeepSpeed config files and their checks are in ``deepspeed_config.py``; its checkpoint store in
+``deepspeed_store.py``.
 """
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-from importlib import resources
-from pathlib import Path
 
 import torch
 
-from cartoon_stylegan import checkpoint as ckpt
-from cartoon_stylegan.training.state import (
-    CheckpointStore,
-    LocalCheckpoints,
-    SnapshotMismatch,
-    newest_readable,
-    own_resume_files,
-    resume_files_of_kind,
-    resume_path,
-)
-from toolbox import fsync_dir
+from cartoon_stylegan.training.deepspeed_config import DeepSpeedConfigError, check_deepspeed_config, load_deepspeed_config
+from cartoon_stylegan.training.deepspeed_store import DeepSpeedCheckpoints
+from cartoon_stylegan.training.state import CheckpointStore, LocalCheckpoints
 
-__all__ = ["BACKENDS", "DDPBackend", "DeepSpeedBackend", "DeepSpeedCheckpoints", "DeepSpeedConfigError",
-           "check_deepspeed_config", "deepspeed_config_path", "make_backend", "SHIPPED_DEEPSPEED"]
+__all__ = ["BACKENDS", "DDPBackend", "DeepSpeedBackend", "make_backend"]
 
 BACKENDS = ("ddp", "deepspeed")
-# the presets are package data (pyproject: package-data), found through the package so that a wheel or
-# a non-editable install has them too
-SHIPPED_DEEPSPEED = Path(str(resources.files("cartoon_stylegan.training") / "deepspeed_presets"))
-_NETS = ("G", "D")
-
-
-class DeepSpeedConfigError(ValueError):
-    """A DeepSpeed config this loop cannot train with (the message names the file and key)."""
 
 
 # ----------------------------------------------------------------------------- DDP
@@ -123,68 +104,6 @@ class DDPBackend:
 
     def describe(self) -> str:
         return f"ddp ({self.acc.num_processes} process{'es' if self.acc.num_processes > 1 else ''})"
-
-
-# ----------------------------------------------------------------------------- DeepSpeed config
-
-def deepspeed_config_path(name_or_path: str) -> Path:
-    """A shipped config by name (``zero1``, ``zero2`` -> the package's deepspeed_presets/<name>.json) or a JSON file."""
-    if re.fullmatch(r"[A-Za-z0-9_-]+", name_or_path):
-        return SHIPPED_DEEPSPEED / f"{name_or_path}.json"
-    return Path(name_or_path)
-
-
-def check_deepspeed_config(cfg: dict, where: str = "the DeepSpeed config") -> dict:
-    """``cfg`` checked for this loop; returns it. Raises DeepSpeedConfigError naming the key."""
-    if not isinstance(cfg, dict):
-        raise DeepSpeedConfigError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
-    zero = cfg.get("zero_optimization", {})
-    if not isinstance(zero, dict):
-        raise DeepSpeedConfigError(f"{where}: zero_optimization must be an object, got {zero!r}")
-    stage = zero.get("stage", 0)
-    if stage == 3:
-        raise DeepSpeedConfigError(
-            f"{where}: zero_optimization.stage 3 is not supported for the GAN loop: ZeRO-3 partitions the weights, "
-            "but every step reads all of G's weights (EMA, sampling) and runs D's bare module for R1 and G's loss; "
-            "use stage 1 (optimizer state partitioned) or 2 (gradients too)")
-    if stage not in (0, 1, 2):
-        raise DeepSpeedConfigError(f"{where}: zero_optimization.stage must be 0, 1 or 2, got {stage!r}")
-    for key in ("fp16", "bf16", "torch_autocast"):
-        if isinstance(cfg.get(key), dict) and cfg[key].get("enabled", False):
-            raise DeepSpeedConfigError(
-                f"{where}: {key}.enabled is not supported: weights and optimizer stay fp32 under DeepSpeed; "
-                "set launch.mixed_precision=bf16 for bf16 autocast on a GPU (as under DDP)")
-    for key in ("optimizer", "scheduler"):
-        if key in cfg:
-            raise DeepSpeedConfigError(
-                f"{where}: remove the {key!r} section: the loop brings its own Adam per network (learning rates "
-                "and betas corrected for lazy regularisation, set by pretrain/finetune lr_g, lr_d, betas)")
-    for key in ("offload_optimizer", "offload_param"):
-        device = (zero.get(key) or {}).get("device", "none") if isinstance(zero.get(key), dict) else "none"
-        if device not in (None, "none"):
-            raise DeepSpeedConfigError(
-                f"{where}: zero_optimization.{key} is not supported (it needs DeepSpeed's CPU Adam, built from "
-                "source, in place of the loop's optimizer)")
-    gas = cfg.get("gradient_accumulation_steps", 1)
-    if gas not in (1, "auto"):
-        raise DeepSpeedConfigError(f"{where}: gradient_accumulation_steps must be 1 (each GAN phase is one "
-                                   f"optimizer step), got {gas!r}")
-    if cfg.get("gradient_clipping", 0) not in (0, 0.0):
-        raise DeepSpeedConfigError(f"{where}: gradient_clipping is not used by StyleGAN2; set it to 0 or remove it")
-    return cfg
-
-
-def load_deepspeed_config(name_or_path: str) -> tuple[Path, dict]:
-    path = deepspeed_config_path(name_or_path)
-    if not path.is_file():
-        shipped = sorted(p.stem for p in SHIPPED_DEEPSPEED.glob("*.json"))
-        raise DeepSpeedConfigError(f"{name_or_path!r} is neither a shipped config ({', '.join(shipped)}) "
-                                   f"nor a JSON file ({path} not found)")
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DeepSpeedConfigError(f"{path}: not valid JSON ({e})") from None
-    return path, check_deepspeed_config(cfg, str(path))
 
 
 # ----------------------------------------------------------------------------- DeepSpeed
@@ -287,112 +206,6 @@ class DeepSpeedBackend:
     def describe(self) -> str:
         n = self.acc.num_processes
         return f"deepspeed ZeRO-{self.zero_stage} ({n} process{'es' if n > 1 else ''}, {self.where})"
-
-
-def partition_files(tag_dir: Path, world: int, zero_stage: int) -> list[Path]:
-    """The files DeepSpeed writes for one engine (tag) of ``world`` ranks at ``zero_stage``."""
-    files = [tag_dir / "mp_rank_00_model_states.pt"]
-    if zero_stage > 0:
-        files += [tag_dir / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)]
-    return files
-
-
-class DeepSpeedCheckpoints(CheckpointStore):
-    """``resume-<nimg>.ds/{G,D,loop.pt}`` directories; every rank writes its own optimiser partition.
-
-    The engines load their part in :meth:`restore` (called by the loop after the loop state).
-    """
-
-    kind = ".ds"
-
-    def __init__(self, ckpt_dir, keep: int = 3, *, engines: dict, writer: bool, world: int, zero_stage: int,
-                 barrier=lambda: None):
-        if keep < 1:
-            raise ValueError(f"DeepSpeedCheckpoints: keep must be >= 1, got {keep}")
-        self.dir, self.keep, self.engines, self.writer = Path(ckpt_dir), int(keep), engines, bool(writer)
-        self.world, self.zero_stage, self.barrier = int(world), int(zero_stage), barrier
-
-    def path_for(self, nimg: int) -> Path:
-        return resume_path(self.dir, nimg, kind=self.kind)
-
-    def latest(self):
-        found = newest_readable(own_resume_files(self.dir, self.kind), self.load)
-        return None if found is None else (str(found[0]), found[1])
-
-    def load(self, path) -> dict:
-        path = Path(path)
-        state = ckpt.load_resume(path / "loop.pt")
-        world = int(state.get("world_size", self.world))
-        if world != self.world:
-            raise SnapshotMismatch(f"{path} was written by {world} processes, now {self.world}: DeepSpeed's "
-                                   "partitioned optimizer state resumes on the same number of processes (set "
-                                   f"launch.num_processes / --nodes to give {world}, or move the checkpoints aside)")
-        stage = int(state.get("zero_stage", self.zero_stage))
-        if stage != self.zero_stage:
-            raise SnapshotMismatch(f"{path} was written with ZeRO stage {stage}, now {self.zero_stage}: resume with "
-                                   f"the same launch.deepspeed config, or move the checkpoints aside")
-        missing = [str(f.relative_to(path)) for net in _NETS for f in partition_files(path / net, world, self.zero_stage)
-                   if not f.is_file()]
-        if missing:
-            raise ValueError(f"incomplete DeepSpeed checkpoint, missing {', '.join(missing[:4])}")
-        return state
-
-    def restore(self, path) -> None:
-        """Load each engine's weights and optimiser partition from snapshot ``path``."""
-        for net in _NETS:
-            loaded, _ = self.engines[net].load_checkpoint(str(path), tag=net, load_module_strict=True,
-                                                          load_optimizer_states=True, load_lr_scheduler_states=False)
-            if loaded is None:
-                raise RuntimeError(f"DeepSpeed could not load {Path(path) / net}")
-
-    def save(self, state: dict, nimg: int) -> str:
-        final = self.path_for(nimg)
-        partial = final.with_name(f".partial-{final.name}")
-        if self.writer:
-            shutil.rmtree(partial, ignore_errors=True)  # left by a killed attempt
-            partial.mkdir(parents=True)
-        self.barrier()
-        for net in _NETS:
-            self.engines[net].save_checkpoint(str(partial), tag=net, save_latest=False)
-        if self.writer:
-            ckpt.save_resume(partial / "loop.pt", {**state, "zero_stage": self.zero_stage})
-        self.barrier()  # every rank's partition is on disk
-        if self.writer:
-            _fsync_tree(partial)
-            if final.exists():  # the same images-seen count again: replace it
-                old = final.with_name(f".old-{final.name}")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-                os.replace(partial, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(partial, final)
-            fsync_dir(self.dir)
-            self.prune()
-        self.barrier()
-        return str(final)
-
-    def prune(self) -> None:
-        if not self.writer:
-            return
-        for old in resume_files_of_kind(self.dir, self.kind)[:-self.keep]:
-            gone = old.with_name(f".deleting-{old.name}")  # a kill mid-delete leaves no half snapshot behind
-            os.replace(old, gone)
-            shutil.rmtree(gone, ignore_errors=True)
-        for stale in [*self.dir.glob(".partial-resume-*"), *self.dir.glob(".old-resume-*"),
-                      *self.dir.glob(".deleting-resume-*")]:
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(dirpath)
 
 
 # ----------------------------------------------------------------------------- choice

@@ -8,7 +8,7 @@ Three parts, each replaceable on its own:
 * storage: a :class:`CheckpointStore` saves and loads the state dict. :class:`LocalCheckpoints`
   is the one-file-per-snapshot store written by the main process (atomic temp + rename,
   through :mod:`cartoon_stylegan.checkpoint`); the DeepSpeed backend's store
-  (``backends.DeepSpeedCheckpoints``) writes a directory with a file per rank and holds
+  (``deepspeed_store.DeepSpeedCheckpoints``) writes a directory with a file per rank and holds
   the networks and optimisers itself (the keys its backend lists in ``held``);
 * content: :func:`capture_state` turns the loop's objects (:class:`LoopState`) into a plain
   dict of tensors, numbers and strings, :func:`restore_state` loads such a dict back after

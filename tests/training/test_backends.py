@@ -12,14 +12,13 @@ import torch
 
 from cartoon_stylegan import checkpoint as ckpt
 from cartoon_stylegan.training import LocalCheckpoints, find_latest_resume, read_resume_step
-from cartoon_stylegan.training.backends import (
+from cartoon_stylegan.training.deepspeed_config import (
     SHIPPED_DEEPSPEED,
-    DeepSpeedCheckpoints,
     DeepSpeedConfigError,
     check_deepspeed_config,
     load_deepspeed_config,
-    partition_files,
 )
+from cartoon_stylegan.training.deepspeed_store import DeepSpeedCheckpoints, partition_files
 from cartoon_stylegan.training.state import RESUME_FORMAT
 
 
