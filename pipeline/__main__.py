@@ -110,7 +110,8 @@ def cmd_list(args) -> int:
         job = read_json(StagePaths(cfg, name).slurm_file, None)
         slurm_col, stuck = "-", None
         if job:
-            from pipeline import slurm, slurm_resources
+            from pipeline import slurm
+            from pipeline.slurm import resources as slurm_resources
 
             state_now = slurm.job_state(job["job_id"])
             slurm_col = f"job {job['job_id']} {state_now}"
@@ -170,7 +171,7 @@ def cmd_submit(args) -> int:
     try:
         stage_args = _slurm_requests(reg, cfg, order, frozen, extra, check=not args.no_check, dry_run=args.dry_run)
     except Exception as e:  # noqa: BLE001 -- ResourceError / SlurmError: one line, no traceback
-        from pipeline.slurm_resources import ResourceError
+        from pipeline.slurm.resources import ResourceError
 
         if not isinstance(e, (ResourceError, slurm.SlurmError)):
             raise
@@ -193,7 +194,7 @@ def _slurm_requests(reg, cfg, order, frozen, extra, *, check: bool, dry_run: boo
     """Each stage's resource arguments for ``partition`` (derived, printed), every job checked with
     ``sbatch --test-only``; None (after saying why) when a job could never start."""
     from pipeline import slurm
-    from pipeline import slurm_resources as sr
+    from pipeline.slurm import resources as sr
     from pipeline.artifacts import slurm_log_dir
 
     try:

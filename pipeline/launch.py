@@ -1,7 +1,7 @@
 """How a stage runs: in this process, or through `accelerate launch` (locally or under SLURM).
 
 The only reader of process-layout environment variables (its SLURM half is
-``pipeline/slurm.py``). Signals: SIGUSR1 / SIGTERM ask the running stage to stop; the
+``pipeline/slurm/job.py``). Signals: SIGUSR1 / SIGTERM ask the running stage to stop; the
 training loop finishes its step, writes a checkpoint, and the stage reports "stopped".
 """
 from __future__ import annotations

@@ -34,7 +34,7 @@ class Stage:
     help:        one line for the config schema
     resources:   ``resources(cfg) -> {"gpu": bool, "cpus": int, "procs": int}``: what a SLURM job of the
                  stage needs (GPU or not, CPUs per process, processes per node); None: a GPU and one
-                 process per GPU for a distributed stage, else one CPU (pipeline/slurm_resources.py)
+                 process per GPU for a distributed stage, else one CPU (pipeline/slurm/resources.py)
     left_out:    ``left_out(cfg) -> str | None``: why this config does not need the stage at all (e.g.
                  pretrain when the source generator is a file), or None. A stage left out is not
                  planned and not run; its dependents wait for what it needed instead (and must not

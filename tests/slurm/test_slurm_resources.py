@@ -1,4 +1,4 @@
-"""Requests derived from the stage, the config and the partition (pipeline/slurm_resources.py), without a
+"""Requests derived from the stage, the config and the partition (pipeline/slurm/resources.py), without a
 cluster: sinfo and sbatch --test-only answered by a fake."""
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline import slurm_resources as sr
+from pipeline.slurm import resources as sr
+from pipeline.slurm.common import count_gpus
 
 SINFO = """node1|2|24105|(null)|debug*|infinite|idle
 node2|2|24105|(null)|debug*|infinite|mix
@@ -34,7 +35,7 @@ def _scfg(**kw):
 @pytest.mark.parametrize("gres, n", [("(null)", 0), ("gpu:4", 4), ("gpu:a100:8(S:0-1)", 8), ("gpu:2,shard:4", 2),
                                      ("gpu:a100:2,gpu:v100:1", 3), ("", 0)])
 def test_gres_gpus(gres, n):
-    assert sr.parse_gres_gpus(gres) == n
+    assert count_gpus(gres, gres=True) == n
 
 
 @pytest.mark.parametrize("text, minutes", [("infinite", None), ("UNLIMITED", None), ("48:00:00", 2880),

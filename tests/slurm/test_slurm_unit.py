@@ -336,3 +336,13 @@ def test_wait_for_job_returns_terminal_state():
     run = FakeRun({"squeue": lambda cmd: (0, next(states), "")})
     assert slurm.wait_for_job(1, timeout=10, poll=0, run=run) == "COMPLETED"
     assert slurm.wait_for_job(1, timeout=0, poll=0, run=FakeRun({"squeue": (0, "PENDING", "")})) == "PENDING"
+
+
+@pytest.mark.parametrize("spec, gres, n", [
+    ("4", False, 4), ("a100:4", False, 4), ("gpu:a100:4", False, 4), ("a100:2,v100:2", False, 4), ("a100", False, 1),
+    ("gpu:4", True, 4), ("gpu:a100:8(S:0-1)", True, 8), ("gpu:2,shard:4", True, 2), ("(null)", True, 0), ("", False, 0),
+])
+def test_one_gpu_count_parser_for_env_values_and_gres(spec, gres, n):
+    from pipeline.slurm.common import count_gpus
+
+    assert count_gpus(spec, gres=gres) == n
