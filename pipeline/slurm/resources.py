@@ -13,10 +13,11 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-Runner = Callable[..., subprocess.CompletedProcess]
-CMD_TIMEOUT = 30
+from pipeline.slurm.common import Runner, count_gpus
+
+CMD_TIMEOUT = 30  # sinfo / scontrol / sbatch --test-only may be slower than a job query
 
 # pending reasons that will not clear by waiting, and what to do about them
 NEVER_CLEARS = {
@@ -51,16 +52,6 @@ class Partition:
         limit = format_minutes(self.max_minutes) if self.max_minutes is not None else "none"
         return (f"partition {self.name}: {self.nodes} node{'s' if self.nodes != 1 else ''} with "
                 f"{self.cpus} CPUs, {self.mem_mb / 1024:.1f} GiB, {gpus} each; time limit {limit}")
-
-
-def parse_gres_gpus(gres: str) -> int:
-    """GPUs in a node's gres string: "gpu:4", "gpu:a100:8(S:0-1)", "gpu:2,shard:4" -> 4, 8, 2; "(null)" -> 0."""
-    total = 0
-    for item in (gres or "").split(","):
-        m = re.match(r"^gpu(?::[^:(]+)?:(\d+)", item.strip())
-        if m:
-            total += int(m.group(1))
-    return total
 
 
 def parse_minutes(text: str) -> int | None:
@@ -123,7 +114,7 @@ def partitions(*, run: Runner = subprocess.run) -> dict[str, Partition]:
         rows.setdefault(part, [])
         if node not in [r[0] for r in rows[part]]:
             rows[part].append((node, int(re.sub(r"\D", "", cpus) or 0), int(re.sub(r"\D", "", mem) or 0),
-                               parse_gres_gpus(gres)))
+                               count_gpus(gres, gres=True)))
     out = {}
     for part, (default, limit) in meta.items():
         nodes = rows.get(part, [])
