@@ -1,6 +1,7 @@
 """Eval stage: FID / KID / precision-recall per variant and for the source, plus structure distance."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -157,12 +158,20 @@ def run(ctx):
         score("source_vs_target", lambda: GeneratorDataset(Sampler(G_src), ec.n_samples, seed=cfg.seed + 1,
                                                            batch=ec.batch), target_real)
         stop_point()
+    per_latent = ctx.paths.stage_dir / PER_LATENT_DIR
+    if not done:  # a fresh eval: the folder holds this eval's files only
+        shutil.rmtree(per_latent, ignore_errors=True)
     for run, sampler in variants:
         name = run.dir
+
+        def structure(run=run, sampler=sampler):
+            scores = structure_distance(source, sampler, n=ec.structure_n, seed=cfg.seed + 2, batch=ec.batch,
+                                        device=dev)
+            write_per_latent(per_latent, ctx.cfg, run, scores, latent_seed=cfg.seed + 2)
+            return scores
+
         m = score(name, lambda: GeneratorDataset(sampler, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch),
-                  target_real,
-                  structure=lambda: structure_distance(source, sampler, n=ec.structure_n, seed=cfg.seed + 2,
-                                                       batch=ec.batch, device=dev))
+                  target_real, structure=structure)
         vlog = variant_logger(ctx, run)  # again for a kept score: a stop may have come before this
         if vlog is not None:
             vlog.metrics({f"eval/{k}": v for k, v in _eval_names(m).items()})
@@ -178,6 +187,28 @@ def run(ctx):
 
 PARTIAL_FILE = "partial.json"
 """Eval stage: the scores so far of an interrupted eval (see :func:`run_eval`)."""
+
+PER_LATENT_DIR = "per_latent"
+"""Eval stage: one JSON file per variant run with its per-latent structure values (see :func:`write_per_latent`)."""
+
+
+def write_per_latent(folder: Path, cfg, run, scores: dict, *, latent_seed: int) -> Path:
+    """``<folder>/<run dir>.json``: a variant run's structure values per latent, for the paired tests of
+    ``pipeline compare``. The latents come from ``latent_seed`` (the same for every variant and seed,
+    so latent i pairs across runs); ``run_id`` is the variant's MLflow run (None when tracking is off).
+    ``values``: ``structure_ratio`` and ``structure_rank`` (their means are eval's figures of the same
+    names) and ``structure_matched``."""
+    from pipeline.artifacts import StagePaths
+
+    record = read_json(StagePaths(cfg, "finetune").train_dir(run.dir) / "mlflow_run.json", {}) or {}
+    values = scores["per_latent"]
+    path = Path(folder) / f"{run.dir}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"variant": run.variant, "seed": run.seed, "dir": run.dir, "run_id": record.get("run_id"),
+                      "latent_seed": int(latent_seed), "n": int(scores["n"]), "method": scores["method"],
+                      "values": {"structure_ratio": values["ratio"], "structure_rank": values["mean_rank"],
+                                 "structure_matched": values["matched"]}})
+    return path
 
 
 def _digest(material: dict) -> str:

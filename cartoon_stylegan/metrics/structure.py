@@ -160,7 +160,9 @@ def structure_scores(src: torch.Tensor, tgt: torch.Tensor, *, method: str = "edg
     """Scores of paired image sets: ``src[i]`` and ``tgt[i]`` come from the same latent and noise.
 
     Returns ``{"matched", "matched_std", "mismatched", "ratio", "mean_rank", "top1", "separation",
-    "n", "method"}``.
+    "n", "method", "per_latent"}``; ``per_latent``: lists of n values in latent order, whose means
+    are the scores of the same name: ``matched`` (distance of pair i), ``ratio`` (that distance over
+    the mean mismatched distance) and ``mean_rank`` (the rank of pair i's source).
     """
     n = src.shape[0]
     if n < 4:
@@ -182,6 +184,9 @@ def structure_scores(src: torch.Tensor, tgt: torch.Tensor, *, method: str = "edg
         "separation": (mismatched - diag.mean().item()) / max(pooled, 1e-12),
         "n": int(n),
         "method": method,
+        "per_latent": {"matched": diag.double().tolist(),
+                       "ratio": (diag.double() / max(mismatched, 1e-12)).tolist(),
+                       "mean_rank": rank.tolist()},
     }
 
 
@@ -233,7 +238,8 @@ def structure_distance(src, tgt, *, n: int = 256, seed: int = 0, batch: int = 32
 
     src, tgt: Samplers (or bare Generators), see :func:`sample_pairs`.
     Returns ``{"matched", "matched_std", "mismatched", "ratio", "mean_rank", "top1", "separation",
-    "n", "method"}`` (see the module docstring). ``ratio`` ~ 1 for unrelated generators.
+    "n", "method", "per_latent"}`` (see the module docstring and :func:`structure_scores`). ``ratio``
+    ~ 1 for unrelated generators.
     """
     _method(method)
     a, b = sample_pairs(src, tgt, n=n, seed=seed, batch=batch, device=device, noise_mode=noise_mode)
