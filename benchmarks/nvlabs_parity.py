@@ -8,7 +8,7 @@ has the same classes), which this repository does not contain:
 For each size it builds their Generator and Discriminator with random weights (biases, noise
 strengths and w_avg randomised too, so that every term counts), pickles them exactly as their
 training loop does (``pickle.dump`` of ``{"G", "D", "G_ema", ...}``), imports the file with
-``cartoon_stylegan.nvlabs.import_nvlabs`` (which runs none of it), and compares, on the CPU in
+``cartoon_stylegan.checkpoint.nvlabs.import_nvlabs`` (which runs none of it), and compares, on the CPU in
 float32 with NVlabs' reference ops (``force_fp32=True``, ``noise_mode='const'``):
 
 - their ``G(z, None, truncation_psi)`` with our ``Sampler(g_ema, truncation=psi)(z, noise_mode="const")``;
@@ -68,7 +68,7 @@ def main():
     sys.path.insert(0, os.path.abspath(args.repo))
     from training import networks  # their code, from their checkout
 
-    from cartoon_stylegan.nvlabs import import_nvlabs
+    from cartoon_stylegan.checkpoint.nvlabs import import_nvlabs
     from cartoon_stylegan.sampling import Sampler
     ref = _load_reference()
 

@@ -8,7 +8,7 @@ Needs a checkout of rosinality/stylegan2-pytorch, which this repository does not
 His ``op`` package compiles CUDA extensions at import; here ``torch.utils.cpp_extension.load`` is
 replaced by a stub while importing it, so his own CPU code paths (``upfirdn2d_native``, the CPU branch
 of ``fused_leaky_relu``) run. For each size: our random G (biases, noise strengths randomised) and D
--> ``cartoon_stylegan.export.to_rosinality`` -> ``torch.save`` -> his classes ``load_state_dict(strict=True)``
+-> ``cartoon_stylegan.checkpoint.export.to_rosinality`` -> ``torch.save`` -> his classes ``load_state_dict(strict=True)``
 -> his ``g_ema([z], truncation=psi, truncation_latent=ckpt["latent_avg"], randomize_noise=False)`` vs our
 ``Sampler(G, truncation=psi)(z, noise_mode="const")``; his D vs ours; then his networks saved as his
 train.py does and read back with ``import_rosinality``.
@@ -60,7 +60,7 @@ def main():
     model = his_modules(args.repo)
 
     from cartoon_stylegan.checkpoint import import_rosinality
-    from cartoon_stylegan.export import to_rosinality
+    from cartoon_stylegan.checkpoint.export import to_rosinality
     from cartoon_stylegan.networks import Discriminator, Generator
     from cartoon_stylegan.sampling import Sampler
 

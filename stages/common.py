@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from cartoon_stylegan import importers
+from cartoon_stylegan.checkpoint import formats as importers
 from toolbox.settings import derive
 from cartoon_stylegan.training.options import LoopOptions
 from pipeline.config import ConfigError, spec
@@ -50,7 +50,7 @@ class ModelConfig:
                                       "tiny models otherwise spend themselves on speckle)")
 
 
-IMPORT_FORMATS = Literal[importers.names()]  # the checkpoint formats registered in cartoon_stylegan.importers
+IMPORT_FORMATS = Literal[importers.names()]  # the checkpoint formats registered in cartoon_stylegan.checkpoint.formats
 
 
 @dataclass

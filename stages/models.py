@@ -63,7 +63,7 @@ def file_architecture(path: str, fmt: str):
     when it cannot be read as such (kept per file version: a config is loaded several times a run)."""
     import os
 
-    from cartoon_stylegan import importers
+    from cartoon_stylegan.checkpoint import formats as importers
 
     try:
         st = os.stat(os.path.expanduser(path))
@@ -94,8 +94,8 @@ def fresh_models(cfg, seed):
 
 def load_weights(cfg, path, fmt):
     """A transfer: weights of G, D, G_ema from a file of checkpoint format ``fmt`` (any registered in
-    cartoon_stylegan.importers), checked against the configured architecture."""
-    from cartoon_stylegan import importers
+    cartoon_stylegan.checkpoint.formats), checked against the configured architecture."""
+    from cartoon_stylegan.checkpoint import formats as importers
 
     g_cfg, d_cfg = arch(cfg)
     imp = importers.get(fmt)
@@ -205,7 +205,8 @@ def check_init(cfg, key: str, init) -> None:
 
 
 def _load_problem(cfg, path, fmt: str, e: Exception) -> str:
-    from cartoon_stylegan import checkpoint, importers
+    from cartoon_stylegan import checkpoint
+    from cartoon_stylegan.checkpoint import formats as importers
 
     text = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, checkpoint.CheckpointMismatch):

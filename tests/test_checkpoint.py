@@ -9,6 +9,7 @@ import torch
 from cartoon_stylegan import checkpoint as ckpt
 from cartoon_stylegan.checkpoint import (CheckpointMismatch, atomic_save, check_compatible, import_rosinality,
                                          load_resume, load_transfer, save_resume, save_transfer)
+from cartoon_stylegan.checkpoint import native
 from cartoon_stylegan.networks import Discriminator, Generator
 
 G_CFG = dict(size=16, style_dim=32, n_mlp=2, channel_max=16)
@@ -42,7 +43,7 @@ def test_crash_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
         f.write(b"half a checkpoint")
         raise KeyboardInterrupt("killed mid-write")
 
-    monkeypatch.setattr(ckpt.torch, "save", dying_save)
+    monkeypatch.setattr(native.torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         atomic_save({"a": torch.zeros(2)}, path)
     monkeypatch.undo()

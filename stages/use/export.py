@@ -6,7 +6,7 @@
 
 From the experiment of the current config (``--variant``, as ``generate`` picks it) or from any
 checkpoint file a run could start from (``--checkpoint``, its format guessed or given). The
-library side is ``cartoon_stylegan.export``.
+library side is ``cartoon_stylegan.checkpoint.export``.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _out(path: str, overwrite: bool = False) -> Path:
 
 def _from_checkpoint(args):
     """(sampler, nets, described) from --checkpoint."""
-    from cartoon_stylegan import importers
+    from cartoon_stylegan.checkpoint import formats as importers
     from cartoon_stylegan.sampling import PREFIX_META_KEY, Sampler
 
     f = Path(args.checkpoint).expanduser()
@@ -118,7 +118,7 @@ def _rosinality(sampler, nets, args, out: Path) -> dict:
     import torch
 
     from cartoon_stylegan.checkpoint import atomic_save
-    from cartoon_stylegan.export import to_rosinality
+    from cartoon_stylegan.checkpoint.export import to_rosinality
 
     mapping = "own"
     if sampler.prefix_len:
@@ -155,7 +155,7 @@ def _with_mapping_of(G, src):
 
 
 def _traced(sampler, args, out: Path) -> dict:
-    from cartoon_stylegan.export import SamplingNetwork, export_onnx, export_torchscript
+    from cartoon_stylegan.checkpoint.export import SamplingNetwork, export_onnx, export_torchscript
 
     net = SamplingNetwork(sampler, input_is=args.input)
     err = (export_torchscript if args.format == "torchscript" else export_onnx)(net, str(out))
@@ -168,7 +168,7 @@ def _traced(sampler, args, out: Path) -> dict:
 
 
 def run(reg, cfg, args) -> int:
-    from cartoon_stylegan.export import ExportError
+    from cartoon_stylegan.checkpoint.export import ExportError
 
     try:
         check_use_args(args, "export")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cartoon_stylegan.checkpoint import import_rosinality
-from cartoon_stylegan.export import ExportError, SamplingNetwork, export_onnx, export_torchscript, to_rosinality
+from cartoon_stylegan.checkpoint.export import ExportError, SamplingNetwork, export_onnx, export_torchscript, to_rosinality
 from cartoon_stylegan.networks import Discriminator, Generator
 from cartoon_stylegan.sampling import Sampler, pinned_truncation_center, truncation_center
 from cartoon_stylegan.swap import weight_swap
@@ -206,7 +206,7 @@ def test_export_source_from_an_nvlabs_init(tiny_experiment, tmp_path, capsys, mo
     out = tmp_path / "src.ts"
     assert main(["export", "--variant", "source", "--format", "torchscript", "--truncation", "0.5", "--out", str(out),
                  *args, *extra]) == 0, capsys.readouterr().err
-    from cartoon_stylegan.nvlabs import import_nvlabs
+    from cartoon_stylegan.checkpoint.nvlabs import import_nvlabs
 
     g = import_nvlabs(pkl)["g_ema"].eval()
     z = torch.randn(2, 32)

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from cartoon_stylegan.nvlabs import NVlabsImportError, import_nvlabs, read_nvlabs_pickle
+from cartoon_stylegan.checkpoint.nvlabs import NVlabsImportError, import_nvlabs, read_nvlabs_pickle
 from cartoon_stylegan.sampling import Sampler, truncation_center
 
 from . import nvlabs_fixture as fx
@@ -254,8 +254,8 @@ def _nested_tuple_key(depth: int) -> bytes:
 
 _ISOLATED = r"""
 import json, resource, sys
-from cartoon_stylegan import importers
-from cartoon_stylegan.nvlabs import NVlabsImportError, import_nvlabs
+from cartoon_stylegan.checkpoint import formats as importers
+from cartoon_stylegan.checkpoint.nvlabs import NVlabsImportError, import_nvlabs
 
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -342,7 +342,7 @@ def _storage(n):
 
 
 def test_tensor_checks_name_the_tensor_and_what_was_expected(tmp_path, sentinel, monkeypatch):
-    from cartoon_stylegan import nvlabs
+    from cartoon_stylegan.checkpoint import nvlabs
 
     with pytest.raises(NVlabsImportError, match=r"tensor G\[1\]: size \('3',\) is not a tuple of integers"):
         read_nvlabs_pickle(write(tmp_path, _tensor_pickle_over(_storage(4), ((2,), (1,), 0), (("3",), (1,), 0))))

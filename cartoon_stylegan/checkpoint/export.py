@@ -62,9 +62,9 @@ def _d_width(d, res: int) -> int:
 
 
 def _plain(net):
-    from cartoon_stylegan.checkpoint import _unwrap
+    from cartoon_stylegan.checkpoint.native import unwrap
 
-    return _unwrap(net)
+    return unwrap(net)
 
 
 def _generator_state(G, what: str) -> dict[str, torch.Tensor]:

@@ -53,7 +53,7 @@ image where an activation exceeds the clamp).
 
 A hostile file cannot make the reader allocate or recurse without bound: before ``pickle`` reads it,
 its opcodes are walked once (streaming, no objects built) and a file nested deeper than
-:data:`~cartoon_stylegan.pickle_scan.MAX_DEPTH` (CPython hashes a nested tuple recursively in C: a 200 KB dict key of nested tuples
+:data:`~cartoon_stylegan.checkpoint.scan.MAX_DEPTH` (CPython hashes a nested tuple recursively in C: a 200 KB dict key of nested tuples
 overflows the C stack), with more than :data:`MAX_OPS` opcodes or larger than :data:`MAX_FILE_BYTES`
 is refused; each storage's bytes are walked the same way before ``torch.load`` sees them. A
 tensor is not made while the pickle is read: the rebuild call returns an inert record (a BUILD
@@ -74,7 +74,7 @@ from typing import Any
 
 import torch
 
-from cartoon_stylegan.pickle_scan import MAX_DEPTH, MAX_FILE_BYTES, PickleRefused, Window, scan_pickle
+from cartoon_stylegan.checkpoint.scan import MAX_DEPTH, MAX_FILE_BYTES, PickleRefused, Window, scan_pickle
 
 __all__ = ["import_nvlabs", "read_nvlabs_pickle", "Record", "NVlabsImportError", "KNOWN_CLASSES"]
 
@@ -696,20 +696,20 @@ def discriminator_from_record(D: Record, what: str = "D"):
 
 
 def _multiplier(widths: dict[int, int], cmax: int, size: int, what: str) -> int:
-    from cartoon_stylegan.checkpoint import _infer_multiplier
+    from cartoon_stylegan.checkpoint.rosinality import infer_multiplier
 
     try:
-        return _infer_multiplier(widths, cmax, size, what)
+        return infer_multiplier(widths, cmax, size, what)
     except ValueError:
         raise NVlabsImportError(f"{what}: channel widths {widths} are not min(channel_max, 16384 * m / res) for any "
                                 "integer m: NVlabs' channel_base must be a multiple of 16384 here") from None
 
 
 def _load_strict(net, state: dict[str, torch.Tensor], what: str) -> None:
-    from cartoon_stylegan.checkpoint import CheckpointMismatch, _state_diff
+    from cartoon_stylegan.checkpoint.native import CheckpointMismatch, state_diff
 
     state = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in state.items()}
-    missing, unexpected, shapes = _state_diff(net, state)
+    missing, unexpected, shapes = state_diff(net, state)
     if missing or unexpected or shapes:
         raise CheckpointMismatch(f"{what}: NVlabs network mapped onto {type(net).__name__}({net.config})",
                                  missing, unexpected, shapes)

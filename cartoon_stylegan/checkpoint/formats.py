@@ -43,7 +43,7 @@ register(Importer("native", "cartoon_stylegan.checkpoint:load_transfer",
                   "this project's transfer file (network-final.pt)", exact=True))
 register(Importer("rosinality", "cartoon_stylegan.checkpoint:import_rosinality",
                   "a .pt of rosinality's stylegan2-pytorch (train.py, convert_weight.py) or the Cartoon-StyleGAN repo"))
-register(Importer("nvlabs", "cartoon_stylegan.nvlabs:import_nvlabs",
+register(Importer("nvlabs", "cartoon_stylegan.checkpoint.nvlabs:import_nvlabs",
                   "a .pkl of NVlabs' stylegan2-ada-pytorch / stylegan3 with a StyleGAN2 network (read without "
                   "running it)"))
 
@@ -66,7 +66,7 @@ def sniff(path, skip: str | None = None, reasons: dict | None = None) -> tuple[s
     ``reasons``: filled with {format: why it could not read the file} (one line each)."""
     import warnings
 
-    from cartoon_stylegan.pickle_scan import PickleRefused, scan_pickles
+    from cartoon_stylegan.checkpoint.scan import PickleRefused, scan_pickles
 
     try:
         scan_pickles(path)

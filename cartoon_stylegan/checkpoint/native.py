@@ -1,4 +1,4 @@
-"""Checkpoint files: the only ``torch.save`` / ``torch.load`` in the project.
+"""This project's checkpoint files (transfer, resume) and the one ``torch.save`` / ``torch.load`` of the project.
 
 Three kinds, told apart by a format tag:
 
@@ -7,18 +7,17 @@ Three kinds, told apart by a format tag:
 - *resume* (``cartoon-stylegan/resume-v1``): this run's exact state (any plain dict
   of tensors, numbers, strings, lists, dicts);
 - rosinality's training checkpoints (``{"g", "d", "g_ema", "g_optim", "d_optim",
-  "args"}``) and his ``convert_weight.py`` outputs, read by :func:`import_rosinality`.
+  "args"}``) and his ``convert_weight.py`` outputs: ``rosinality.py`` (:func:`import_rosinality`),
+  through :func:`load_file` here.
 
 Every load uses ``weights_only=True``; the only class ever allowed besides tensors and
-containers is ``argparse.Namespace``, and only while reading rosinality files. Writes
+containers is ``argparse.Namespace``, and only while reading rosinality files (``rosinality.py``). Writes
 go to a temporary file in the target directory, are fsync'ed, then renamed over the
 target, so a crash leaves either the old file or the new one.
 """
 from __future__ import annotations
 
-import argparse
 import inspect
-import math
 import os
 import pickle
 import re
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 from cartoon_stylegan.networks import Discriminator, Generator
-from cartoon_stylegan.pickle_scan import PickleRefused, scan_pickles
+from cartoon_stylegan.checkpoint.scan import PickleRefused, scan_pickles
 from toolbox import atomic_path
 
 TRANSFER_FORMAT = "cartoon-stylegan/transfer-v1"
@@ -66,7 +65,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, f)
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
+def unwrap(module: nn.Module) -> nn.Module:
     """The bare model inside DDP / accelerate (``.module``) or torch.compile (``._orig_mod``) wrappers."""
     while True:
         inner = getattr(module, "_orig_mod", None)
@@ -81,7 +80,7 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
-def _load(path: str | os.PathLike, map_location: Any = "cpu", hint: str = "", mmap: bool = False) -> Any:
+def load_file(path: str | os.PathLike, map_location: Any = "cpu", hint: str = "", mmap: bool = False) -> Any:
     try:
         scan_pickles(path)  # a pickle nested deep enough to crash the unpickler never reaches it
     except PickleRefused as e:
@@ -111,7 +110,7 @@ def _format_of(obj: Any) -> str | None:
 
 
 # ---------------------------------------------------------------------- compatibility
-def _state_diff(module: nn.Module, state: Mapping[str, torch.Tensor]):
+def state_diff(module: nn.Module, state: Mapping[str, torch.Tensor]):
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -122,7 +121,7 @@ def _state_diff(module: nn.Module, state: Mapping[str, torch.Tensor]):
 
 def check_compatible(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str | None = None) -> None:
     """Raise :class:`CheckpointMismatch` unless ``state_dict`` has exactly ``module``'s keys and shapes."""
-    missing, unexpected, shapes = _state_diff(module, state_dict)
+    missing, unexpected, shapes = state_diff(module, state_dict)
     if missing or unexpected or shapes:
         cfg = getattr(module, "config", None)
         name = (what or type(module).__name__) + ("" if cfg is None else f" {cfg}")
@@ -144,14 +143,14 @@ def _norm_config(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _build(cls, file_cfg: Mapping[str, Any], state: Mapping[str, torch.Tensor], what: str,
+def build_network(cls, file_cfg: Mapping[str, Any], state: Mapping[str, torch.Tensor], what: str,
            expect: Mapping[str, Any] | None = None) -> nn.Module:
     """Build ``cls`` from ``expect`` (or the file's config), check the state dict fits, load strictly."""
     have = _norm_config(cls, file_cfg)
     want = have if expect is None else _norm_config(cls, expect)
     diff = [(k, have[k], want[k]) for k in want if have[k] != want[k]]
     module = cls.from_config(want)
-    missing, unexpected, shapes = _state_diff(module, state)
+    missing, unexpected, shapes = state_diff(module, state)
     if diff or missing or unexpected or shapes:
         raise CheckpointMismatch(f"{what}: {cls.__name__}({want})", missing, unexpected, shapes, diff)
     module.load_state_dict(state, strict=True)
@@ -166,7 +165,7 @@ def save_transfer(path: str | os.PathLike, *, g: nn.Module | None, d: nn.Module 
     ``g_config`` comes from g_ema (or g; both must agree), ``d_config`` from d.
     ``meta`` must be plain data (numbers, strings, lists, dicts, tensors).
     """
-    g, d, g_ema = (None if m is None else _unwrap(m) for m in (g, d, g_ema))
+    g, d, g_ema = (None if m is None else unwrap(m) for m in (g, d, g_ema))
     if g is not None and g_ema is not None and g.config != g_ema.config:
         raise ValueError(f"save_transfer: g config {g.config} differs from g_ema config {g_ema.config}")
     gsrc = g_ema if g_ema is not None else g
@@ -189,7 +188,7 @@ def load_transfer(path: str | os.PathLike, *, expect_g_config: dict | None = Non
     file must match it exactly (config values, key names and tensor shapes), else
     :class:`CheckpointMismatch` names every difference.
     """
-    ck = _load(path, map_location, " (a rosinality checkpoint? use import_rosinality)")
+    ck = load_file(path, map_location, " (a rosinality checkpoint? use import_rosinality)")
     fmt = _format_of(ck)
     if fmt != TRANSFER_FORMAT:
         hint = ("a resume file: use load_resume" if fmt == RESUME_FORMAT else
@@ -198,9 +197,9 @@ def load_transfer(path: str | os.PathLike, *, expect_g_config: dict | None = Non
         raise ValueError(f"{os.fspath(path)} is not a transfer checkpoint (format {fmt!r}; {hint})")
     out: dict[str, Any] = {"meta": ck.get("meta") or {}}
     for key in ("g", "g_ema"):
-        out[key] = None if ck[key] is None else _build(
+        out[key] = None if ck[key] is None else build_network(
             Generator, ck["g_config"], ck[key], f"{os.fspath(path)}:{key}", expect_g_config)
-    out["d"] = None if ck["d"] is None else _build(
+    out["d"] = None if ck["d"] is None else build_network(
         Discriminator, ck["d_config"], ck["d"], f"{os.fspath(path)}:d", expect_d_config)
     return out
 
@@ -219,125 +218,9 @@ def load_resume(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool =
     ``mmap=True`` maps the tensors instead of reading them: a cheap check that the file is
     complete and of this format (a truncated file fails either way).
     """
-    ck = _load(path, map_location, mmap=mmap)
+    ck = load_file(path, map_location, mmap=mmap)
     fmt = _format_of(ck)
     if fmt != RESUME_FORMAT:
         raise ValueError(f"{os.fspath(path)} is not a resume checkpoint (format {fmt!r}; "
                          f"{'a transfer file: use load_transfer' if fmt == TRANSFER_FORMAT else 'unknown content'})")
     return ck["state"]
-
-
-# ---------------------------------------------------------------------- rosinality
-def _load_rosinality(path: str | os.PathLike, map_location: Any) -> Any:
-    allow = getattr(torch.serialization, "safe_globals", None)
-    if allow is None:  # torch < 2.5
-        raise RuntimeError("import_rosinality needs torch >= 2.5 (torch.serialization.safe_globals)")
-    with allow([argparse.Namespace]):
-        return _load(path, map_location)
-
-
-def _strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    keys = list(state)
-    if keys and all(k.startswith("module.") for k in keys):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return dict(state)
-
-
-def _indices(state: Mapping[str, Any], pattern: str) -> list[int]:
-    rx = re.compile(pattern)
-    return sorted({int(m.group(1)) for k in state if (m := rx.fullmatch(k))})
-
-
-def _infer_multiplier(widths: dict[int, int], channel_max: int, size: int, what: str) -> int:
-    """channel_multiplier from widths at resolution -> channels (width = min(cmax, 16384*cm // res))."""
-    below = {r: c for r, c in widths.items() if c < channel_max}
-    if not below:                  # every width is capped: any cm large enough gives the same network
-        need = math.ceil(channel_max * size / 16384)
-        return max(2, need)
-    r, c = min(below.items())
-    cm = round(c * r / 16384)
-    if cm < 1:
-        raise ValueError(f"{what}: cannot infer channel_multiplier from width {c} at {r} px")
-    return cm
-
-
-def infer_generator_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Generator config from the tensor shapes of a rosinality generator state dict.
-
-    size from the number of ``to_rgbs``, style_dim from ``style.1.weight``, n_mlp from
-    the ``style.N.weight`` count, channel_max from the 4 px width and
-    channel_multiplier from the first width below the cap. lr_mlp and blur_kernel
-    leave no trace in shapes: rosinality's defaults (0.01, [1, 3, 3, 1]).
-    """
-    try:
-        n_rgb = len(_indices(state, r"to_rgbs\.(\d+)\.bias"))
-        size = 2 ** (n_rgb + 2)
-        style_dim = int(state["style.1.weight"].shape[1])
-        n_mlp = len(_indices(state, r"style\.(\d+)\.weight"))
-        channel_max = int(state["input.input"].shape[1])
-        widths = {4: channel_max}
-        widths.update({2 ** (j + 3): int(state[f"to_rgbs.{j}.conv.weight"].shape[2]) for j in range(n_rgb)})
-    except KeyError as e:
-        raise ValueError(f"not a rosinality generator state dict (no {e.args[0]!r})") from None
-    cm = _infer_multiplier(widths, channel_max, size, "generator")
-    return {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channel_multiplier": cm,
-            "blur_kernel": [1.0, 3.0, 3.0, 1.0], "lr_mlp": 0.01, "channel_max": channel_max}
-
-
-def infer_discriminator_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Discriminator config from the tensor shapes of a rosinality discriminator state dict."""
-    try:
-        n_convs = len(_indices(state, r"convs\.(\d+)\..*"))
-        size = 2 ** (n_convs + 1)
-        channel_max = int(state["final_linear.1.weight"].shape[1])
-        widths = {size: int(state["convs.0.0.weight"].shape[0])}
-        widths.update({size >> i: int(state[f"convs.{i}.conv2.1.weight"].shape[0]) for i in range(1, n_convs)})
-    except KeyError as e:
-        raise ValueError(f"not a rosinality discriminator state dict (no {e.args[0]!r})") from None
-    cm = _infer_multiplier(widths, channel_max, size, "discriminator")
-    return {"size": size, "channel_multiplier": cm, "blur_kernel": [1.0, 3.0, 3.0, 1.0],
-            "channel_max": channel_max}
-
-
-def import_rosinality(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Build modules from a rosinality (or Cartoon-StyleGAN) checkpoint -> {"g", "d", "g_ema"}.
-
-    The architecture comes from the file's ``args`` (size, latent, n_mlp,
-    channel_multiplier) where present, else from the tensor shapes (files from his
-    ``convert_weight.py`` have no args); channel_max is always read from the shapes.
-    Loading is strict; a file whose tensors do not fit raises :class:`CheckpointMismatch`.
-    Entries absent from the file are None. A ``latent_avg`` in the file (his convert_weight.py
-    writes the TF model's ``dlatent_avg``) becomes g_ema's truncation centre and ``out["latent_avg"]``.
-    """
-    ck = _load_rosinality(path, map_location)
-    if not isinstance(ck, dict) or not any(ck.get(k) is not None for k in ("g", "d", "g_ema")):
-        keys = sorted(ck) if isinstance(ck, dict) else type(ck).__name__
-        raise ValueError(f"{os.fspath(path)} has none of 'g', 'd', 'g_ema' (found {keys})")
-    args = ck.get("args")
-    argd = vars(args) if isinstance(args, argparse.Namespace) else dict(args) if isinstance(args, dict) else {}
-    out: dict[str, nn.Module | None] = {"g": None, "d": None, "g_ema": None}
-    for key in ("g", "g_ema"):
-        if ck.get(key) is None:
-            continue
-        state = _strip_module_prefix(ck[key])
-        cfg = infer_generator_config(state)
-        for ours, his in (("size", "size"), ("style_dim", "latent"), ("n_mlp", "n_mlp"),
-                          ("channel_multiplier", "channel_multiplier")):
-            if argd.get(his) is not None:
-                cfg[ours] = int(argd[his])
-        out[key] = _build(Generator, cfg, state, f"{os.fspath(path)}:{key}")
-    avg = ck.get("latent_avg")
-    out["latent_avg"] = None
-    if isinstance(avg, torch.Tensor) and out["g_ema"] is not None and avg.numel() == out["g_ema"].style_dim:
-        from cartoon_stylegan.sampling import set_truncation_center
-
-        out["latent_avg"] = avg.detach().float().reshape(1, -1)
-        set_truncation_center(out["g_ema"], out["latent_avg"])  # convert_weight.py's dlatent_avg
-    if ck.get("d") is not None:
-        state = _strip_module_prefix(ck["d"])
-        cfg = infer_discriminator_config(state)
-        for name in ("size", "channel_multiplier"):
-            if argd.get(name) is not None:
-                cfg[name] = int(argd[name])
-        out["d"] = _build(Discriminator, cfg, state, f"{os.fspath(path)}:d")
-    return out
