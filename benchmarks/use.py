@@ -36,7 +36,7 @@ def main() -> int:
     from cartoon_stylegan.imageutil import to_uint8
     from cartoon_stylegan.photo import center_crop_square
     from cartoon_stylegan.project import project
-    from pipeline.artifacts import StagePaths
+    from stages.paths import StagePaths
     from stages import load_config
     from stages.use.trained import load_sampler
     from stages.models import device, load_weights, source_path

@@ -72,7 +72,9 @@ def read_json(path: Path, default=None):
 
 
 class StagePaths:
-    """Paths of one stage's outputs (and read access to the other stages' outputs)."""
+    """The runner's paths of one stage: its folder, its state and control files, and a validated named
+    sub-folder per sub-run. A registry extends it with what its stages write (``Registry.paths``); the
+    runner knows no file a stage makes."""
 
     def __init__(self, cfg, stage: str):
         self.cfg = cfg
@@ -80,7 +82,7 @@ class StagePaths:
         self.stage_dir = experiment_dir(cfg) / stage
 
     def of(self, stage: str) -> "StagePaths":
-        return StagePaths(self.cfg, stage)
+        return type(self)(self.cfg, stage)
 
     def ensure(self) -> "StagePaths":
         self.stage_dir.mkdir(parents=True, exist_ok=True)
@@ -107,11 +109,7 @@ class StagePaths:
     def slurm_file(self) -> Path:
         return self.stage_dir / "slurm.json"
 
-    # shard
-    def dataset_dir(self, name: str) -> Path:
-        return experiment_dir(self.cfg) / "shard" / name
-
-    # training
+    # a stage's sub-runs (e.g. one per fine-tuning variant), each in a validated folder of the stage
     def train_dir(self, variant: str | None = None) -> Path:
         if not variant:
             return self.stage_dir
@@ -119,20 +117,6 @@ class StagePaths:
 
         return inside(self.stage_dir / check_name(variant, f"{self.stage} variant"), self.stage_dir)
 
-    def checkpoint_dir(self, variant: str | None = None) -> Path:
-        return self.train_dir(variant) / "checkpoints"
-
-    def final_network(self, variant: str | None = None) -> Path:
-        return self.checkpoint_dir(variant) / "network-final.pt"
-
-    # eval
-    @property
-    def metrics_file(self) -> Path:
-        return self.stage_dir / "metrics.json"
-
-    @property
-    def stats_cache(self) -> Path:
-        return run_root(self.cfg) / "cache" / "fid-stats"
 
 
 def slurm_log_dir(cfg) -> Path:

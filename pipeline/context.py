@@ -10,11 +10,11 @@ from pipeline.config import to_dict
 
 class StageContext:
     def __init__(self, cfg, stage: str, logger, *, accelerator=None, is_main=True, stop_flag=None,
-                 fingerprint: str = ""):
+                 fingerprint: str = "", paths: type = StagePaths):
         self.cfg = cfg
         self.stage = stage
         self.fingerprint = fingerprint  # of this attempt (config it reads + its inputs), from the DAG
-        self.paths = StagePaths(cfg, stage).ensure() if is_main else StagePaths(cfg, stage)
+        self.paths = paths(cfg, stage).ensure() if is_main else paths(cfg, stage)  # the registry's class
         self.logger = logger if is_main else tracking.NullLogger()
         self.accelerator = accelerator
         self.is_main = is_main

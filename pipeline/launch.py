@@ -158,7 +158,7 @@ def execute(registry, cfg, name: str, fp: str, previous: dict, *, tracker, paren
                 with one_process_group(cfg, stage):
                     acc = make_accelerator(cfg) if stage.distributed else None
                     ctx = StageContext(cfg, name, logger, accelerator=acc, stop_flag=lambda: stop.requested,
-                                       fingerprint=fp)
+                                       fingerprint=fp, paths=registry.paths)
                     result = stage.run(ctx)
                 world_size = acc.num_processes if acc is not None else 1
         status = "FINISHED"

@@ -92,6 +92,8 @@ class Registry:
     commands: :class:`Command` s that use the trained models (``python -m pipeline generate ...``)
     default_config: the YAML file used when no ``--config`` is given (None: every default)
     version:  the version of what the stages run (part of every fingerprint: a new version reruns them)
+    paths:    the class of ``ctx.paths`` (a :class:`pipeline.artifacts.StagePaths` that knows the files the
+              stages make; None: the runner's own)
     resolve:  ``resolve(tree) -> tree``: fills in config keys from what the config names, on the raw
               mapping (YAML + overrides) before validation -- e.g. the architecture from the
               checkpoint a run starts from; raises ConfigError for a key that contradicts it
@@ -104,6 +106,7 @@ class Registry:
     default_config: Optional[Path] = None
     resolve: Optional[Callable[[dict], dict]] = None
     version: str = ""
+    paths: Optional[type] = None
     name: str = DEFAULT_REGISTRY
 
     def __post_init__(self):
@@ -117,6 +120,10 @@ class Registry:
                                      f"which is not declared before it")
             seen[st.name] = st
         self.by_name = seen
+        if self.paths is None:
+            from pipeline.artifacts import StagePaths
+
+            self.paths = StagePaths
         self.root = None  # the root config class, built by pipeline.settings.root_config
 
     def __getitem__(self, name: str) -> Stage:

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     if acc.is_main_process and args.run_id:
         logger = tracking.Tracker(cfg).attach(args.run_id)
     ctx = StageContext(cfg, args.stage, logger, accelerator=acc, is_main=acc.is_main_process,
-                       fingerprint=args.fingerprint)
+                       fingerprint=args.fingerprint, paths=reg.paths)
     try:
         result = stage.run(ctx)
         out, rc = {"status": "done", "result": result}, 0

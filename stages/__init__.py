@@ -14,6 +14,7 @@ from stages import compare, finetune, pretrain, shard, swap, use
 from stages import eval as eval_stage
 from stages.common import DataConfig, ModelConfig
 from stages.models import architecture_from_init
+from stages.paths import StagePaths
 
 REGISTRY = Registry(
     stages=[shard.STAGE, pretrain.STAGE, finetune.STAGE, swap.STAGE, eval_stage.STAGE],
@@ -25,6 +26,7 @@ REGISTRY = Registry(
     default_config=DEFAULT_CONFIG,
     resolve=architecture_from_init,  # a source generator file fixes data.resolution and model.*
     version=__version__,  # cartoon_stylegan's: part of every stage's fingerprint
+    paths=StagePaths,  # ctx.paths: where these stages put what they make (stages/paths.py)
 )
 
 

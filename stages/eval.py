@@ -198,7 +198,7 @@ def write_per_latent(folder: Path, cfg, run, scores: dict, *, latent_seed: int) 
     so latent i pairs across runs); ``run_id`` is the variant's MLflow run (None when tracking is off).
     ``values``: ``structure_ratio`` and ``structure_rank`` (their means are eval's figures of the same
     names) and ``structure_matched``."""
-    from pipeline.artifacts import StagePaths
+    from stages.paths import StagePaths
 
     record = read_json(StagePaths(cfg, "finetune").train_dir(run.dir) / "mlflow_run.json", {}) or {}
     values = scores["per_latent"]

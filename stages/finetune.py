@@ -100,7 +100,8 @@ class VariantRun:
 def variant_logger(ctx, run: VariantRun):
     """The MLflow run of a trained variant (made by the finetune stage), so that swap grids and eval
     figures sit beside its losses and samples; None when tracking is off."""
-    from pipeline.artifacts import StagePaths, read_json
+    from pipeline.artifacts import read_json
+    from stages.paths import StagePaths
 
     rec = read_json(StagePaths(ctx.cfg, "finetune").train_dir(run.dir) / "mlflow_run.json", {}) or {}
     if not rec.get("run_id") or not ctx.logger.run_id:
@@ -194,7 +195,8 @@ def run(ctx):
 
 
 def digest(cfg) -> str:
-    from pipeline.artifacts import StagePaths, digest_of, file_digest
+    from pipeline.artifacts import digest_of, file_digest
+    from stages.paths import StagePaths
 
     paths = StagePaths(cfg, "finetune")
     return digest_of({r.dir: file_digest(paths.final_network(r.dir)) for r in cfg.finetune.runs(cfg.seed)})

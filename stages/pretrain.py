@@ -36,7 +36,8 @@ def run(ctx):
 
 
 def digest(cfg) -> str:
-    from pipeline.artifacts import StagePaths, file_digest
+    from pipeline.artifacts import file_digest
+    from stages.paths import StagePaths
 
     return file_digest(StagePaths(cfg, "pretrain").final_network())[:16]
 

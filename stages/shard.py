@@ -94,7 +94,8 @@ def _grid_from_shards(shard_dir, n=32):
 def digest(cfg) -> str:
     """What the shards hold: every tar's SHA-256 (from the manifests), so a rerun that writes the
     same images leaves pretrain and finetune up to date."""
-    from pipeline.artifacts import StagePaths, digest_of, read_json
+    from pipeline.artifacts import digest_of, read_json
+    from stages.paths import StagePaths
 
     paths = StagePaths(cfg, "shard")
     return digest_of({name: [(s["file"], s["sha256"]) for s in read_json(paths.dataset_dir(name) / "manifest.json")["shards"]]

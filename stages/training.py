@@ -57,7 +57,7 @@ def lineage(cfg, data_name: str, opts, *, variant=None, source: str | None = Non
 
 
 def _shard_manifest(cfg, data_name):
-    from pipeline.artifacts import StagePaths
+    from stages.paths import StagePaths
 
     return StagePaths(cfg, "shard").dataset_dir(data_name) / "manifest.json"
 

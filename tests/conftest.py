@@ -20,7 +20,7 @@ def tiny_experiment(tmp_path):
     trained 'freezesg' variant ('freezeg' selected but never trained), for the model commands' tests."""
     from cartoon_stylegan import checkpoint
     from cartoon_stylegan.networks import Discriminator, Generator
-    from pipeline.artifacts import StagePaths
+    from stages.paths import StagePaths
     from stages import load_config
 
     args = [f"run_root={tmp_path / 'runs'}", *TINY_EXPERIMENT]

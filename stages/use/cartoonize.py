@@ -34,7 +34,7 @@ def run_cartoonize(reg, cfg, args) -> int:
     from cartoon_stylegan.imageutil import save_png, tile_images, to_uint8
     from cartoon_stylegan.photo import PhotoError, photo_squares, read_photo
     from cartoon_stylegan.project import project
-    from pipeline.artifacts import StagePaths
+    from stages.paths import StagePaths
     from stages.models import device, load_weights, source_path
 
     photos = args.names  # the positional arguments that are not KEY=VALUE overrides

@@ -101,7 +101,7 @@ def _from_variant(reg, cfg, args):
     nets = {"g_ema": sampler.G}
     if args.swap_res is None:  # the file's training G and D go along (not for a swapped pair)
         if args.variant == "source":  # the pretrain result or finetune.init, in whatever format that is
-            from pipeline.artifacts import StagePaths
+            from stages.paths import StagePaths
             from stages.models import load_weights, source_path
 
             path, fmt = source_path(cfg, StagePaths(cfg, "finetune"))

@@ -55,7 +55,7 @@ def check_use_args(args, command: str) -> None:
 
 def trained_networks(cfg) -> dict[str, Path]:
     """{name: final network file} of every model the experiment has: 'source' and each trained variant run."""
-    from pipeline.artifacts import StagePaths
+    from stages.paths import StagePaths
     from stages.models import source_path
 
     out = {}
@@ -84,7 +84,7 @@ def _load_sampler(cfg, variant: str, *, swap_res: int | None, truncation: float,
     from cartoon_stylegan import checkpoint
     from cartoon_stylegan.sampling import Sampler
     from cartoon_stylegan.swap import weight_swap
-    from pipeline.artifacts import StagePaths
+    from stages.paths import StagePaths
     from stages.models import arch, load_source, source_path
 
     where = f"experiment {cfg.experiment!r} under {cfg.run_root}"

@@ -123,7 +123,7 @@ def create_app(cfg, *, steps: int = 200, components: int = 3, max_jobs: int = MA
     from cartoon_stylegan.photo import CROPS, PhotoError, photo_squares, read_photo
     from cartoon_stylegan.project import ProjectionCancelled, project
     from cartoon_stylegan.sampling import seed_latents
-    from pipeline.artifacts import StagePaths
+    from stages.paths import StagePaths
     from stages.use.trained import UseError, load_sampler, trained_networks
     from stages.models import device, load_weights, source_path
 

@@ -76,7 +76,8 @@ def store(experiments):
 def _per_latent(cfg, ids, *, shift=None, n=N_LATENTS, latent_seed=5, run_ids=True):
     """eval/per_latent/ as eval writes it (through its own writer): per-latent values whose means are the
     logged structure figures; ``shift``: {variant: added to every latent}."""
-    from pipeline.artifacts import StagePaths, write_json
+    from pipeline.artifacts import write_json
+    from stages.paths import StagePaths
     from stages.eval import PER_LATENT_DIR, write_per_latent
     from stages.finetune import VariantConfig, VariantRun
 

@@ -69,7 +69,9 @@ def test_variant_sampling_comes_from_the_checkpoint(ran):
     from stages.models import load_source, load_variants
 
     cfg, exp = ran
-    paths = __import__("pipeline.artifacts", fromlist=["StagePaths"]).StagePaths(cfg, "eval")
+    from stages.paths import StagePaths
+
+    paths = StagePaths(cfg, "eval")
     G_src = load_source(cfg, paths)
     samplers = {run.dir: s for run, s in load_variants(cfg, paths, G_src)}
     assert samplers["freezesg_structure"].prefix_len == 4 and samplers["freezed"].prefix_len == 0
