@@ -13,14 +13,24 @@
 """
 from __future__ import annotations
 
-from cartoon_stylegan.checkpoint.native import (RESUME_FORMAT, TRANSFER_FORMAT, CheckpointMismatch, atomic_save,
-                                                build_network, check_compatible, load_file, load_resume,
-                                                load_transfer, refusal, save_resume, save_transfer, state_diff,
-                                                unwrap)
-from cartoon_stylegan.checkpoint.rosinality import (import_rosinality, infer_discriminator_config,
-                                                    infer_generator_config, infer_multiplier)
+import importlib
 
-__all__ = ["RESUME_FORMAT", "TRANSFER_FORMAT", "CheckpointMismatch", "atomic_save", "build_network",
-           "check_compatible", "load_file", "load_resume", "load_transfer", "refusal", "save_resume",
-           "save_transfer", "state_diff", "unwrap", "import_rosinality", "infer_discriminator_config",
-           "infer_generator_config", "infer_multiplier"]
+_NATIVE = ("RESUME_FORMAT", "TRANSFER_FORMAT", "CheckpointMismatch", "atomic_save", "build_network", "check_compatible",
+           "load_file", "load_resume", "load_transfer", "refusal", "save_resume", "save_transfer", "state_diff", "unwrap")
+_ROSINALITY = ("import_rosinality", "infer_discriminator_config", "infer_generator_config", "infer_multiplier")
+__all__ = [*_NATIVE, *_ROSINALITY]
+
+
+def __getattr__(name: str):
+    """The native and rosinality names, imported when first used: reading a config imports this package
+    (for the formats registry) without importing torch."""
+    if name in _NATIVE or name in _ROSINALITY:
+        module = importlib.import_module(f"{__name__}.{'native' if name in _NATIVE else 'rosinality'}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])
