@@ -50,6 +50,7 @@ def preflight(cfg):
 
 def run(ctx):
     from cartoon_stylegan.metrics import GeneratorDataset, ShardImageDataset, compute_metrics, structure_distance
+    from cartoon_stylegan.metrics.drift import style_drift
     from cartoon_stylegan.sampling import Sampler
     from stages.finetune import variant_logger
     from stages.models import device, fresh_models, load_source, load_variants
@@ -161,6 +162,9 @@ def run(ctx):
     per_latent = ctx.paths.stage_dir / PER_LATENT_DIR
     if not done:  # a fresh eval: the folder holds this eval's files only
         shutil.rmtree(per_latent, ignore_errors=True)
+    # the style drift is read over the layers the comparison freezes (the largest frozen resolution of any
+    # variant), so that every variant's figure covers the same W+ entries
+    frozen_res = max((r.config.freeze_g_up_to or r.config.freeze_style_up_to or 0 for r, _ in variants), default=0)
     for run, sampler in variants:
         name = run.dir
 
@@ -172,6 +176,11 @@ def run(ctx):
 
         m = score(name, lambda: GeneratorDataset(sampler, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch),
                   target_real, structure=structure)
+        drift = style_drift(source, sampler, up_to=frozen_res or None, n=ec.structure_n, seed=cfg.seed + 2)
+        m["style_drift"] = drift["mapping"]
+        if "frozen" in drift:
+            m["style_drift_frozen"] = drift["frozen"]
+        ctx.log_metrics({f"{name}/{k}": m[k] for k in ("style_drift", "style_drift_frozen") if k in m})
         vlog = variant_logger(ctx, run)  # again for a kept score: a stop may have come before this
         if vlog is not None:
             vlog.metrics({f"eval/{k}": v for k, v in _eval_names(m).items()})
@@ -256,7 +265,7 @@ def _eval_names(m):
 
 
 def format_metrics(table) -> str:
-    cols = ["fid", "kid_mean", "precision", "recall", "structure_ratio", "structure_mean_rank"]
+    cols = ["fid", "kid_mean", "precision", "recall", "structure_ratio", "structure_mean_rank", "style_drift_frozen"]
     lines = [f"{'model':18s}" + "".join(f"{c:>20s}" for c in cols)]
     for name, m in table.items():
         lines.append(f"{name:18s}" + "".join(f"{m[c]:>20.4f}" if c in m else f"{'-':>20s}" for c in cols))

@@ -10,7 +10,7 @@ from stages.common import (InitConfig, check_compile_backend, check_deepspeed_co
 
 
 @dataclass
-class PretrainConfig(loop_section("PretrainLoop")):
+class PretrainConfig(loop_section("PretrainLoop", exclude=("lr_mapping",))):
     """The training loop's settings (cartoon_stylegan.training.LoopOptions) and where to start."""
     init: InitConfig = spec(factory=InitConfig, help="start from these weights (kimg 0: import only)")
 

@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 __all__ = [
-    "Factors", "SyntheticDomain", "SYNTHETIC_DOMAINS", "sample_factors", "draw",
+    "Factors", "SyntheticDomain", "SYNTHETIC_DOMAINS", "sample_factors", "shift_geometry", "GAP_SHIFT", "draw",
     "render", "render_batch", "preview_grid", "check_resolution", "get_domain",
 ]
 
@@ -468,19 +468,52 @@ def draw_cartoons(f: Factors, res: int, *, _full_window: bool = False) -> np.nda
     return _to_uint8(img)
 
 
+# --------------------------------------------------------------------------- domain gap
+
+# How far a target's geometry moves from the shared distribution at gap 1 (gap g moves it g times
+# as far). The paper's claim (FreezeSG keeps the source's structure where FreezeG cannot) is about
+# targets whose faces have other proportions and pose than the photos; at gap 0 the two domains
+# differ only in rendering.
+GAP_SHIFT = {
+    "size": ("scale", 0.30),     # larger heads
+    "cy": ("add", 0.10),         # lower in the frame
+    "tilt": ("add", 0.20),       # a head tilt of ~11 degrees on top of the shared spread
+    "eye_r": ("scale", 0.45),    # larger eyes
+    "eye_dx": ("scale", 0.25),   # set wider apart
+    "eye_y": ("add", 0.08),      # lower in the face
+    "mouth_y": ("add", -0.08),   # closer to the eyes: a shorter lower face and jaw
+}
+MAX_GAP = 1.5
+
+
+def shift_geometry(f: Factors, gap: float) -> Factors:
+    """``f`` with its geometry moved ``gap`` times :data:`GAP_SHIFT` away from the shared distribution
+    (gap 0 returns ``f`` itself: the same bytes as before)."""
+    if not gap:
+        return f
+    changed = {}
+    for name, (how, amount) in GAP_SHIFT.items():
+        v = getattr(f, name)
+        changed[name] = (v * np.float32(1 + amount * gap) if how == "scale" else v + np.float32(amount * gap)
+                         ).astype(np.float32)
+    return Factors(**{fl.name: changed.get(fl.name, getattr(f, fl.name)) for fl in fields(Factors)})
+
+
 # --------------------------------------------------------------------------- registry
 
 @dataclass(frozen=True)
 class SyntheticDomain:
-    """A named rendering of the shared factors; ``stream`` separates the domains' seeds."""
+    """A named rendering of the shared factors; ``stream`` separates the domains' seeds; ``gap`` moves
+    the geometry away from the shared distribution (:func:`shift_geometry`)."""
     name: str
     stream: int
     draw: Callable[[Factors, int], np.ndarray]
+    gap: float = 0.0
 
     def render_batch(self, seed: int, indices, resolution: int, chunk: int = 4) -> np.ndarray:
         check_resolution(resolution)
         indices = np.atleast_1d(np.asarray(indices, dtype=np.int64))
-        f = sample_factors(seed, self.stream, indices)
+        f = shift_geometry(sample_factors(seed, self.stream, indices), self.gap)
         out = np.empty((len(indices), resolution, resolution, 3), np.uint8)
         step = max(1, chunk * 4096 // resolution ** 2)   # ~chunk * 64^2 pixels per draw call
         for i in range(0, len(indices), step):
@@ -498,12 +531,24 @@ SYNTHETIC_DOMAINS: dict[str, SyntheticDomain] = {
 
 
 def get_domain(name: str) -> SyntheticDomain:
-    """Domain by name (``faces`` or ``synthetic:faces``); a clear error for unknown names."""
+    """Domain by name: ``faces``, ``cartoons`` (or ``synthetic:faces`` ...), and ``cartoons@G``: the
+    cartoons with the domain gap G (0 .. MAX_GAP, :func:`shift_geometry`); a clear error otherwise."""
     key = name[len("synthetic:"):] if name.startswith("synthetic:") else name
+    key, at, gap_text = key.partition("@")
     try:
-        return SYNTHETIC_DOMAINS[key]
+        domain = SYNTHETIC_DOMAINS[key]
     except KeyError:
-        raise ValueError(f"unknown synthetic domain {name!r}; known: {sorted(SYNTHETIC_DOMAINS)}") from None
+        raise ValueError(f"unknown synthetic domain {key!r}; known: {sorted(SYNTHETIC_DOMAINS)} "
+                         f"(cartoons@G for a domain gap G)") from None
+    if not at:
+        return domain
+    try:
+        gap = float(gap_text)
+    except ValueError:
+        gap = float("nan")
+    if not 0.0 <= gap <= MAX_GAP:  # nan fails too
+        raise ValueError(f"synthetic domain {name!r}: the gap after @ must be a number in 0..{MAX_GAP}")
+    return SyntheticDomain(f"{key}@{gap:g}", domain.stream, domain.draw, gap)
 
 
 def check_resolution(resolution) -> int:

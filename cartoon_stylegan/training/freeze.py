@@ -112,17 +112,24 @@ def lazy_ratio(every: int | None, active: bool = True) -> float:
 
 
 def build_optimizers(G, D, g_names, d_names, *, lr_g, lr_d, betas=(0.0, 0.99), g_reg_every=None,
-                     d_reg_every=None, g_reg=True, d_reg=True, eps=1e-8):
+                     d_reg_every=None, g_reg=True, d_reg=True, eps=1e-8, lr_mapping=1.0):
     """Adam for G and D over their trainable parameters only.
 
     With lazy regularisation every k steps, lr *= c and beta ** c, c = k / (k + 1)
     (StyleGAN2, appendix B), so that the regularisation steps do not shift the momentum.
+    ``lr_mapping``: the mapping network's (``style.*``) learning rate as a multiple of G's, in a
+    parameter group of its own (at 1, one group: exactly the optimiser of before).
     """
     cg = lazy_ratio(g_reg_every, g_reg)
     cd = lazy_ratio(d_reg_every, d_reg)
     pg, pd = trainable_parameters(G, g_names), trainable_parameters(D, d_names)
+    g_params = pg
+    mapping = {id(p) for p in trainable_parameters(G, [n for n in g_names if n.startswith("style.")])}
+    if lr_mapping != 1.0 and mapping:  # a frozen mapping has nothing to scale
+        pg = [{"params": [p for p in g_params if id(p) not in mapping]},
+              {"params": [p for p in g_params if id(p) in mapping], "lr": lr_g * cg * lr_mapping}]
     opt_g = torch.optim.Adam(pg, lr=lr_g * cg, betas=(betas[0] ** cg, betas[1] ** cg), eps=eps,
-                             **adam_kernel(pg))
+                             **adam_kernel(g_params))
     opt_d = torch.optim.Adam(pd, lr=lr_d * cd, betas=(betas[0] ** cd, betas[1] ** cd), eps=eps,
                              **adam_kernel(pd))
     return opt_g, opt_d

@@ -163,7 +163,7 @@ class TrainingLoop:
             G_source = G_source.eval().requires_grad_(False).to(self.device)
         opt_g, opt_d = build_optimizers(
             G, D, g_names, d_names, lr_g=opts.lr_g, lr_d=opts.lr_d, betas=opts.betas, g_reg_every=opts.pl_every,
-            d_reg_every=opts.r1_every, g_reg=opts.pl_weight > 0, d_reg=opts.r1_gamma > 0)
+            d_reg_every=opts.r1_every, g_reg=opts.pl_weight > 0, d_reg=opts.r1_gamma > 0, lr_mapping=opts.lr_mapping)
         ema = EMA(G_ema, param_names=g_names, ema_kimg=opts.ema_kimg, rampup=opts.ema_rampup)
         ada = None
         if opts.ada:

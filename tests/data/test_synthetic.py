@@ -69,3 +69,24 @@ def test_bad_domain_and_seed_are_clear_errors():
         render("dogs", 0, 0, 32)
     with pytest.raises(ValueError, match=">= 0"):
         render("faces", -1, 0, 32)
+
+
+def test_domain_gap_moves_the_cartoons_geometry_by_the_stated_amounts():
+    """synthetic:cartoons@G: G = 0 is the cartoons as before (same bytes); G > 0 moves each geometry factor
+    by GAP_SHIFT x G (scaled or shifted) and leaves colours alone; out-of-range gaps are one line."""
+    from cartoon_stylegan.data.synthetic import GAP_SHIFT, get_domain, shift_geometry
+
+    idx = np.arange(16)
+    assert np.array_equal(render_batch("cartoons@0", 3, idx, 32), render_batch("cartoons", 3, idx, 32))
+    base = sample_factors(3, SYNTHETIC_DOMAINS["cartoons"].stream, idx)
+    far = shift_geometry(base, 0.8)
+    for name, (how, amount) in GAP_SHIFT.items():
+        want = getattr(base, name) * (1 + amount * 0.8) if how == "scale" else getattr(base, name) + amount * 0.8
+        np.testing.assert_allclose(getattr(far, name), want, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(far.skin, base.skin) and np.array_equal(far.hair, base.hair)
+    a, b = render_batch("cartoons", 3, idx, 32), render_batch("synthetic:cartoons@0.8", 3, idx, 32)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 5  # the pictures do change
+    assert get_domain("cartoons@0.8").gap == 0.8 and get_domain("cartoons@0.8").stream == 2
+    for bad in ("cartoons@x", "cartoons@-1", "cartoons@2", "cartoons@nan"):
+        with pytest.raises(ValueError, match="the gap after @ must be a number in 0..1.5"):
+            get_domain(bad)
