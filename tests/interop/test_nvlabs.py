@@ -383,3 +383,70 @@ def test_storage_bytes_are_checked_before_torch_reads_them(tmp_path, sentinel):
     # the nesting bomb inside a storage's bytes (torch.load's own unpickler would crash on it)
     with pytest.raises(NVlabsImportError, match="objects nested more than 1000 deep"):
         read_nvlabs_pickle(write(tmp_path, _storage_record(_nested_tuple_key(1500))))
+
+
+_FUZZ = r"""
+import json, pickletools, random, resource, sys
+from cartoon_stylegan.checkpoint.nvlabs import NVlabsImportError, import_nvlabs
+
+# at most 2 GB more address space than torch's import took: a reader that tries to allocate more fails
+vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (2 << 30), vm + (2 << 30)))
+
+base = open(sys.argv[1], "rb").read()
+ops = [(pos, op.name, arg) for op, arg, pos in pickletools.genops(base)]
+rng = random.Random(int(sys.argv[2]))
+out = {"ok": 0, "refused": 0, "other": []}
+for i in range(int(sys.argv[3])):
+    data = bytearray(base)
+    kind = i % 5
+    if kind == 0:                      # truncated anywhere
+        data = data[: rng.randrange(1, len(data))]
+    elif kind == 1:                    # one opcode byte swapped for another opcode's
+        pos = rng.choice(ops)[0]
+        data[pos] = rng.choice(b"()0abcdefghijlmnopqrstuvxyz.}]KJMNGI\x80\x81\x85\x86\x87\x88\x89\x8a\x8b\x8c\x93\x94\x95")
+    elif kind == 2:                    # an integer argument made huge (sizes, strides, offsets, lengths)
+        ints = [(p, n) for p, n, a in ops if n in ("BININT", "BININT1", "BININT2", "LONG1")]
+        pos, name = rng.choice(ints)
+        width = {"BININT": 4, "BININT1": 1, "BININT2": 2, "LONG1": 1}[name]
+        data[pos + 1: pos + 1 + width] = bytes(rng.choice([0xFF, 0x7F, 0x80]) for _ in range(width))
+    elif kind == 3:                    # random bytes overwritten
+        for _ in range(rng.randrange(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    else:                              # deep nesting spliced in before the STOP
+        depth = rng.choice([500, 5_000, 200_000])
+        data = data[:-1] + b"(" * depth + b"." if rng.random() < 0.5 else \
+            bytes(data[:2]) + b")" + b"\x85" * depth + b"0" + bytes(data[2:])
+    path = sys.argv[4] + f"/m{i}.pkl"
+    open(path, "wb").write(bytes(data))
+    try:
+        import_nvlabs(path)
+        out["ok"] += 1
+    except NVlabsImportError as e:
+        assert "\n" not in str(e), str(e)
+        out["refused"] += 1
+    except Exception as e:
+        out["other"].append(f"{kind}: {type(e).__name__}: {str(e)[:200]}")
+print(json.dumps(out))
+"""
+
+
+def test_mutated_real_fixtures_end_in_one_line_or_a_valid_import(tmp_path):
+    """A fuzzer over the real fixture: truncations, opcode swaps, huge integer arguments, random bytes and
+    deep nesting. Every mutant ends in a valid import or one NVlabsImportError line -- no other exception
+    (a MemoryError included: the subprocess may take 2 GB more address space than torch's import), no
+    signal -- deterministic."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    snap = write(tmp_path, fx.snapshot_bytes(G=fx.generator(seed=0), D=fx.discriminator(), G_ema=fx.generator(seed=2)),
+                 "base.pkl")
+    (tmp_path / "m").mkdir()
+    proc = subprocess.run([sys.executable, "-c", _FUZZ, str(snap), "7", "150", str(tmp_path / "m")],
+                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, f"rc {proc.returncode} (a signal is negative): {proc.stderr[-3000:]}"
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not out["other"], out["other"][:10]
+    assert out["refused"] > 100 and out["ok"] + out["refused"] == 150, out
