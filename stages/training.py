@@ -20,7 +20,7 @@ def loop_options(section, variant=None, *, seed):
     """The stage section (and a variant's overrides) -> LoopOptions for the library loop."""
     from cartoon_stylegan.training import LoopOptions
 
-    values = {k: getattr(section, k) for k in LOOP_KEYS}
+    values = {k: getattr(section, k) for k in LOOP_KEYS if hasattr(section, k)}  # a section may leave some out
     if variant is not None:
         values.update(variant.loop_overrides())
         if values["pl_weight"] is None:  # reference behaviour: no path-length reg when G blocks are frozen
