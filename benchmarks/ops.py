@@ -2,6 +2,8 @@
 
     python benchmarks/ops.py                      # everything, writes benchmarks/results/ops-<device>.md
     python benchmarks/ops.py --quick              # fewer repetitions, no torch.compile column, 256 px only
+    python benchmarks/ops.py --short              # only the rows the speed targets read (below); no checks
+    python benchmarks/ops.py --short --list       # the cases it would time (needs no GPU)
     python benchmarks/ops.py --no-train --dtypes fp16 --layouts nchw,nhwc
 
 1. Builds (or loads from the cache) the kernels for this GPU.
@@ -18,6 +20,11 @@
    copy.
 4. Times a whole G+D training step at 256 px, batch 16 (D logistic loss + R1, G
    non-saturating loss), kernels vs reference.
+
+--short times what the targets ask about and nothing else: fused_bias_act (lrelu) against the
+measured copy bandwidth, upsample 2x and downsample 2x forward+backward against the eager and the
+compiled reference, at 256 px in float32 and bfloat16, NCHW; the correctness checks are left to
+`pytest -m gpu tests/ops`, which runs before it in the GPU acceptance run.
 
 Exits with status 2 and a message on a machine without CUDA; status 1 if a check fails.
 """
@@ -48,6 +55,7 @@ from cartoon_stylegan.ops import backend, build  # noqa: E402
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 BLUR = (1.0, 3.0, 3.0, 1.0)
+SHORT_CASES = ("G lrelu 256px", "G upsample 128->256px", "D downsample2d 256->128px")  # what the targets read
 
 
 # ------------------------------------------------------------------------------ CPU-side helpers
@@ -65,11 +73,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-train", action="store_true", help="skip the training-step timing")
     ap.add_argument("--train-steps", type=int, default=20, help="timed training steps per implementation")
     ap.add_argument("--quick", action="store_true", help="--reps 10 --warmup 3 --no-compile --resolutions 256")
+    ap.add_argument("--short", action="store_true", help="the target rows only: " + ", ".join(SHORT_CASES)
+                    + "; fp32 and bf16, NCHW, the compiled reference beside upfirdn2d; no checks, no training step")
+    ap.add_argument("--list", action="store_true", help="print the cases that would be timed and exit (no GPU needed)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="directory for ops-<device>.md")
     args = ap.parse_args(argv)
     if args.quick:
         args.reps, args.warmup, args.no_compile, args.resolutions = 10, 3, True, "256"
         args.train_steps = min(args.train_steps, 5)
+    args.cases = None
+    if args.short:
+        args.reps, args.warmup, args.dtypes, args.layouts, args.resolutions = 20, 5, "fp32,bf16", "nchw", "256"
+        args.no_train, args.cases = True, SHORT_CASES
     args.dtypes = _split(args.dtypes, DTYPES, "--dtypes")
     args.layouts = _split(args.layouts, ("nchw", "nhwc"), "--layouts")
     args.resolutions = [int(r) for r in _split(args.resolutions, ("256", "1024"), "--resolutions")]
@@ -141,6 +156,10 @@ class Case:
         if self.op == "bias_act":
             return (fwd + 3 * n_in + (n_in if self.bias else 0)) * itemsize  # dy, y -> dx; dx -> db
         return (fwd + n_out + n_in) * itemsize                              # dy -> dx
+
+
+def selected_cases(resolution: int, names=None) -> list[Case]:
+    return [c for c in stylegan2_cases(resolution) if names is None or c.name in names]
 
 
 def stylegan2_cases(resolution: int) -> list[Case]:
@@ -351,7 +370,7 @@ def op_timings(args, copy_gbs) -> list[list]:
     dev = torch.device("cuda")
     rows = []
     for res in args.resolutions:
-        for case in stylegan2_cases(res):
+        for case in selected_cases(res, args.cases):
             for dname in args.dtypes:
                 dtype = DTYPES[dname]
                 for layout in args.layouts:
@@ -374,8 +393,9 @@ def time_case(case, dtype, dname, layout, dev, args, copy_gbs) -> list[list]:
         g = g.to(memory_format=torch.channels_last)
 
     impls = {"cuda": lambda x_: run_op(case, x_, b, f, "cuda"), "ref": lambda x_: run_op(case, x_, b, f, "ref")}
-    if not args.no_compile:
+    if not args.no_compile and not args.short:
         impls["cuda+compile"] = torch.compile(impls["cuda"], dynamic=False)
+    if not args.no_compile and (not args.short or case.op == "upfirdn2d"):  # the target compares upfirdn2d only
         impls["ref+compile"] = torch.compile(lambda x_: run_op(case, x_, b, f, "ref"), dynamic=False)
 
     rows = []
@@ -474,6 +494,12 @@ TRAIN_HEADERS = ["ops", "batch", "ms / step", "img / s", "peak GiB", "speed-up"]
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.list:
+        for res in args.resolutions:
+            for case in selected_cases(res, args.cases):
+                print(f"{case.name}: {case.op} {'x'.join(map(str, case.shape))} {case.kwargs or ''}; "
+                      f"{', '.join(args.dtypes)}; {', '.join(args.layouts)}")
+        return 0
     require_cuda()
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(dev)
@@ -484,8 +510,9 @@ def main(argv=None) -> int:
     path = build.find_build(build.build_key(), build.device_arches())
     print(f"kernels: {path} (ready in {time.time() - t0:.1f} s)")
 
-    print("checking the kernels against the reference ...")
-    checks = correctness_checks(dev)
+    print("checking the kernels against the reference ..." if not args.short else
+          "checks left to pytest -m gpu (--short)")
+    checks = correctness_checks(dev) if not args.short else []
     failed = [c for c in checks if not c.ok]
     check_rows = summarize_checks(checks)
     print(format_table(CHECK_HEADERS, check_rows))
@@ -513,9 +540,9 @@ def main(argv=None) -> int:
         "",
         "## Correctness",
         "",
-        f"{len(checks) - len(failed)}/{len(checks)} checks passed (worst case per check below).",
-        "",
-        format_table(CHECK_HEADERS, check_rows),
+        *([f"{len(checks) - len(failed)}/{len(checks)} checks passed (worst case per check below).", "",
+           format_table(CHECK_HEADERS, check_rows)] if not args.short else
+          ["Not run here (--short): `pytest -m gpu tests/ops` checks the kernels against the reference."]),
         "",
         "## Ops",
         "",
