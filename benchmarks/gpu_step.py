@@ -269,7 +269,8 @@ def nvlabs(row, cfg, reps, peer: Path, rehearsal=False):
                                         num_fp16_res=fp16_res, conv_clamp=256)).to(device).train().requires_grad_(False)
     D = Discriminator(c_dim=0, img_resolution=cfg["size"], img_channels=3, channel_base=cfg["channel_base"],
                       channel_max=cfg["channel_max"], num_fp16_res=fp16_res, conv_clamp=256,
-                      epilogue_kwargs=dict(mbstd_group_size=min(4, cfg["batch"]))).to(device).train().requires_grad_(False)
+                      epilogue_kwargs=dict(mbstd_group_size=min(4, cfg["batch"])))
+    D = D.to(device).train().requires_grad_(False)
     G_ema = copy.deepcopy(G).eval()
     loss = StyleGAN2Loss(device=device, G_mapping=G.mapping, G_synthesis=G.synthesis, D=D, augment_pipe=None,
                          style_mixing_prob=0.9, r1_gamma=10, pl_batch_shrink=2, pl_decay=0.01, pl_weight=2)
@@ -407,7 +408,8 @@ def main() -> int:
             procgroup.stop(running["proc"], grace=0.5)
         for r in results:
             if r["status"] in ("not run yet", "running"):
-                r["status"] = "not run: stopped from outside" if r["status"] == "not run yet" else "cut off from outside"
+                r["status"] = ("not run: stopped from outside" if r["status"] == "not run yet"
+                               else "cut off from outside")
         write_table(results, args, cfg, device, out)
         sys.exit(3)
 
