@@ -167,6 +167,9 @@ def _nvlabs_build_env() -> None:
             os.environ["CUDA_HOME"] = cpp_extension.CUDA_HOME = root  # cpp_extension read it once, at its import
         except Exception:  # noqa: BLE001 -- no toolkit: their build will say so itself
             pass
+    home = os.environ.get("CUDA_HOME")
+    if home and (Path(home) / "include" / "cusparse.h").is_file():
+        return  # a whole toolkit: its own headers only
     try:
         import nvidia  # noqa: PLC0415 -- the nvidia-* wheels' namespace package, next to torch
     except ImportError:
@@ -174,7 +177,7 @@ def _nvlabs_build_env() -> None:
     found = [str(p) for root in nvidia.__path__ for p in sorted(Path(root).glob("*/include"))
              if (p / "cusparse.h").is_file() or (p / "cublas_v2.h").is_file()]
     if found:
-        os.environ["CPATH"] = os.pathsep.join(found + [p for p in os.environ.get("CPATH", "").split(os.pathsep) if p])
+        os.environ["CPATH"] = os.pathsep.join([p for p in os.environ.get("CPATH", "").split(os.pathsep) if p] + found)
 
 
 def register_loaded_modules() -> None:
