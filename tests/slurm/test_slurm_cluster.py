@@ -728,3 +728,40 @@ def test_list_says_when_a_queued_job_is_blocked_for_good(cluster, tmp_path):
         if job:
             subprocess.run(["scancel", job], timeout=30)
         subprocess.run(["scontrol", "update", "PartitionName=gpu", "MaxTime=INFINITE"], timeout=30)
+
+
+@pytest.mark.slow
+def test_fine_tune_your_own_submitted_on_the_cpu_partition_chains_four_jobs(cluster, tmp_path):
+    """The user's journey on a cluster: a pretrained generator FILE (rosinality's format) and a folder of
+    cartoon faces of every size and mode, no photo set anywhere; `pipeline submit all` with the README's
+    fine-tune config and no sbatch arguments, on the default (CPU-only) partition: shard(target) ->
+    finetune -> swap -> eval, four jobs chained, all COMPLETED, pretrain and the source set left out."""
+    sys.path.insert(0, str(REPO / "tests" / "e2e"))
+    from test_own_data import TINY as OWN_TINY
+    from test_own_data import _cartoon_folder, _rosinality_file
+
+    _rosinality_file(tmp_path / "550000.pt")
+    _cartoon_folder(tmp_path / "webtoon")
+    args = ["--config", str(REPO / "configs" / "finetune" / "webtoon.yaml"), f"run_root={tmp_path / 'runs'}",
+            f"finetune.init.path={tmp_path / '550000.pt'}", "finetune.init.format=rosinality",
+            f"data.target.input={tmp_path / 'webtoon'}", "launch.num_processes=1", "tracking.enabled=false",
+            *OWN_TINY]
+    sub = _pipeline("submit", "all", *args)
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    assert sub.stdout.count("left out: the source generator is a file") == 1, sub.stdout
+    exp = tmp_path / "runs" / "webtoon256"
+    own = ("shard", "finetune", "swap", "eval")
+    recs = {s: slurm.read_job_record(exp / s) for s in own}
+    assert all(recs.values()) and not (exp / "pretrain").exists(), recs
+    deadline = time.monotonic() + 600
+    for s in own:
+        state = slurm.wait_for_job(recs[s]["job_id"], timeout=max(1.0, deadline - time.monotonic()), poll=1)
+        assert state == "COMPLETED", f"{s} job {recs[s]['job_id']} is {state}:\n{_tail(recs[s]['log'])}"
+    assert not (exp / "shard" / "source").exists() and not (exp / "pretrain").exists()
+    metrics = json.loads((exp / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"freezed", "freezeg", "freezesg", "freezesg_structure"}, metrics
+    listing = _pipeline("list", *args)
+    assert listing.returncode == 0 and "left out: the source generator is a file" in listing.stdout
+    rows = {ln.split()[0]: ln.split()[1] for ln in listing.stdout.splitlines()
+            if len(ln.split()) > 1 and ln.split()[0] in DAG and ln.split()[1] != "left"}
+    assert rows == {s: "done" for s in own}, listing.stdout
