@@ -16,13 +16,11 @@ Why ``torch.library`` operators driven by ``torch.autograd.Function`` (and not
   gradient, and the upfirdn2d backward is upfirdn2d with up/down swapped, the filter
   flipped and the padding adjusted, so gradients of gradients (R1, path-length
   regularisation) run on the kernels too. Dynamo traces such Functions.
-* Cost per call in eager mode, measured with torch 2.15 on this project's CPU: an
-  ``autograd.Function`` around a C++ operator costs 7 us, ``custom_op`` with
-  ``register_autograd`` 26 us (its autograd kernel and body go through Python on every
-  call). A StyleGAN2 training step makes a few hundred of these calls, so the
-  difference shows up at the low resolutions, where kernels take microseconds.
-  ``custom_op`` would buy nothing else here: schemas, fakes and ``opcheck`` work the
-  same on ``torch.library.Library`` operators.
+* An ``autograd.Function`` around a C++ operator costs a few times less per call than
+  ``custom_op`` with ``register_autograd`` (benchmarks/results/design-measurements-cpu.md),
+  which matters at the low resolutions where kernels take microseconds; ``custom_op`` would
+  buy nothing else here: schemas, fakes and ``opcheck`` work the same on
+  ``torch.library.Library`` operators.
 """
 from __future__ import annotations
 

@@ -139,11 +139,10 @@ ADAM_KERNEL_ENV = "CARTOON_STYLEGAN_ADAM"  # "torch" (default: torch's own choic
 
 
 def adam_kernel(params) -> dict:
-    """Adam's implementation. torch's own choice by default: on the CPU that is a Python loop over the
-    tensors (7.4 ms a step for G+D of the demo model; the fused kernel 1.1 ms), but the whole training
-    step measured the same with either, interleaved in one process (``benchmarks/train.py --demo``),
-    and the fused kernel changes the last bits of each update -- so the default stays, which keeps the
-    demo's figures reproducible. ``CARTOON_STYLEGAN_ADAM=fused`` (CPU tensors) or ``loop`` chooses."""
+    """Adam's implementation. torch's own choice by default: the fused kernel is faster per call but the
+    whole training step measured the same (benchmarks/results/design-measurements-cpu.md), and it changes
+    the last bits of each update -- so the default stays, which keeps the demo's figures reproducible.
+    ``CARTOON_STYLEGAN_ADAM=fused`` (CPU tensors) or ``loop`` chooses."""
     params = list(params)
     choice = os.environ.get(ADAM_KERNEL_ENV, "torch").strip().lower()
     if choice not in ("torch", "fused", "loop"):
