@@ -1,10 +1,11 @@
 """Small image helpers: tensor batches -> uint8 grids -> PNG (atomic)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
+
+from toolbox.images import save_png  # the one PNG writer (atomic), used by the commands
+
+__all__ = ["to_uint8", "tile_images", "save_png"]
 
 
 def to_uint8(x):
@@ -26,15 +27,3 @@ def tile_images(images, cols: int, pad: int = 0) -> np.ndarray:
         r, q = divmod(i, cols)
         out[r * (h + pad): r * (h + pad) + h, q * (w + pad): q * (w + pad) + w] = a[i].transpose(1, 2, 0)
     return out
-
-
-def save_png(array: np.ndarray, path) -> Path:
-    """Write an HWC uint8 array as PNG, atomically (temp file + rename)."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    Image.fromarray(np.ascontiguousarray(array).squeeze()).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path

@@ -155,10 +155,10 @@ def execute(registry, cfg, name: str, fp: str, previous: dict, *, tracker, paren
             if needs_launcher(cfg, stage):
                 result, world_size = _run_launched(registry, cfg, name, fp, logger, paths)
             else:
+                acc = make_accelerator(cfg) if stage.distributed else None  # sees no rendezvous: one process
+                ctx = StageContext(cfg, name, logger, accelerator=acc, stop_flag=lambda: stop.requested,
+                                   fingerprint=fp, paths=registry.paths)
                 with one_process_group(cfg, stage):
-                    acc = make_accelerator(cfg) if stage.distributed else None
-                    ctx = StageContext(cfg, name, logger, accelerator=acc, stop_flag=lambda: stop.requested,
-                                       fingerprint=fp, paths=registry.paths)
                     result = stage.run(ctx)
                 world_size = acc.num_processes if acc is not None else 1
         status = "FINISHED"

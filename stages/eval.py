@@ -164,7 +164,8 @@ def run(ctx):
         shutil.rmtree(per_latent, ignore_errors=True)
     # the style drift is read over the layers the comparison freezes (the largest frozen resolution of any
     # variant), so that every variant's figure covers the same W+ entries
-    frozen_res = max((r.config.freeze_g_up_to or r.config.freeze_style_up_to or 0 for r, _ in variants), default=0)
+    frozen_res = max((max(r.config.freeze_g_up_to or 0, r.config.freeze_style_up_to or 0) for r, _ in variants),
+                     default=0)
     for run, sampler in variants:
         name = run.dir
 

@@ -70,21 +70,19 @@ def default_variants():
 
     freezed             FreezeD + ADA only: the baseline
     freezeg             + the low-resolution blocks and the mapping network frozen (reference FreezeG)
-    freezeg_mapping     + the low-resolution blocks frozen, the mapping trains and feeds them: the
-                        FreezeG the paper argues against (the frozen blocks get the target's drifting W)
     freezesg            + the low-resolution blocks frozen, their W+ from the frozen *source* mapping;
                         the target mapping trains and styles the layers above
     freezesg_structure  freezesg + the structure loss
-    structure           the structure loss alone (G not frozen): the reference's structure-loss setting
+
+    configs/comparison.yaml adds freezeg_mapping (blocks frozen, the mapping trains and feeds them: the
+    FreezeG the paper argues against) and structure (the structure loss alone: the reference's setting).
     """
     return {
         "freezed": VariantConfig(),
         "freezeg": VariantConfig(freeze_g_up_to=8, freeze_mapping=True),
-        "freezeg_mapping": VariantConfig(freeze_g_up_to=8),
         "freezesg": VariantConfig(freeze_g_up_to=8, freeze_style_up_to=8),
         "freezesg_structure": VariantConfig(freeze_g_up_to=8, freeze_style_up_to=8,
                                             structure_loss=StructureLossConfig(up_to=16, weight=1.0)),
-        "structure": VariantConfig(structure_loss=StructureLossConfig(up_to=16, weight=1.0)),
     }
 
 

@@ -32,10 +32,22 @@ __all__ = ["LockBusy", "atomic_path", "atomic_write_bytes", "atomic_write_text",
 NO_LOCKING = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    """The process umask, read once at import (os.umask can only be read by setting it, which would
+    briefly make other threads' new files world-writable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def fsync_dir(folder) -> None:
@@ -66,7 +78,7 @@ def atomic_path(path, *, durable: bool = False) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would not
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a plain open() would not
         yield tmp
         if durable:
             with open(tmp, "rb+") as f:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-_NATIVE = ("RESUME_FORMAT", "TRANSFER_FORMAT", "CheckpointMismatch", "atomic_save", "build_network", "check_compatible",
+_NATIVE = ("RESUME_FORMAT", "TRANSFER_FORMAT", "CheckpointMismatch", "CheckpointRefused", "atomic_save", "build_network", "check_compatible",
            "load_file", "load_resume", "load_transfer", "refusal", "save_resume", "save_transfer", "state_diff", "unwrap")
 _ROSINALITY = ("import_rosinality", "infer_discriminator_config", "infer_generator_config", "infer_multiplier")
 __all__ = [*_NATIVE, *_ROSINALITY]

@@ -80,17 +80,22 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
+class CheckpointRefused(pickle.UnpicklingError, ValueError):
+    """A file the weights-only reader (or the opcode walk before it) refuses; one line naming why. An
+    UnpicklingError as torch's own, and a ValueError as every other 'this file cannot be used'."""
+
+
 def load_file(path: str | os.PathLike, map_location: Any = "cpu", hint: str = "", mmap: bool = False) -> Any:
     try:
         scan_pickles(path)  # a pickle nested deep enough to crash the unpickler never reaches it
     except PickleRefused as e:
-        raise pickle.UnpicklingError(str(e)) from None
+        raise CheckpointRefused(str(e)) from None
     try:
         with warnings.catch_warnings():  # a plain pickle (NVlabs') makes torch warn before it refuses it
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(os.fspath(path), map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        raise pickle.UnpicklingError(f"{os.fspath(path)}: {refusal(e)}{hint}") from e
+        raise CheckpointRefused(f"{os.fspath(path)}: {refusal(e)}{hint}") from e
 
 
 def refusal(e: BaseException) -> str:

@@ -358,9 +358,11 @@ def _face_square(image, resolution: int, note: Optional[str]) -> tuple[np.ndarra
 def load_prepared(loader, resolution: int, min_size: int = 0, crop: str = "center") -> tuple[np.ndarray, Optional[str]]:
     """``prepare(loader(resolution), ...)``; any failure becomes :class:`SkipImage`."""
     image = loader(resolution if crop == "center" else max(resolution, FACE_DECODE))
+    from cartoon_stylegan.faces import FaceAlignError
+
     try:
         return prepare(image, resolution, min_size, crop)
-    except SkipImage:
+    except (SkipImage, FaceAlignError):  # the face packages missing: a configuration error, not this image's
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. a truncated image that fails only on resize
         raise SkipImage(f"cannot process image: {type(exc).__name__}: {exc}") from None

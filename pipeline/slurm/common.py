@@ -31,7 +31,7 @@ def count_gpus(spec: str, *, gres: bool = False) -> int:
                 4, 8, 2 (only ``gpu`` items count); "(null)" -> 0.
     """
     total = 0
-    for item in (spec or "").split(","):
+    for item in re.split(r",(?![^()]*\))", spec or ""):  # "gpu:a100:4(S:0,2)": the socket list is one item
         item = re.sub(r"\(.*\)$", "", item.strip())  # socket affinity: "(S:0-1)"
         if not item or item == "(null)":
             continue

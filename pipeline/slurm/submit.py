@@ -103,7 +103,7 @@ def submit(stages: Sequence[str], *, config_path: str | Path | None, overrides: 
     Creates ``log_dir`` (sbatch does not), prints one line per job, and records
     ``{job_id, stage, submitted_at, cmd, after, log}`` to ``state_file_for(stage)`` (or
     ``state_dir_for(stage) / JOB_RECORD``). ``stage_sbatch_args``: each stage's resource arguments
-    (pipeline/slurm_resources.py), placed before ``extra_sbatch_args``. When an sbatch fails, the jobs this call already
+    (pipeline/slurm/resources.py), placed before ``extra_sbatch_args``. When an sbatch fails, the jobs this call already
     submitted are cancelled, the error is printed and None is returned. ``dry_run`` prints
     the command lines and runs nothing.
     """

@@ -183,6 +183,9 @@ def run(reg, cfg, args) -> int:
     except (UseError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (ValueError, OSError, RuntimeError) as e:  # a network file that cannot be read (refused, damaged)
+        print(f"error: {' '.join(str(e).split())[:400] or type(e).__name__}", file=sys.stderr)
+        return 2
     record = {"command": "export", "format": args.format, "from": what, "file": str(out), **record}
     write_json(out.with_name(out.name + ".json"), record)
     extra = "" if record.get("max_abs_difference") is None else \

@@ -69,13 +69,20 @@ def trained_networks(cfg) -> dict[str, Path]:
     return out
 
 
+def missing_source_hint(cfg, src_file) -> str:
+    """What to do when the source generator is not there: it depends on where it comes from."""
+    if cfg.finetune.init.path:
+        return f"finetune.init.path {src_file} is not a file; give the pretrained generator you fine-tuned from"
+    return f"{src_file} is missing: run `python -m pipeline run pretrain` first, or set finetune.init.path"
+
+
 def load_sampler(cfg, variant: str, *, swap_res: int | None, truncation: float, device):
     """The sampler of ``variant`` ('source', a variant run's folder name, or a variant name with one run),
     optionally weight-swapped at ``swap_res`` (source layers up to it, the variant's above), and its file.
     Raises UseError (one line) for anything missing or unreadable."""
     try:
         return _load_sampler(cfg, variant, swap_res=swap_res, truncation=truncation, device=device)
-    except (ValueError, OSError, RuntimeError) as e:  # a checkpoint of another architecture, unreadable, ...
+    except (ValueError, OSError, RuntimeError) as e:  # another architecture, unreadable, refused (a ValueError)
         raise UseError(str(e).splitlines()[0] + (" (does the config match the experiment's?)"
                                                  if "does not match" in str(e) else "")) from None
 
@@ -90,8 +97,7 @@ def _load_sampler(cfg, variant: str, *, swap_res: int | None, truncation: float,
     where = f"experiment {cfg.experiment!r} under {cfg.run_root}"
     src_file, _ = source_path(cfg, StagePaths(cfg, "finetune"))
     if not Path(src_file).is_file():
-        raise UseError(f"no source generator in {where} ({src_file} is missing): run `python -m pipeline run "
-                       "pretrain` first, or set finetune.init.path")
+        raise UseError(f"no source generator in {where}: {missing_source_hint(cfg, src_file)}")
     G_src = load_source(cfg, StagePaths(cfg, "finetune"), device)
     if variant == "source":
         if swap_res is not None:

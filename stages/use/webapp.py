@@ -124,7 +124,7 @@ def create_app(cfg, *, steps: int = 200, components: int = 3, max_jobs: int = MA
     from cartoon_stylegan.project import ProjectionCancelled, project
     from cartoon_stylegan.sampling import seed_latents
     from stages.paths import StagePaths
-    from stages.use.trained import UseError, load_sampler, trained_networks
+    from stages.use.trained import UseError, load_sampler, missing_source_hint, trained_networks
     from stages.models import device, load_weights, source_path
 
     if not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]:
@@ -135,8 +135,9 @@ def create_app(cfg, *, steps: int = 200, components: int = 3, max_jobs: int = MA
     res = cfg.data.resolution
     names = list(trained_networks(cfg))
     if "source" not in names:
-        raise UseError(f"no source generator in experiment {cfg.experiment!r} under {cfg.run_root}: run "
-                       "`python -m pipeline run pretrain` first")
+        src_file, _ = source_path(cfg, StagePaths(cfg, "finetune"))
+        raise UseError(f"no source generator in experiment {cfg.experiment!r} under {cfg.run_root}: "
+                       f"{missing_source_hint(cfg, src_file)}")
     # the paper's method first in the picker
     variants = sorted((n for n in names if n != "source"), key=lambda n: (not n.startswith("freezesg"), n))
     swaps = [r for r in (2 ** k for k in range(2, 11)) if r <= res]

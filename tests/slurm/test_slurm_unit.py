@@ -1,4 +1,4 @@
-"""pipeline/slurm.py without a cluster: layout from a fake environment, ports, the srun
+"""pipeline/slurm/ without a cluster: layout from a fake environment, ports, the srun
 command, sbatch command lines, requeue and job-state fallbacks (SLURM commands mocked)."""
 from __future__ import annotations
 
@@ -341,6 +341,7 @@ def test_wait_for_job_returns_terminal_state():
 @pytest.mark.parametrize("spec, gres, n", [
     ("4", False, 4), ("a100:4", False, 4), ("gpu:a100:4", False, 4), ("a100:2,v100:2", False, 4), ("a100", False, 1),
     ("gpu:4", True, 4), ("gpu:a100:8(S:0-1)", True, 8), ("gpu:2,shard:4", True, 2), ("(null)", True, 0), ("", False, 0),
+    ("gpu:a100:4(S:0,2)", True, 4), ("gpu:a100:4(S:0,2),gpu:v100:2", True, 6),
 ])
 def test_one_gpu_count_parser_for_env_values_and_gres(spec, gres, n):
     from pipeline.slurm.common import count_gpus
