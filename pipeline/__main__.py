@@ -138,7 +138,7 @@ def cmd_show(args) -> int:
     if stages:
         sections = {}
         for name in stages:
-            for key in reg[name].reads:
+            for key in reg[name].reads_for(cfg):
                 node, parts = tree, key.split(".")
                 for p in parts[:-1]:
                     node = node[p]

@@ -23,7 +23,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from toolbox.settings import SettingError, check_value, setting
+from toolbox.settings import SettingError, check_value, is_old_behaviour, setting
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -148,6 +148,19 @@ def from_dict(cls, data: dict, prefix: str = "", use_hook: bool = True):
         return cls(**kwargs)
     except ConfigError as e:
         raise ConfigError(f"{prefix + ': ' if prefix and not str(e).startswith(prefix) else ''}{e}") from None
+
+
+def to_record(obj) -> Any:
+    """:func:`to_dict` less the settings added later at their old behaviour (``setting(later=...)``):
+    what a fingerprint or a lineage records of a config."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_record(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not is_old_behaviour(f, getattr(obj, f.name))}
+    if isinstance(obj, dict):
+        return {k: to_record(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_record(v) for v in obj]
+    return obj
 
 
 def to_dict(obj) -> Any:

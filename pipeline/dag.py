@@ -20,7 +20,7 @@ from datetime import datetime
 
 from pipeline import artifacts
 from toolbox import LockBusy, file_lock, lock_held
-from pipeline.registry import section_value
+from pipeline.registry import OMIT, section_value
 
 EXIT_OK, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
 
@@ -94,8 +94,11 @@ def fingerprint(registry, cfg, name: str) -> str:
     for dep in registry.needs_of(name, cfg):
         state = read_state(cfg, dep)
         deps[dep] = state.get("digest") or [state.get("fingerprint"), state.get("finished")]
-    blob = {"stage": name, "config": {s: section_value(cfg, s) for s in st.reads},
-            "inputs": deps, "version": registry.version}
+    config = {s: v for s in st.reads_for(cfg) if (v := section_value(cfg, s)) is not OMIT}
+    blob = {"stage": name, "config": config, "inputs": deps, "version": registry.version}
+    files = st.inputs(cfg) if st.inputs is not None else {}
+    if files:  # only when there are any: the fingerprints of stages without such inputs stay as they were
+        blob["files"] = files
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -25,7 +25,10 @@ class Stage:
     run:         ``run(ctx) -> JSON-able result`` (ctx: :class:`pipeline.context.StageContext`)
     config:      the dataclass of its config section (None: the stage has no section of its own)
     needs:       stages that must be done first
-    reads:       dotted config keys whose values change what the stage produces (its fingerprint)
+    reads:       dotted config keys whose values change what the stage produces (its fingerprint); or
+                 ``reads(cfg) -> keys`` when that depends on the config
+    inputs:      ``inputs(cfg) -> {name: digest}``: files outside the run the stage reads (e.g. a
+                 pretrained network), by content: part of its fingerprint
     makes:       what it writes, for ``list`` / ``--dry-run``
     distributed: run through the launcher (``accelerate launch``) when more than one process
     preflight:   ``preflight(cfg)``: checks of its inputs before any stage starts (raise ConfigError)
@@ -52,6 +55,11 @@ class Stage:
     help: str = ""
     resources: Optional[Callable[[Any], dict]] = None
     left_out: Optional[Callable[[Any], Optional[str]]] = None
+    inputs: Optional[Callable[[Any], dict]] = None
+
+    def reads_for(self, cfg) -> tuple[str, ...]:
+        """The config keys this stage reads under ``cfg``."""
+        return tuple(self.reads(cfg)) if callable(self.reads) else tuple(self.reads)
 
     def needs_on_slurm(self, cfg) -> dict:
         """What a SLURM job of this stage needs (see ``resources``)."""
@@ -206,11 +214,23 @@ def load(name: str = DEFAULT_REGISTRY) -> Registry:
     return reg
 
 
-def section_value(cfg, dotted: str):
-    """The value at a dotted config key (``data.source``), as plain data."""
-    from pipeline.config import to_dict
+OMIT = object()
+"""What :func:`section_value` gives for a setting added later, at its old behaviour: not recorded."""
 
-    obj = cfg
+
+def section_value(cfg, dotted: str):
+    """The value at a dotted config key (``data.source``), as plain data, as a fingerprint records it
+    (settings added later, at their old behaviour, left out; such a leaf key itself: :data:`OMIT`)."""
+    import dataclasses
+
+    from pipeline.config import to_record
+    from toolbox.settings import is_old_behaviour
+
+    obj, parent = cfg, None
     for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return to_dict(obj)
+        parent, obj = obj, getattr(obj, part)
+    if dataclasses.is_dataclass(parent):
+        field = next((f for f in dataclasses.fields(parent) if f.name == dotted.rsplit(".", 1)[-1]), None)
+        if field is not None and is_old_behaviour(field, obj):
+            return OMIT
+    return to_record(obj)

@@ -76,6 +76,33 @@ def source_from_file(cfg) -> Optional[str]:
             f"pretrain, and the source image set (data.source) is neither sharded nor read")
 
 
+_DIGESTS: dict = {}
+
+
+def init_file_inputs(section: str):
+    """``Stage.inputs`` of a training stage: the content of ``<section>.init.path`` (a pretrained network
+    outside the run), so that replacing the file at the same path makes the stage stale. Hashed once per
+    file version in a process (a 360 MB pickle takes seconds)."""
+    def inputs(cfg) -> dict:
+        import os
+
+        from pipeline.artifacts import file_digest
+
+        init = getattr(cfg, section).init
+        if not init.path:
+            return {}
+        path = os.path.expanduser(init.path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return {f"{section}.init.path": "missing"}  # the preflight says so, in one line
+        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+        if key not in _DIGESTS:
+            _DIGESTS[key] = file_digest(path)
+        return {f"{section}.init.path": _DIGESTS[key]}
+    return inputs
+
+
 def datasets_used(cfg) -> tuple[str, ...]:
     """The image sets this config shards and reads: ("source", "target"), or ("target",) when the
     source generator is a file."""

@@ -9,7 +9,8 @@ from cartoon_stylegan.training.options import FreezeOptions
 from pipeline.config import ConfigError, spec, unknown_key_error
 from pipeline.registry import Stage
 from pipeline.settings import check_name
-from stages.common import LOOP_KEYS, InitConfig, check_compile_backend, loop_section, training_resources
+from stages.common import (LOOP_KEYS, InitConfig, check_compile_backend, init_file_inputs, loop_section,
+                           training_resources)
 from toolbox.settings import derive, overrides_of
 
 
@@ -19,22 +20,13 @@ class StructureLossConfig:
     weight: float = spec(1.0, min=0.0, help="lambda; with reduce: mean (the paper's text) the loss is the MEAN "
                          "over the blocks, with reduce: sum (the reference code) their sum: n_blocks x the mean")
     on: Literal["rgb", "features"] = spec("rgb", help="compare RGB skip outputs (paper) or feature maps (reference code)")
-    reduce: Literal["mean", "sum"] = spec("mean", help="mean (paper's text) or sum (reference code) of the "
-                                          "per-block MSEs")
-    source_w: Literal["target", "own"] = spec("target", help="the W+ the source runs on: the target's (the loss "
-                                              "sees only the synthesis layers) or its own mapping's for the same z "
-                                              "(reference code: a drifting target mapping is penalised too)")
-
-    # keys added after runs existed: at these values they stay out of a training dir's lineage,
-    # so the runs trained before them continue their checkpoints
-    LATER_KEYS = {"reduce": "mean", "source_w": "target"}
-
-    def lineage(self) -> dict:
-        """What a training dir's lineage records of this loss: every key, less the later ones at
-        the values that reproduce the loss as it was before them."""
-        from pipeline.config import to_dict
-
-        return {k: v for k, v in to_dict(self).items() if self.LATER_KEYS.get(k, object()) != v}
+    # added after runs existed (later=): at these values they stay out of fingerprints and lineages
+    reduce: Literal["mean", "sum"] = spec("mean", later="mean", help="mean (paper's text) or sum (reference code) "
+                                          "of the per-block MSEs")
+    source_w: Literal["target", "own"] = spec("target", later="target", help="the W+ the source runs on: the "
+                                              "target's (the loss sees only the synthesis layers) or its own "
+                                              "mapping's for the same z (reference code: a drifting target mapping "
+                                              "is penalised too)")
 
 
 # A variant's freezing options are the library's FreezeOptions (FreezePlan's fields) (declared there once, with help and
@@ -209,6 +201,6 @@ def digest(cfg) -> str:
 
 STAGE = Stage(
     name="finetune", run=run, config=FinetuneConfig, needs=("pretrain",), preflight=preflight, distributed=True, resources=training_resources,
-    digest=digest, makes="finetune/<variant>/checkpoints/network-final.pt",
+    digest=digest, inputs=init_file_inputs("finetune"), makes="finetune/<variant>/checkpoints/network-final.pt",
     reads=("seed", "data.resolution", "data.target", "data.xflip", "data.shuffle_buffer", "model", "finetune"),
     help="finetune stage: one sub-run per variant")

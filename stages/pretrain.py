@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 from pipeline.config import spec
 from pipeline.registry import Stage
-from stages.common import (InitConfig, check_compile_backend, check_deepspeed_config, loop_section, source_from_file,
-                           training_resources)
+from stages.common import (InitConfig, check_compile_backend, check_deepspeed_config, init_file_inputs, loop_section,
+                           source_from_file, training_resources)
 
 
 @dataclass
@@ -46,6 +46,6 @@ def digest(cfg) -> str:
 
 STAGE = Stage(
     name="pretrain", run=run, config=PretrainConfig, needs=("shard",), preflight=preflight, distributed=True, resources=training_resources,
-    digest=digest, left_out=source_from_file, makes="pretrain/checkpoints/network-final.pt",
+    digest=digest, inputs=init_file_inputs("pretrain"), left_out=source_from_file, makes="pretrain/checkpoints/network-final.pt",
     reads=("seed", "data.resolution", "data.source", "data.xflip", "data.shuffle_buffer", "model", "pretrain"),
     help="pretrain stage: the training loop on the source domain (was `train`)")

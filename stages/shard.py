@@ -16,7 +16,7 @@ class ShardConfig:
     max_per_shard: int = spec(1000, min=1, help="samples per tar")
     workers: int = spec(2, min=1, max=256, help="encoder processes")
     min_size: int = spec(0, min=0, help="skip inputs whose shorter side is below this (pixels)")
-    crop: Literal["center", "face"] = spec("center", help="how an image becomes the square: center (the largest "
+    crop: Literal["center", "face"] = spec("center", later="center", help="how an image becomes the square: center (the largest "
                                            "centred square, then a Lanczos resize) or face (the most confident face, "
                                            "aligned as FFHQ's were; images without a face are skipped, with the "
                                            "reason in the manifest; needs the faces extra)")
@@ -104,7 +104,8 @@ def digest(cfg) -> str:
 
 STAGE = Stage(
     name="shard", run=run, config=ShardConfig, preflight=preflight, digest=digest,
-    reads=("seed", "data.resolution", "data.source", "data.target", "shard.format", "shard.quality",
-           "shard.max_per_shard", "shard.min_size", "shard.crop"),  # not shard.workers: the same shards either way
+    reads=lambda cfg: ("seed", "data.resolution", *(f"data.{n}" for n in datasets_used(cfg)), "shard.format",
+                       "shard.quality", "shard.max_per_shard", "shard.min_size", "shard.crop"),
+    # (not shard.workers: the same shards either way; data.source only when the source set is sharded)
     makes="shard/<dataset>/*.tar + manifest.json", help="shard stage",
     resources=lambda cfg: {"gpu": False, "cpus": cfg.shard.workers + 1, "procs": 1})

@@ -34,7 +34,11 @@ def lineage(cfg, data_name: str, opts, *, variant=None, source: str | None = Non
     """What a training dir's model *is*: data, architecture, the loop settings that change what is
     trained (not the budget or the reporting intervals: ``RUN_ONLY``), the variant's method and
     the weights it started from. A run with the same lineage continues the dir's checkpoints."""
-    from cartoon_stylegan.training.options import ADDED_LATER, RUN_ONLY
+    import dataclasses
+
+    from cartoon_stylegan.training.options import RUN_ONLY
+    from pipeline.config import to_record
+    from toolbox.settings import is_old_behaviour
     from pipeline.artifacts import file_digest
 
     data = cfg.data
@@ -43,13 +47,11 @@ def lineage(cfg, data_name: str, opts, *, variant=None, source: str | None = Non
         "data": {"resolution": data.resolution, "xflip": data.xflip, "shuffle_buffer": data.shuffle_buffer,
                  "shards": [s.get("sha256") for s in manifest.get("shards", [])]},
         "model": to_dict(cfg.model),
-        "loop": {k: v for k, v in opts.to_dict().items()
-                 if k not in RUN_ONLY and not (k in ADDED_LATER and v == ADDED_LATER[k])},
+        "loop": {f.name: to_record(getattr(opts, f.name)) for f in dataclasses.fields(opts)
+                 if f.name not in RUN_ONLY and not is_old_behaviour(f, getattr(opts, f.name))},
     }
     if variant is not None:
-        out["variant"] = {k: v for k, v in to_dict(variant).items() if k not in LOOP_KEYS}
-        if variant.structure_loss:  # the keys added later, at their old behaviour, left out
-            out["variant"]["structure_loss"] = variant.structure_loss.lineage()
+        out["variant"] = {k: v for k, v in to_record(variant).items() if k not in LOOP_KEYS}
     if source is not None:
         out["source"] = file_digest(source)
     if init is not None and init.path:

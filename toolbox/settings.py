@@ -25,12 +25,22 @@ class SettingError(ValueError):
     """A setting value that is not accepted; the message names the key, the value and what is expected."""
 
 
-def setting(default=dataclasses.MISSING, *, help: str = "", factory=None, **checks) -> Any:
-    """A dataclass field with a help text and range checks (min, max, choices, pow2, length)."""
+_NOT_LATER = object()
+
+
+def setting(default=dataclasses.MISSING, *, help: str = "", factory=None, later=_NOT_LATER, **checks) -> Any:
+    """A dataclass field with a help text and range checks (min, max, choices, pow2, length).
+
+    ``later``: the setting was added after runs existed, and this value (or None: not set) behaves as
+    before it existed. Records of what a run is -- a stage's fingerprint, a training dir's lineage --
+    leave it out at that value (:func:`is_old_behaviour`), so adding a setting never makes finished
+    work look changed."""
     unknown = set(checks) - set(_CHECKS)
     if unknown:
         raise TypeError(f"setting(): unknown check(s) {sorted(unknown)}; known: {list(_CHECKS)}")
     meta = {"help": help, **checks}
+    if later is not _NOT_LATER:
+        meta["later"] = later
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -66,6 +76,11 @@ def check_value(field: dataclasses.Field, value, key: str) -> None:
             _check_scalar(m, v, f"{key}[{i}]")
         return
     _check_scalar(m, value, key)
+
+
+def is_old_behaviour(field: dataclasses.Field, value) -> bool:
+    """True for a setting declared with ``later=`` whose value behaves as before it existed."""
+    return "later" in field.metadata and (value is None or value == field.metadata["later"])
 
 
 def check_fields(obj, prefix: str = "") -> None:

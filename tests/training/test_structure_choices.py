@@ -183,8 +183,9 @@ def test_reduce_and_source_w_are_checked():
 
 def test_config_lineage_leaves_the_later_keys_out_at_their_old_behaviour():
     """A training dir trained before reduce and source_w existed keeps its lineage (and checkpoints)."""
+    from pipeline.config import to_record
     from stages.finetune import StructureLossConfig
 
-    assert StructureLossConfig(up_to=16).lineage() == {"up_to": 16, "weight": 1.0, "on": "rgb"}
-    assert StructureLossConfig(up_to=16, reduce="sum", source_w="own").lineage() == {
+    assert to_record(StructureLossConfig(up_to=16)) == {"up_to": 16, "weight": 1.0, "on": "rgb"}
+    assert to_record(StructureLossConfig(up_to=16, reduce="sum", source_w="own")) == {
         "up_to": 16, "weight": 1.0, "on": "rgb", "reduce": "sum", "source_w": "own"}
