@@ -22,25 +22,31 @@ def arch(cfg) -> tuple[dict, dict]:
 # must agree with the file.
 FILE_FIXES = {"data.resolution": "size", "model.style_dim": "style_dim", "model.n_mlp": "n_mlp",
               "model.channel_multiplier": "channel_multiplier", "model.channel_max": "channel_max"}
-# What the file suggests but the run may choose: followed when the config leaves it out; another value
-# rescales the mapping's stored weights (the same function: see _fit_foreign).
-FILE_SUGGESTS = {"model.lr_mlp": "lr_mlp"}
+# What another project's file suggests but the run may choose: followed when the config leaves it out;
+# another value rescales the mapping's stored weights (the same function) or switches the noise inputs
+# (see _fit_foreign). This project's own files (an exact format) fix these too.
+FILE_SUGGESTS = {"model.lr_mlp": "lr_mlp", "model.use_noise": "use_noise"}
 
 
 def architecture_from_init(tree: dict) -> dict:
     """The registry's ``resolve``: with ``finetune.init.path`` set, the architecture keys the config
     leaves out are taken from that file, and a key it sets differently is refused in one line naming
-    the key, the config's value and the file's. An unreadable file is left to the init preflight,
-    which says why in one line."""
+    the key, the config's value and the file's. A file that is missing or cannot be read as its format
+    is refused here, in the init preflight's words (before any check of the architecture it would fix)."""
+    from cartoon_stylegan.checkpoint import formats as importers
     from pipeline.config import ConfigError
 
     init = (tree.get("finetune") or {}).get("init") if isinstance(tree.get("finetune"), dict) else None
     if not isinstance(init, dict) or not isinstance(init.get("path"), str) or not init["path"]:
         return tree
-    found = file_architecture(init["path"], init.get("format", "native"))
-    if found is None:
-        return tree
-    for table, strict in ((FILE_FIXES, True), (FILE_SUGGESTS, False)):
+    fmt = init.get("format", "native")
+    if fmt not in importers.names():
+        return tree  # validation names the format and the accepted ones
+    found, problem = file_architecture(init["path"], fmt)
+    if problem is not None:
+        raise ConfigError(f"finetune.init.path: {init['path']!r}: {problem}")
+    exact = importers.get(fmt).exact
+    for table, strict in ((FILE_FIXES, True), (FILE_SUGGESTS, exact)):
         for dotted, key in table.items():
             section, name = dotted.split(".")
             node = tree.setdefault(section, {})
@@ -58,25 +64,26 @@ def architecture_from_init(tree: dict) -> dict:
 _ARCH_CACHE: dict = {}
 
 
-def file_architecture(path: str, fmt: str):
-    """The generator config recorded in (or inferred from) a checkpoint file of format ``fmt``, or None
-    when it cannot be read as such (kept per file version: a config is loaded several times a run)."""
+def file_architecture(path: str, fmt: str) -> tuple:
+    """(the generator config recorded in or inferred from a checkpoint file of format ``fmt``, None) or
+    (None, why it cannot be used: one line). Kept per file version: a config is loaded several times."""
     import os
+    from pathlib import Path
 
     from cartoon_stylegan.checkpoint import formats as importers
 
-    try:
-        st = os.stat(os.path.expanduser(path))
-    except OSError:
-        return None
-    key = (os.path.realpath(os.path.expanduser(path)), st.st_size, st.st_mtime_ns, fmt)
+    p = Path(path).expanduser()
+    if not p.is_file():
+        return None, f"not a file (expected a {fmt} checkpoint: the pretrained source generator)"
+    st = p.stat()
+    key = (os.path.realpath(p), st.st_size, st.st_mtime_ns, fmt)
     if key not in _ARCH_CACHE:
         try:
-            nets = importers.get(fmt).load(os.path.expanduser(path))
+            nets = importers.get(fmt).load(str(p))
             G = nets.get("g_ema") if nets.get("g_ema") is not None else nets.get("g")
-            _ARCH_CACHE[key] = dict(G.config) if G is not None else None
-        except Exception:  # noqa: BLE001 -- any failure: the preflight reports it, in one line
-            _ARCH_CACHE[key] = None
+            _ARCH_CACHE[key] = (dict(G.config), None) if G is not None else (None, "holds no generator")
+        except Exception as e:  # noqa: BLE001 -- every reason becomes one line
+            _ARCH_CACHE[key] = (None, _load_problem(None, p, fmt, e))
     return _ARCH_CACHE[key]
 
 

@@ -76,3 +76,31 @@ def test_pinned_centre_is_dropped_once_the_mapping_trains(pkl):
         G.style[1].bias.add_(0.1)  # an optimizer step
     assert pinned_truncation_center(G) is None
     assert not torch.allclose(truncation_center(G), w_avg)
+
+
+def test_an_unusable_source_file_is_named_as_the_config_loads(pkl, tmp_path):
+    """The architecture follows the file, so a file that cannot be read is refused first, in one line,
+    not as a complaint about a key it would have set (swap.export_at above a default resolution)."""
+    (tmp_path / "mine.yaml").write_text("experiment: mine\ndata:\n  target: {input: synthetic:cartoons, count: 64}\n"
+                                        "swap: {export_at: 16}\n")
+    with pytest.raises(ConfigError, match=r"finetune.init.path: '.*nope.pt': not a file \(expected a rosinality"):
+        load_config(tmp_path / "mine.yaml", [f"finetune.init.path={tmp_path / 'nope.pt'}", "finetune.init.format=rosinality"])
+    with pytest.raises(ConfigError, match="this is a nvlabs checkpoint .*: set init.format=nvlabs"):
+        load_config(tmp_path / "mine.yaml", [f"finetune.init.path={pkl}", "finetune.init.format=rosinality"])
+
+
+def test_our_own_file_fixes_noise_and_mapping_lr_too(tmp_path):
+    """A network-final.pt of ours (an exact format) records use_noise and lr_mlp: a config that leaves them
+    out follows it (the default's networks have no noise inputs); one that says otherwise is refused."""
+    from cartoon_stylegan import checkpoint
+    from cartoon_stylegan.networks import Discriminator, Generator
+
+    g = Generator(16, style_dim=16, n_mlp=2, channel_max=16, use_noise=False)
+    f = tmp_path / "network-final.pt"
+    checkpoint.save_transfer(f, g=g, d=Discriminator(16, channel_max=16), g_ema=g, meta={})
+    (tmp_path / "mine.yaml").write_text("experiment: mine\ndata:\n  target: {input: synthetic:cartoons, count: 64}\n")
+    cfg = load_config(tmp_path / "mine.yaml", [f"finetune.init.path={f}"])
+    assert cfg.model.use_noise is False and cfg.data.resolution == 16
+    REGISTRY["finetune"].preflight(cfg)
+    with pytest.raises(ConfigError, match="model.use_noise: the config says True, but the source generator"):
+        load_config(tmp_path / "mine.yaml", [f"finetune.init.path={f}", "model.use_noise=true"])

@@ -18,7 +18,7 @@ CONFIG = __import__("pathlib").Path(__file__).resolve().parents[2] / "configs" /
 
 
 def test_every_variant_shares_every_loop_setting():
-    cfg = load_config(CONFIG, ["data.resolution=32"])  # the init file is not needed to resolve settings
+    cfg = load_config(CONFIG, ["finetune.init.path=null"])  # the init file is not needed to resolve settings
     variants = cfg.finetune.variants
     assert set(variants) == {"freezed", "freezeg", "freezeg_mapping", "freezesg", "freezesg_structure", "structure"}
     loops = {n: dataclasses.asdict(loop_options(cfg.finetune, v, seed=0)) for n, v in variants.items()}
