@@ -83,6 +83,7 @@ def run(ctx):
     # the same fingerprint and the same Inception runner (a resume under another one scores everything)
     same = saved.get("fingerprint") == fp and saved.get("inception", inception) == inception
     done = dict(saved.get("scores", {})) if same else {}
+    fresh = not done  # nothing kept from an interrupted eval (the source rows fill `done` as this one goes)
     if done:
         ctx.say(f"[eval] continuing an interrupted eval: {', '.join(done)} already scored")
 
@@ -160,7 +161,7 @@ def run(ctx):
                                                            batch=ec.batch), target_real)
         stop_point()
     per_latent = ctx.paths.stage_dir / PER_LATENT_DIR
-    if not done:  # a fresh eval: the folder holds this eval's files only
+    if fresh:  # a fresh eval: the folder holds this eval's files only
         shutil.rmtree(per_latent, ignore_errors=True)
     # the style drift is read over the layers the comparison freezes (the largest frozen resolution of any
     # variant), so that every variant's figure covers the same W+ entries
