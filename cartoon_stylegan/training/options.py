@@ -12,14 +12,11 @@ from typing import Optional
 
 from toolbox.settings import SettingError, check_fields, setting
 
-__all__ = ["LoopOptions", "FreezeOptions", "TrainResult", "NonFiniteLossError", "RUN_ONLY", "ADDED_LATER"]
+__all__ = ["LoopOptions", "FreezeOptions", "TrainResult", "NonFiniteLossError", "RUN_ONLY"]
 
 # Settings that say how a run is carried out, not what it trains: a change to one of them
 # keeps a run's checkpoints (the budget and the reporting intervals).
 RUN_ONLY = ("kimg", "tick_kimg", "sample_kimg", "snapshot_kimg", "keep_checkpoints", "grid", "log_every", "compile")
-# Settings added after runs existed, with the value that behaves as before they existed: at that value
-# they are left out of a training dir's lineage, so its checkpoints stay its own.
-ADDED_LATER = {"lr_mapping": 1.0}
 
 
 @dataclass
@@ -33,7 +30,7 @@ class LoopOptions:
                           "regularisation correction)")
     lr_d: float = setting(0.002, min=0.0, max=1.0, help="discriminator Adam learning rate (before the lazy-"
                           "regularisation correction)")
-    lr_mapping: float = setting(1.0, min=0.0, max=1000.0, help="the mapping network's Adam learning rate as a "
+    lr_mapping: float = setting(1.0, min=0.0, max=1000.0, later=1.0, help="the mapping network's Adam learning rate as a "
                                 "multiple of lr_g (1: the same). Its layers already run at model.lr_mlp (0.01) of "
                                 "their stored scale, so a fine-tune's mapping barely moves at 1; 10-100 lets it "
                                 "adapt (Adam's step does not depend on the gradient's scale)")
