@@ -165,6 +165,8 @@ def run(ctx):
         shutil.rmtree(per_latent, ignore_errors=True)
     # the style drift is read over the layers the comparison freezes (the largest frozen resolution of any
     # variant), so that every variant's figure covers the same W+ entries
+    # the structure distance at every resolution, up to the full image (what the user sees)
+    resolutions = [2 ** k for k in range(2, cfg.data.resolution.bit_length()) if 2 ** k <= cfg.data.resolution]
     frozen_res = max((max(r.config.freeze_g_up_to or 0, r.config.freeze_style_up_to or 0) for r, _ in variants),
                      default=0)
     for run, sampler in variants:
@@ -172,7 +174,9 @@ def run(ctx):
 
         def structure(run=run, sampler=sampler):
             scores = structure_distance(source, sampler, n=ec.structure_n, seed=cfg.seed + 2, batch=ec.batch,
-                                        device=dev)
+                                        device=dev, resolutions=resolutions)
+            for r, s in scores.pop("by_resolution").items():  # logged as structure_ratio_at_<R>, ..._rank_at_<R>
+                scores[f"ratio_at_{r}"], scores[f"rank_at_{r}"] = s["ratio"], s["mean_rank"]
             write_per_latent(per_latent, ctx.cfg, run, scores, latent_seed=cfg.seed + 2)
             return scores
 

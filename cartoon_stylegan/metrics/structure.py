@@ -53,6 +53,7 @@ Centring needs a batch: use n >= 32 (64+ for stable figures).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -232,8 +233,24 @@ def sample_pairs(src, tgt, *, n: int, seed: int = 0, batch: int = 32, device=Non
     return torch.cat(out_s), torch.cat(out_t)
 
 
+def structure_by_resolution(src: torch.Tensor, tgt: torch.Tensor, resolutions: Sequence[int]) -> dict:
+    """The structure distance at each resolution: batch-centred luminance area-downsampled to R x R
+    (``lowpass<R>-centred``), for paired image sets as :func:`structure_scores` takes them.
+
+    {R: {"ratio", "mean_rank"}}. Freezing the blocks up to some resolution makes the low resolutions
+    agree by construction; the higher ones -- the full resolution is the image as the user sees it --
+    say whether the variant's pictures still show the source's face (its rank among the others).
+    """
+    out = {}
+    for r in resolutions:
+        s = structure_scores(src, tgt, method=f"lowpass{int(r)}-centred")
+        out[int(r)] = {"ratio": s["ratio"], "mean_rank": s["mean_rank"]}
+    return out
+
+
 def structure_distance(src, tgt, *, n: int = 256, seed: int = 0, batch: int = 32, device=None,
-                       noise_mode: str = "const", method: str = "edges+ssm") -> dict:
+                       noise_mode: str = "const", method: str = "edges+ssm",
+                       resolutions: Sequence[int] = ()) -> dict:
     """How much of the source's structure the variant keeps, for the same latents and noise.
 
     src, tgt: Samplers (or bare Generators), see :func:`sample_pairs`.
@@ -243,10 +260,18 @@ def structure_distance(src, tgt, *, n: int = 256, seed: int = 0, batch: int = 32
     """
     _method(method)
     a, b = sample_pairs(src, tgt, n=n, seed=seed, batch=batch, device=device, noise_mode=noise_mode)
-    return structure_scores(a, b, method=method)
+    scores = structure_scores(a, b, method=method)
+    if resolutions:  # the same image pairs, at each resolution (``by_resolution``)
+        scores["by_resolution"] = structure_by_resolution(a, b, resolutions)
+    return scores
 
 
 def _method(name: str) -> StructureMethod:
+    m = re.fullmatch(r"lowpass(\d+)-centred", name)
+    if m and name not in STRUCTURE_METHODS and 1 <= int(m.group(1)) <= 1024:  # any resolution, as the named one
+        size = int(m.group(1))
+        return StructureMethod((lambda x, size=size: luminance_lowpass(x, size),), True,
+                               f"luminance at {size}x{size}, batch-centred")
     try:
         return STRUCTURE_METHODS[name]
     except KeyError:
@@ -255,4 +280,4 @@ def _method(name: str) -> StructureMethod:
 
 __all__: Sequence[str] = ("STRUCTURE_METHODS", "structure_distance", "structure_scores", "structure_descriptors",
                           "structure_distance_matrix", "sample_pairs", "colour_edges", "self_similarity",
-                          "luminance_lowpass")
+                          "luminance_lowpass", "structure_by_resolution")

@@ -120,6 +120,12 @@ def test_fine_tune_your_own_from_a_rosinality_file_and_a_folder(workdir):
     metrics = json.loads((exp / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"freezed", "freezeg", "freezesg", "freezesg_structure"}, metrics
     assert all(np.isfinite(m["fid"]) for m in metrics.values())
+    # the structure at every resolution, up to the full 64 px image, and the style drift of the frozen layers
+    assert all({"structure_ratio_at_4", "structure_ratio_at_64", "structure_rank_at_64", "style_drift_frozen"}
+               <= set(m) for m in metrics.values()), metrics
+    # FreezeG's mapping is frozen: exactly 0; FreezeSG injects the source's styles up to 8 px of the 16 px it
+    # freezes (base.yaml), and the mapping barely moves in these few steps at lr_mapping 1
+    assert metrics["freezeg"]["style_drift_frozen"] == 0 and metrics["freezesg"]["style_drift_frozen"] < 1e-4
     assert "rows left out: source, real_floor, untrained" in out
     # the architecture came from the file: 64 px, style 32, 2 mapping layers (the config names none)
     shown = _run("python -m pipeline show --config configs/finetune/webtoon.yaml finetune.init.path=550000.pt "
