@@ -87,16 +87,16 @@ def init_file_inputs(section: str):
         import os
 
         from pipeline.artifacts import file_digest
+        from toolbox import file_version
 
         init = getattr(cfg, section).init
         if not init.path:
             return {}
         path = os.path.expanduser(init.path)
         try:
-            st = os.stat(path)
+            key = file_version(path)
         except OSError:
             return {f"{section}.init.path": "missing"}  # the preflight says so, in one line
-        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
         if key not in _DIGESTS:
             _DIGESTS[key] = file_digest(path)
         return {f"{section}.init.path": _DIGESTS[key]}

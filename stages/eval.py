@@ -166,7 +166,7 @@ def run(ctx):
     # the style drift is read over the layers the comparison freezes (the largest frozen resolution of any
     # variant), so that every variant's figure covers the same W+ entries
     # the structure distance at every resolution, up to the full image (what the user sees)
-    resolutions = [2 ** k for k in range(2, cfg.data.resolution.bit_length()) if 2 ** k <= cfg.data.resolution]
+    resolutions = [2 ** k for k in range(2, cfg.data.resolution.bit_length())]  # 4 .. data.resolution
     frozen_res = max((max(r.config.freeze_g_up_to or 0, r.config.freeze_style_up_to or 0) for r, _ in variants),
                      default=0)
     for run, sampler in variants:

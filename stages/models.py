@@ -67,16 +67,15 @@ _ARCH_CACHE: dict = {}
 def file_architecture(path: str, fmt: str) -> tuple:
     """(the generator config recorded in or inferred from a checkpoint file of format ``fmt``, None) or
     (None, why it cannot be used: one line). Kept per file version: a config is loaded several times."""
-    import os
     from pathlib import Path
 
     from cartoon_stylegan.checkpoint import formats as importers
+    from toolbox import file_version
 
     p = Path(path).expanduser()
     if not p.is_file():
         return None, f"not a file (expected a {fmt} checkpoint: the pretrained source generator)"
-    st = p.stat()
-    key = (os.path.realpath(p), st.st_size, st.st_mtime_ns, fmt)
+    key = (*file_version(p), fmt)
     if key not in _ARCH_CACHE:
         try:
             nets = importers.get(fmt).load(str(p))

@@ -10,11 +10,12 @@ from toolbox.files import (
     atomic_write_bytes,
     atomic_write_text,
     file_lock,
+    file_version,
     fsync_dir,
     lock_held,
     sha256_file,
 )
 from toolbox.net import free_port
 
-__all__ = ["LockBusy", "atomic_path", "atomic_write_bytes", "atomic_write_text", "file_lock", "fsync_dir",
+__all__ = ["LockBusy", "atomic_path", "atomic_write_bytes", "atomic_write_text", "file_lock", "file_version", "fsync_dir",
            "lock_held", "sha256_file", "free_port"]

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-__all__ = ["LockBusy", "atomic_path", "atomic_write_bytes", "atomic_write_text", "file_lock", "fsync_dir",
-           "lock_held", "sha256_file", "NO_LOCKING"]
+__all__ = ["LockBusy", "atomic_path", "atomic_write_bytes", "atomic_write_text", "file_lock", "file_version",
+           "fsync_dir", "lock_held", "sha256_file", "NO_LOCKING"]
 
 NO_LOCKING = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
 
@@ -198,6 +198,13 @@ def lock_held(path) -> Optional[bool]:
         return True
     finally:
         os.close(fd)
+
+
+def file_version(path) -> tuple:
+    """(real path, size, mtime in ns) of an existing file: a key that changes when the file is replaced or
+    rewritten, for results computed from its content and kept for the life of a process."""
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_size, st.st_mtime_ns
 
 
 def sha256_file(path, block: int = 1 << 20) -> str:
