@@ -5,7 +5,8 @@
   python -m pipeline run all --config configs/ffhq256.yaml --dry-run
   python -m pipeline list                          # done / stale / never run, when, how long
   python -m pipeline show finetune                 # the resolved config of a stage
-  python -m pipeline submit all                    # SLURM: one sbatch job per stage, chained
+  python -m pipeline run finetune --only freezesg-seed2   # one point of a grid stage (a job array task)
+  python -m pipeline submit all                    # SLURM: one sbatch job per stage, chained (a grid: an array)
   python -m pipeline compare                       # variants side by side, from MLflow
   python -m pipeline build-ops                     # build the CUDA kernels into their cache (a registry command)
   python -m pipeline generate --variant freezesg --seeds 0-15 --out samples/   # use a trained model
@@ -48,9 +49,31 @@ def _say_left_out(reg, cfg, out=None) -> None:
         print(f"  {name:9s} left out: {why}", file=out or sys.stdout)
 
 
+def _points(reg, cfg, targets, args):
+    """The points ``--only`` / ``--point-index`` pick (None: the whole stages), for one grid stage."""
+    if not args.only and args.point_index is None:
+        return None
+    if len(targets) != 1 or targets == ["all"]:
+        raise ConfigError("--only/--point-index: name the one grid stage whose points to run (e.g. run finetune "
+                          "--only freezesg-seed2)")
+    from pipeline import grid
+
+    names = [n for item in args.only or [] for n in item.split(",") if n]
+    return grid.select(reg, cfg, targets[0], names or None, None if args.point_index is None else [args.point_index])
+
+
+def _needs_done(reg, cfg, name):
+    """--only runs a grid stage's points alone: what it needs must be done already."""
+    missing = [f"{d} ({dag.status(reg, cfg, d)})" for d in reg.plan([name], cfg)[:-1] if dag.status(reg, cfg, d) != "done"]
+    if missing:
+        raise ConfigError(f"--only runs points of {name} alone, and what {name} needs is not done: "
+                          f"{', '.join(missing)}; run it first (python -m pipeline run {name} runs everything)")
+
+
 def cmd_run(args) -> int:
     reg, cfg, targets = _load(args)
-    order = reg.plan(targets or ["all"], cfg)
+    only = _points(reg, cfg, targets, args)
+    order = reg.plan(targets or ["all"], cfg) if only is None else list(targets)
     if args.dry_run:
         print(f"config: {cfg.config_path}\nexperiment: {cfg.experiment} -> {cfg.run_root}/{cfg.experiment}/")
         for name in order:
@@ -63,6 +86,8 @@ def cmd_run(args) -> int:
     from pipeline.artifacts import check_run_root
 
     check_run_root(cfg)
+    if only is not None:
+        _needs_done(reg, cfg, targets[0])
     for name in order:  # everything the plan needs is checked before the first second of compute
         check = reg[name].preflight
         if check is not None and dag.status(reg, cfg, name) != "done":
@@ -71,8 +96,9 @@ def cmd_run(args) -> int:
 
     # the store is checked first (it fails, naming the URI, when unreachable), before anything is written
     tracker = tracking.Tracker(cfg) if cfg.tracking.enabled else None
-    with dag.run_lock(cfg):  # one `pipeline run` per experiment at a time
-        rc = _run_locked(reg, cfg, targets, order, args, tracker)
+    # one `pipeline run` per experiment at a time; the point runs of a grid stage (array tasks) side by side
+    with dag.run_lock(cfg, shared=only is not None):
+        rc = _run_locked(reg, cfg, targets, order, args, tracker, only)
     if rc == dag.EXIT_STOPPED and launch.in_slurm():
         from pipeline import slurm
 
@@ -80,7 +106,7 @@ def cmd_run(args) -> int:
     return rc
 
 
-def _run_locked(reg, cfg, targets, order, args, tracker) -> int:
+def _run_locked(reg, cfg, targets, order, args, tracker, only=None) -> int:
     from pipeline import launch
 
     parent = None
@@ -88,10 +114,12 @@ def _run_locked(reg, cfg, targets, order, args, tracker) -> int:
         closed = tracker.close_orphans()
         if closed:
             print(f"MLflow: marked {len(closed)} run(s) of a killed earlier `pipeline run` KILLED")
-        parent = tracker.parent(f"run {' '.join(targets or ['all'])}", tags={"targets": " ".join(order)})
+        what = " ".join(targets or ["all"]) + (f" --only {','.join(only)}" if only is not None else "")
+        parent = tracker.parent(f"run {what}", tags={"targets": " ".join(order)})
         parent.params({"config_path": cfg.config_path, "experiment": cfg.experiment})
-    rc = dag.run(reg, cfg, targets or ["all"], force=args.force,
-                 execute=lambda n, fp, prev: launch.execute(reg, cfg, n, fp, prev, tracker=tracker, parent=parent))
+    rc = dag.run(reg, cfg, targets or ["all"], force=args.force, alone=only is not None,
+                 execute=lambda n, fp, prev: launch.execute(reg, cfg, n, fp, prev, tracker=tracker, parent=parent,
+                                                            only=only, force=args.force))
     if parent is not None:
         parent.finish({0: "FINISHED", 3: "KILLED"}.get(rc, "FAILED"))
         print(f"MLflow: {tracker.ui_hint()}")
@@ -126,8 +154,38 @@ def cmd_list(args) -> int:
             print(stuck)
         if state.get("status") == "failed" and state.get("error"):
             print(f"          error: {state['error']}")
+        if reg[name].points is not None:
+            _list_points(reg, cfg, name, job)
     _say_left_out(reg, cfg)
     return 0
+
+
+def _list_points(reg, cfg, name, job):
+    """A grid stage's points: done, running (where), pending in a job array (SLURM's reason), failed."""
+    from pipeline import grid
+
+    fp = dag.fingerprint(reg, cfg, name)
+    tasks = (job or {}).get("array") or {}
+    for p, st in grid.statuses(reg, cfg, name, fp).items():
+        rec = grid.record(cfg, name, p)
+        when = rec.get("finished_at") or rec.get("started_at") or "-"
+        extra = ""
+        if st == "running":
+            extra = f"pid {rec.get('pid', '?')} on {rec.get('host', '?')}" + (f", SLURM {rec['slurm']}" if rec.get("slurm") else "")
+        elif p in tasks and st != "done":
+            from pipeline import slurm
+            from pipeline.slurm import resources as slurm_resources
+
+            task = f"{job['job_id']}_{tasks[p]}"
+            state_now = slurm.job_state(task)
+            extra = f"job {task} {state_now}"
+            if state_now == "PENDING":
+                reason = slurm_resources.pending_reason(task)
+                extra += f" ({reason})" if reason else ""
+                st = "pending"
+        if st in ("failed", "stopped") and rec.get("error"):
+            extra = (extra + "; " if extra else "") + f"error: {rec['error']}"
+        print(f"  {p:20s} {st:11s} {when:20s} {dag.fmt_duration(rec.get('duration')) if st != 'running' else '':>9s}  {extra}")
 
 
 def cmd_show(args) -> int:
@@ -161,15 +219,20 @@ def cmd_submit(args) -> int:
                               f"{dag.lock_path(cfg)}); submit when it has finished, or stop it first")
 
     _say_left_out(reg, cfg)
+    only = _points(reg, cfg, targets, args)
     order = [n for n in reg.plan(targets or ["all"], cfg) if args.force or dag.status(reg, cfg, n) != "done"]
+    if only is not None and targets[0] not in order:
+        order.append(targets[0])
     if not order:
         print("every stage is up to date; nothing to submit")
         return 0
+    arrays = _arrays(reg, cfg, order, only, targets[0] if only is not None else None, force=args.force)
     # the jobs read a frozen copy of the resolved config: editing the YAML while they queue changes nothing
     frozen = experiment_dir(cfg) / "submitted" / f"config-{datetime.now():%Y%m%d-%H%M%S}.yaml"
     extra = [*cfg.slurm.sbatch_args, *(args.sbatch_arg or [])]
     try:
-        stage_args = _slurm_requests(reg, cfg, order, frozen, extra, check=not args.no_check, dry_run=args.dry_run)
+        stage_args = _slurm_requests(reg, cfg, order, frozen, extra, check=not args.no_check, dry_run=args.dry_run,
+                                     arrays=arrays)
     except Exception as e:  # noqa: BLE001 -- ResourceError / SlurmError: one line, no traceback
         from pipeline.slurm.resources import ResourceError
 
@@ -186,11 +249,33 @@ def cmd_submit(args) -> int:
         print(f"config frozen for these jobs: {frozen}")
     jobs = slurm.submit(order, config_path=str(frozen), overrides=[],
                         log_dir=slurm_log_dir(cfg), state_file_for=lambda n: StagePaths(cfg, n).ensure().slurm_file,
-                        extra_sbatch_args=extra, dry_run=args.dry_run, stage_sbatch_args=stage_args)
+                        extra_sbatch_args=extra, dry_run=args.dry_run, stage_sbatch_args=stage_args,
+                        arrays=arrays)
     return 0 if jobs is not None else 1
 
 
-def _slurm_requests(reg, cfg, order, frozen, extra, *, check: bool, dry_run: bool):
+def _arrays(reg, cfg, order, only, only_stage, *, force):
+    """The grid stages of ``order`` that go as job arrays (slurm.array): {stage: ({point: index}, max at
+    once)}, one task per point not done (``only``: those of ``only_stage``), indexed by its place in the
+    grid (the task runs ``--point-index``)."""
+    out = {}
+    if not cfg.slurm.array:
+        return out
+    from pipeline import grid
+
+    for name in order:
+        if reg[name].points is None:
+            continue
+        points = reg[name].points(cfg)
+        fp = dag.fingerprint(reg, cfg, name)
+        wanted = only if name == only_stage else points
+        todo = [p for p in wanted if force or grid.point_status(cfg, name, p, fp) != "done"]
+        if todo and (len(points) > 1 or name == only_stage):
+            out[name] = ({p: points.index(p) for p in todo}, cfg.slurm.max_parallel)
+    return out
+
+
+def _slurm_requests(reg, cfg, order, frozen, extra, *, check: bool, dry_run: bool, arrays=None):
     """Each stage's resource arguments for ``partition`` (derived, printed), every job checked with
     ``sbatch --test-only``; None (after saying why) when a job could never start."""
     from pipeline import slurm
@@ -218,8 +303,10 @@ def _slurm_requests(reg, cfg, order, frozen, extra, *, check: bool, dry_run: boo
     if check:
         bad = []
         for name, req in requests.items():
+            tasks = (arrays or {}).get(name)
             cmd = slurm.sbatch_command(name, config_path=frozen, log_dir=slurm_log_dir(cfg),
-                                       extra_sbatch_args=[*req.args(), *extra])
+                                       extra_sbatch_args=[*req.args(), *extra],
+                                       array=slurm.array_spec(list(tasks[0].values()), tasks[1]) if tasks else None)
             why = sr.test_only(cmd)
             if why:
                 bad.append(f"stage {name}: {req.describe()}{' ' + ' '.join(extra) if extra else ''} can never start "
@@ -260,6 +347,7 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, callable]]:
     _common(p)
     p.add_argument("--force", action="store_true", help="rerun the named stages even if up to date")
     p.add_argument("--dry-run", action="store_true", help="print the plan and each stage's status, run nothing")
+    _point_options(p)
     p = add("list", cmd_list, "Each stage's status (done / stale / never run / failed / ...), when, how long.")
     _common(p, stages_help="(no stage names)")
     p = add("show", cmd_show, "Print the resolved config, or the keys the named stages read.")
@@ -271,11 +359,19 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, callable]]:
     p.add_argument("--sbatch-arg", action="append", help="extra sbatch argument (repeatable; after the derived ones, "
                    "so it wins)")
     p.add_argument("--no-check", action="store_true", help="skip the sbatch --test-only check of every job")
+    _point_options(p)
     p = add("compare", cmd_compare, "The fine-tuning variants side by side, read back from MLflow, and a bar chart.")
     _common(p, stages_help="(no stage names)")
     p.add_argument("--experiment", default=None, help="experiment name (default: the config's)")
     p.add_argument("--out", default=None, help="where to write the bar chart PNG")
     return out
+
+
+def _point_options(p):
+    p.add_argument("--only", action="append", metavar="POINT[,POINT]", help="a grid stage (finetune): run only "
+                   "these of its points, e.g. freezesg-seed2 (what it needs must be done); others may run beside")
+    p.add_argument("--point-index", type=int, default=None, metavar="I", help="a grid stage: run its I-th point "
+                   "(0-based, in `list` order): a job array task (slurm/*.sh pass SLURM_ARRAY_TASK_ID)")
 
 
 def _registry_name(argv) -> str:

@@ -10,7 +10,7 @@ from pipeline.config import to_dict
 
 class StageContext:
     def __init__(self, cfg, stage: str, logger, *, accelerator=None, is_main=True, stop_flag=None,
-                 fingerprint: str = "", paths: type = StagePaths):
+                 fingerprint: str = "", paths: type = StagePaths, point: str | None = None):
         self.cfg = cfg
         self.stage = stage
         self.fingerprint = fingerprint  # of this attempt (config it reads + its inputs), from the DAG
@@ -18,6 +18,8 @@ class StageContext:
         self.logger = logger if is_main else tracking.NullLogger()
         self.accelerator = accelerator
         self.is_main = is_main
+        self.point = point  # a grid stage: the one point to run (pipeline/grid.py)
+        self.stop_file = self.paths.point_file(point, "stop")
         self._stop_flag = stop_flag or (lambda: False)
 
     # -- output
@@ -47,7 +49,7 @@ class StageContext:
     # -- control
     def should_stop(self) -> bool:
         """True once a stop was requested (SIGUSR1/SIGTERM); agreed by all ranks."""
-        local = bool(self._stop_flag()) or self.paths.stop_file.exists()
+        local = bool(self._stop_flag()) or self.stop_file.exists()
         acc = self.accelerator
         if acc is None or acc.num_processes == 1:
             return local

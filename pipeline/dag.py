@@ -20,6 +20,7 @@ from datetime import datetime
 
 from pipeline import artifacts
 from toolbox import LockBusy, file_lock, lock_held
+from pipeline.outcomes import GridIncomplete, StageStopped  # noqa: F401 -- dag.StageStopped: the runner's name
 from pipeline.registry import OMIT, section_value
 
 EXIT_OK, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
@@ -34,13 +35,15 @@ def lock_path(cfg):
 
 
 @contextlib.contextmanager
-def run_lock(cfg, say=print):
+def run_lock(cfg, say=print, *, shared: bool = False):
     """Hold the experiment's run lock: one `pipeline run` trains into an experiment's folders at a time.
 
     An advisory ``flock`` on ``<run_root>/<experiment>/.pipeline-run.lock`` (toolbox.file_lock);
     the kernel drops it when the holder dies (even by SIGKILL), so a stale file never blocks. The
     file names the holder (pid, host, since) for the message a second run gets. On a file system
     without locks (some Lustre/NFS mounts) the run goes on unlocked, after one line saying so.
+    ``shared``: the tasks of a job array, each running its own points of a grid stage
+    (``--only``): any number of them at once, no whole run beside them.
     """
     path = lock_path(cfg)
 
@@ -52,7 +55,7 @@ def run_lock(cfg, say=print):
                      "since": datetime.now().isoformat(timespec="seconds")})
     held = False
     try:
-        with file_lock(path, wait=False, on_unsupported=unsupported, holder=me):
+        with file_lock(path, wait=False, on_unsupported=unsupported, holder=me, shared=shared):
             held = True
             yield
     except LockBusy as e:
@@ -84,10 +87,6 @@ class StageFailed(RuntimeError):
         self.stage = stage
 
 
-class StageStopped(RuntimeError):
-    """A training stage stopped on a signal after writing its checkpoint."""
-
-
 def fingerprint(registry, cfg, name: str) -> str:
     st = registry[name]
     deps = {}
@@ -106,18 +105,50 @@ def read_state(cfg, name: str) -> dict:
     return artifacts.read_json(artifacts.StagePaths(cfg, name).state_file, {}) or {}
 
 
+@contextlib.contextmanager
+def state_lock(cfg, name: str):
+    """Serialise read-modify-writes of a stage's state (the tasks of a job array share one stage).
+    Re-entrant in one thread; without file locks, unlocked."""
+    depth = _STATE_LOCKS.get(name, 0)
+    if depth:
+        _STATE_LOCKS[name] = depth + 1
+        try:
+            yield
+        finally:
+            _STATE_LOCKS[name] -= 1
+        return
+    path = artifacts.StagePaths(cfg, name).ensure().stage_dir / ".state.lock"
+    with file_lock(path, timeout=120, name="stage state lock", on_unsupported=lambda e: None):
+        _STATE_LOCKS[name] = 1
+        try:
+            yield
+        finally:
+            _STATE_LOCKS.pop(name, None)
+
+
+_STATE_LOCKS: dict[str, int] = {}
+
+
 def write_state(cfg, name: str, **fields) -> dict:
-    paths = artifacts.StagePaths(cfg, name).ensure()
-    state = {**read_state(cfg, name), **fields}
-    artifacts.write_json(paths.state_file, state)
+    with state_lock(cfg, name):
+        paths = artifacts.StagePaths(cfg, name).ensure()
+        state = {**read_state(cfg, name), **fields}
+        artifacts.write_json(paths.state_file, state)
     return state
 
 
 def status(registry, cfg, name: str) -> str:
-    """done | stale | never run | failed | stopped | running | interrupted (running, but its process is gone)."""
+    """done | stale | never run | failed | stopped | running | interrupted (running, but its process is
+    gone) | partial (a grid stage with some points done)."""
     state = read_state(cfg, name)
     if not state:
         return "never run"
+    if state.get("status") in ("running", "partial") and registry[name].points is not None:
+        from pipeline import grid
+
+        points = grid.statuses(registry, cfg, name, fingerprint(registry, cfg, name)).values()
+        return "running" if "running" in points else "partial" if "done" in points else (
+            "interrupted" if state.get("status") == "running" else "partial")
     if state.get("status") == "running" and not run_in_progress(cfg):
         return "interrupted"
     if state.get("status") == "done":
@@ -137,12 +168,15 @@ def fmt_duration(seconds) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def run(registry, cfg, targets, *, force=False, execute, say=print) -> int:
+def run(registry, cfg, targets, *, force=False, execute, say=print, alone=False) -> int:
     """Run the plan for ``targets``. ``execute(name, fingerprint, previous_state) -> result`` runs one stage.
 
+    ``alone``: run the targets only, not what they need (the points of a grid stage, ``--only``: the
+    caller checked that its needs are done). A grid stage some of whose points are not done yet
+    stays ``partial`` (its dependents do not run).
     Returns an exit code: 0 all done, 1 a stage failed (dependents not run), 3 stopped by a signal.
     """
-    order = registry.plan(targets, cfg)
+    order = list(targets) if alone else registry.plan(targets, cfg)
     everything = not targets or list(targets) == ["all"]
     forced = set() if not force else set(order) if everything else set(targets)
     for name in order:
@@ -155,14 +189,27 @@ def run(registry, cfg, targets, *, force=False, execute, say=print) -> int:
                   f"previous run {state.get('status')}" if state.get("status") != "done" else "inputs or config changed")
         say(f"[{name}] running ({reason})")
         start = time.time()
-        write_state(cfg, name, status="running", fingerprint=fp, started=start,
-                    started_at=datetime.now().isoformat(timespec="seconds"), error=None)
+        with state_lock(cfg, name):
+            if read_state(cfg, name).get("status") != "partial" or state.get("fingerprint") != fp:
+                write_state(cfg, name, status="running", fingerprint=fp, started=start,
+                            started_at=datetime.now().isoformat(timespec="seconds"), error=None)
+        rest = order[order.index(name) + 1:]
         try:
             result = execute(name, fp, state)
         except StageStopped as e:
             write_state(cfg, name, status="stopped", duration=time.time() - start, error=str(e))
             say(f"[{name}] stopped: {e}")
             return EXIT_STOPPED
+        except GridIncomplete as e:
+            with state_lock(cfg, name):  # a task that found the grid complete may have marked it done
+                now = read_state(cfg, name)
+                if not (now.get("status") == "done" and now.get("fingerprint") == fp):
+                    write_state(cfg, name, status="partial", fingerprint=fp, error=None,
+                                points_done=e.done, points_missing=e.missing)
+            say(f"[{name}] partial: {e}")
+            if rest:
+                say(f"  not run: {', '.join(rest)} (they wait for every point of {name})")
+            return EXIT_OK if alone else EXIT_FAILED
         except KeyboardInterrupt:
             write_state(cfg, name, status="failed", duration=time.time() - start, error="interrupted (Ctrl-C)")
             say(f"[{name}] interrupted; run again to continue from this stage")
@@ -171,7 +218,6 @@ def run(registry, cfg, targets, *, force=False, execute, say=print) -> int:
             msg = f"{type(e).__name__}: {e}"
             write_state(cfg, name, status="failed", duration=time.time() - start, error=msg,
                         traceback=traceback.format_exc())
-            rest = order[order.index(name) + 1:]
             say(f"[{name}] FAILED: {msg}")
             if rest:
                 say(f"  not run: {', '.join(rest)} (they depend on {name}); "
@@ -181,6 +227,6 @@ def run(registry, cfg, targets, *, force=False, execute, say=print) -> int:
         digest = registry[name].digest(cfg) if registry[name].digest is not None else None
         write_state(cfg, name, status="done", fingerprint=fp, finished=now, digest=digest,
                     finished_at=datetime.now().isoformat(timespec="seconds"), duration=now - start,
-                    result=result)
+                    result=result, points_done=None, points_missing=None)
         say(f"[{name}] done in {fmt_duration(now - start)}")
     return EXIT_OK

@@ -14,7 +14,7 @@ import sys
 
 import yaml
 
-from pipeline import dag, tracking
+from pipeline import dag, grid, tracking
 from pipeline.artifacts import StagePaths, read_json, write_json
 from pipeline.config import to_dict
 from pipeline.context import StageContext
@@ -24,11 +24,15 @@ STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 class StopRequest:
-    """Turns SIGUSR1/SIGTERM into a stop file the training ranks poll (and a local flag)."""
+    """Turns SIGUSR1/SIGTERM into a stop file the training ranks poll (and a local flag).
 
-    def __init__(self, stop_file, what: str = "finishing the current step, then checkpointing"):
+    ``stop_file``: the file to touch; ``more``: a callable giving further files to touch at the signal
+    (the stop files of the grid points running in processes of their own)."""
+
+    def __init__(self, stop_file, what: str = "finishing the current step, then checkpointing", more=None):
         self.stop_file = stop_file
         self.what = what
+        self.more = more or (lambda: ())
         self.requested = False
         self._old = {}
 
@@ -42,8 +46,9 @@ class StopRequest:
         if not self.requested:
             print(f"\n[pipeline] received {signal.Signals(signum).name}: {self.what}", file=sys.stderr, flush=True)
         self.requested = True
-        self.stop_file.parent.mkdir(parents=True, exist_ok=True)
-        self.stop_file.touch()
+        for f in (self.stop_file, *self.more()):
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.touch()
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -130,88 +135,155 @@ def one_process_group(cfg, stage):
 
 
 def stage_logger(tracker, parent, cfg, name, fp, previous):
-    """The stage's MLflow run: new, or the one a stopped/failed attempt with the same fingerprint used."""
+    """The stage's MLflow run: new, or the one an earlier attempt with the same fingerprint used (a
+    stopped or failed one, or -- a grid stage -- the run its other points log into). Decided under the
+    stage's state lock: the tasks of a job array that start together share one run."""
     if tracker is None:
         return tracking.NullLogger()
-    reuse = (previous.get("mlflow_run_id") if previous.get("fingerprint") == fp
-             and previous.get("status") in ("running", "stopped", "failed") else None)
-    logger = parent.child(name, tags={"stage": name, "fingerprint": fp}, run_id=reuse)
-    dag.write_state(cfg, name, mlflow_run_id=logger.run_id)
+    with dag.state_lock(cfg, name):
+        previous = dag.read_state(cfg, name) or previous
+        reuse = (previous.get("mlflow_run_id") if previous.get("fingerprint") == fp
+                 and previous.get("status") in ("running", "stopped", "failed", "partial") else None)
+        logger = parent.child(name, tags={"stage": name, "fingerprint": fp}, run_id=reuse)
+        dag.write_state(cfg, name, mlflow_run_id=logger.run_id)
     if reuse:
         print(f"[{name}] continuing MLflow run {reuse}", flush=True)
     return logger
 
 
-def execute(registry, cfg, name: str, fp: str, previous: dict, *, tracker, parent):
-    """Run one stage (the DAG's ``execute`` callback)."""
+def execute(registry, cfg, name: str, fp: str, previous: dict, *, tracker, parent, only=None, force=False):
+    """Run one stage (the DAG's ``execute`` callback); a grid stage point by point (pipeline/grid.py),
+    ``only``: the points to run (None: all that are not done)."""
     stage = registry[name]
     paths = StagePaths(cfg, name).ensure()
     logger = stage_logger(tracker, parent, cfg, name, fp, previous)
     status = "FAILED"
+    running_points: set[str] = set()
     try:
         what = ("finishing the current step, then checkpointing" if stage.distributed
                 else f"stopping {name} after the current item")
-        with StopRequest(paths.stop_file, what) as stop:
-            if needs_launcher(cfg, stage):
-                result, world_size = _run_launched(registry, cfg, name, fp, logger, paths)
+        more = lambda: [paths.point_file(p, "stop") for p in running_points]  # noqa: E731
+        with StopRequest(paths.stop_file, what, more) as stop:
+            if stage.points is None:
+                result, world_size = _run_unit(registry, cfg, name, fp, logger, stop)
             else:
-                acc = make_accelerator(cfg) if stage.distributed else None  # sees no rendezvous: one process
-                ctx = StageContext(cfg, name, logger, accelerator=acc, stop_flag=lambda: stop.requested,
-                                   fingerprint=fp, paths=registry.paths)
-                with one_process_group(cfg, stage):
-                    result = stage.run(ctx)
-                world_size = acc.num_processes if acc is not None else 1
+                result, world_size = _run_grid(registry, cfg, name, fp, logger, stop, only, force, running_points)
         status = "FINISHED"
         write_json(paths.result_file, {"status": "done", "result": result, "world_size": world_size})
         return result
     except dag.StageStopped:
         status = "KILLED"
         raise
+    except dag.GridIncomplete:
+        status = None  # the stage's run stays open for the grid's other points
+        raise
     finally:
-        logger.finish(status)  # KILLED when stopped: the requeued job reopens this same run
+        if status is not None:
+            logger.finish(status)  # KILLED when stopped: the requeued job reopens this same run
 
 
-def _run_launched(registry, cfg, name, fp, logger, paths):
-    paths.resolved_config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    paths.result_file.unlink(missing_ok=True)
+def _run_unit(registry, cfg, name, fp, logger, stop, point=None):
+    """Run the stage (``point``: one point of a grid stage) in this process or through the launcher;
+    returns (result, world size)."""
+    stage = registry[name]
+    if needs_launcher(cfg, stage):
+        proc, collect = _start_launched(registry, cfg, name, fp, logger, point=point)
+        while True:
+            try:
+                rc = proc.wait()
+                break
+            except KeyboardInterrupt:
+                proc.send_signal(signal.SIGINT)
+        return collect(rc)
+    acc = make_accelerator(cfg) if stage.distributed else None  # sees no rendezvous: one process
+    ctx = StageContext(cfg, name, logger, accelerator=acc, stop_flag=lambda: stop.requested,
+                       fingerprint=fp, paths=registry.paths, point=point)
+    with one_process_group(cfg, stage):
+        result = stage.run(ctx)
+    return result, (acc.num_processes if acc is not None else 1)
+
+
+def _run_grid(registry, cfg, name, fp, logger, stop, only, force, running_points):
+    from pipeline import slurm
+
+    def run_point(p):
+        running_points.add(p)
+        try:
+            return _run_unit(registry, cfg, name, fp, logger, stop, point=p)[0]
+        finally:
+            running_points.discard(p)
+
+    def start_point(p, devices):
+        running_points.add(p)
+        proc, collect = _start_launched(registry, cfg, name, fp, logger, point=p, devices=devices)
+
+        def done(rc):
+            running_points.discard(p)
+            return collect(rc)[0]
+        return proc, done
+
+    todo = [p for p in (only or registry[name].points(cfg))]
+    multi_node = in_slurm() and slurm.slurm_layout().nodes > 1
+    slots = grid.device_slots(cfg, len(todo), cpu=use_cpu(cfg), multi_node=multi_node)
+    results = grid.execute(registry, cfg, name, fp, only=only, force=force, run_point=run_point,
+                           start_point=start_point, slots=slots, should_stop=lambda: stop.requested)
+    return results, None
+
+
+def _start_launched(registry, cfg, name, fp, logger, *, point=None, devices=None):
+    """Start the stage's ranks (``point``: of one grid point) in processes of their own: through
+    ``accelerate launch`` (or srun under SLURM) for several processes, or one worker process on
+    ``devices`` (a CUDA_VISIBLE_DEVICES value: a parallel grid point). Returns (Popen,
+    ``collect(returncode) -> (result, world size)``)."""
+    paths = StagePaths(cfg, name)
+    config_file, result_file = paths.point_file(point, "config.yaml"), paths.point_file(point, "result.json")
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    result_file.unlink(missing_ok=True)
     worker = ["-m", "pipeline.worker", "--registry", registry.name, "--stage", name,
-              "--config", str(paths.resolved_config), "--fingerprint", fp]
+              "--config", str(config_file), "--fingerprint", fp]
+    if point is not None:
+        worker += ["--point", point]
     if logger.run_id:
         worker += ["--run-id", logger.run_id]
     cpu = use_cpu(cfg)
     env = dict(os.environ)
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = devices
+    n = cfg.launch.num_processes
     if cpu:
         env["ACCELERATE_USE_CPU"] = "1"
-        if cfg.launch.num_processes > 1:  # ranks share the cores: spinning OpenMP waiters starve each other
+        if n > 1:  # ranks share the cores: spinning OpenMP waiters starve each other
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if in_slurm():
+    if n == 1 and devices is not None:  # a parallel grid point on one GPU: one plain process
+        cmd = [sys.executable, *worker]
+    elif in_slurm():
         from pipeline import slurm
 
         cmd = slurm.srun_accelerate_command(worker, cpu=cpu, mixed_precision=cfg.launch.mixed_precision,
-                                            procs_per_node=cfg.launch.num_processes if cfg.launch.num_processes > 1 else None)
+                                            procs_per_node=n if n > 1 else None)
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch"]
         if cfg.launch.accelerate_config:
             cmd += ["--config_file", cfg.launch.accelerate_config]
         if cpu:  # oversubscribed OpenMP threads make CPU DDP many times slower: share the cores
-            threads = max(1, (os.cpu_count() or 1) // cfg.launch.num_processes)
+            threads = max(1, (os.cpu_count() or 1) // n)
             cmd += ["--num_cpu_threads_per_process", str(threads)]
-        cmd += ["--multi_gpu", "--num_processes", str(cfg.launch.num_processes), "--num_machines", "1",
-                "--main_process_port", str(cfg.launch.main_process_port or free_port()),
-                "--mixed_precision", "no" if cpu else cfg.launch.mixed_precision]
+        port = cfg.launch.main_process_port if devices is None and cfg.launch.main_process_port else free_port()
+        cmd += ["--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
+                "--main_process_port", str(port), "--mixed_precision", "no" if cpu else cfg.launch.mixed_precision]
         cmd += worker
-    print(f"[{name}] launching: {' '.join(cmd)}", flush=True)
+    label = f"{name}/{point}" if point else name
+    print(f"[{label}] launching: {' '.join(cmd)}" + (f" (CUDA_VISIBLE_DEVICES={devices})" if devices else ""),
+          flush=True)
     proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
-    while True:
-        try:
-            rc = proc.wait()
-            break
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
-    out = read_json(paths.result_file, {}) or {}
-    if out.get("status") == "stopped":
-        raise dag.StageStopped(out.get("message", "stopped on request; checkpoint written"))
-    if rc != 0 or out.get("status") != "done":
-        raise RuntimeError(f"launched workers exited with code {rc}"
-                           + (f": {out['error']}" if out.get("error") else " (see the output above)"))
-    return out.get("result"), out.get("world_size")
+
+    def collect(rc):
+        out = read_json(result_file, {}) or {}
+        if out.get("status") == "stopped":
+            raise dag.StageStopped(out.get("message", "stopped on request; checkpoint written"))
+        if rc != 0 or out.get("status") != "done":
+            raise RuntimeError(f"launched workers exited with code {rc}"
+                               + (f": {out['error']}" if out.get("error") else " (see the output above)"))
+        return out.get("result"), out.get("world_size")
+    return proc, collect

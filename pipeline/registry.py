@@ -27,6 +27,11 @@ class Stage:
     needs:       stages that must be done first
     reads:       dotted config keys whose values change what the stage produces (its fingerprint); or
                  ``reads(cfg) -> keys`` when that depends on the config
+    points:      ``points(cfg) -> [name, ...]``: a grid stage, made of independent points (finetune: one per
+                 (variant, seed) run): ``run(ctx)`` runs the one point ``ctx.point`` and returns its
+                 result; the runner records each point, reruns only those not done, runs several at
+                 once (``launch.parallel_runs``) or as a SLURM job array (pipeline/grid.py). Its
+                 result is ``{point: result}``. Names are path components (checked).
     inputs:      ``inputs(cfg) -> {name: digest}``: files outside the run the stage reads (e.g. a
                  pretrained network), by content: part of its fingerprint
     makes:       what it writes, for ``list`` / ``--dry-run``
@@ -56,6 +61,7 @@ class Stage:
     resources: Optional[Callable[[Any], dict]] = None
     left_out: Optional[Callable[[Any], Optional[str]]] = None
     inputs: Optional[Callable[[Any], dict]] = None
+    points: Optional[Callable[[Any], list]] = None
 
     def reads_for(self, cfg) -> tuple[str, ...]:
         """The config keys this stage reads under ``cfg``."""

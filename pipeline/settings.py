@@ -34,8 +34,14 @@ class LaunchConfig:
         "ddp", help="training backend: ddp (Accelerate DDP) or deepspeed (G and D as DeepSpeed ZeRO-1/2 engines)")
     deepspeed: str = setting("zero2", help="DeepSpeed config for backend=deepspeed: a shipped name (zero1, zero2: "
                              "cartoon_stylegan/training/deepspeed_presets/<name>.json) or a JSON file")
+    parallel_runs: Union[Literal["auto"], int] = setting(
+        1, help="a grid stage (finetune: one run per variant and seed): how many of its runs train at once on "
+        "this machine, each on its own launch.num_processes GPUs (CUDA_VISIBLE_DEVICES split); auto: as many "
+        "as the GPUs hold. On CPU, and for runs that span nodes, one at a time")
 
     def __post_init__(self):
+        if self.parallel_runs != "auto" and not (isinstance(self.parallel_runs, int) and 1 <= self.parallel_runs <= 1024):
+            raise SettingError(f"launch.parallel_runs: {self.parallel_runs!r} must be auto or a number of runs (1-1024)")
         if self.backend != "deepspeed":
             return
         import importlib.util
@@ -63,6 +69,10 @@ class SlurmConfig:
     time: list[str] = setting(factory=list, help="time limits: 'STAGE=D-HH:MM:SS' entries, or one bare limit for "
                               "every stage (default: each script's #SBATCH --time, capped at the partition's)")
     sbatch_args: list[str] = setting(factory=list, help="extra sbatch arguments for every job")
+    array: bool = setting(True, help="submit a grid stage (finetune) as a job array: one task per run, each "
+                          "sized as the stage's job would be; false: one job runs them one after another")
+    max_parallel: Optional[int] = setting(None, min=1, max=100000, help="a job array's tasks running at once "
+                                          "(the array throttle of sbatch; null: as many as the cluster starts)")
 
     def __post_init__(self):
         for key in ("partition", "account", "qos"):

@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--fingerprint", default="")
     ap.add_argument("--run-id", default=None)
+    ap.add_argument("--point", default=None, help="the grid point to run (a grid stage)")
     args = ap.parse_args(argv)
     reg = registries.load(args.registry)
     stage = reg[args.stage]
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
     if acc.is_main_process and args.run_id:
         logger = tracking.Tracker(cfg).attach(args.run_id)
     ctx = StageContext(cfg, args.stage, logger, accelerator=acc, is_main=acc.is_main_process,
-                       fingerprint=args.fingerprint, paths=reg.paths)
+                       fingerprint=args.fingerprint, paths=reg.paths, point=args.point)
     try:
         result = stage.run(ctx)
         out, rc = {"status": "done", "result": result}, 0
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         traceback.print_exc()
         out, rc = {"status": "failed", "error": f"{type(e).__name__}: {e}"}, dag.EXIT_FAILED
     if acc.is_main_process:
-        write_json(paths.result_file, {**out, "world_size": acc.num_processes})
+        write_json(paths.point_file(args.point, "result.json"), {**out, "world_size": acc.num_processes})
     if rc == 0:
         acc.wait_for_everyone()
     acc.end_training()

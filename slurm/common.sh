@@ -8,6 +8,9 @@
 #   a relative config path is taken from the job's working directory (the directory
 #   sbatch ran in, or --chdir). Everything else is passed on to `pipeline run`.
 #
+# In a job array (sbatch --array=0-11 slurm/finetune.sh ..., or `pipeline submit` for a grid stage)
+# each task runs the point of the grid with its index: `pipeline run finetune --point-index $SLURM_ARRAY_TASK_ID`.
+#
 # `exec` makes the pipeline the batch shell itself, so `--signal=B:USR1@T` reaches it:
 # it checkpoints, asks SLURM to requeue the job (when --requeue) and exits 3. The
 # pipeline waits for every process it starts; SLURM without cgroups would not.
@@ -41,6 +44,10 @@ cs_run() {
     if [[ -n ${SLURM_JOB_ID:-} && ${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}} =~ ^0*$ ]]; then
         echo "[slurm] no GPU in this job: ${stages[*]} runs on CPU"
     fi
-    echo "[slurm] $py -m pipeline run ${stages[*]} ${cfg[*]} $*"
-    exec "$py" -m pipeline run "${stages[@]}" "${cfg[@]}" "$@"
+    local point=()
+    if [[ -n ${SLURM_ARRAY_TASK_ID:-} ]]; then  # a job array: this task runs one point of the grid stage
+        point=(--point-index "$SLURM_ARRAY_TASK_ID")
+    fi
+    echo "[slurm] $py -m pipeline run ${stages[*]} ${cfg[*]} ${point[*]} $*"
+    exec "$py" -m pipeline run "${stages[@]}" "${cfg[@]}" "${point[@]}" "$@"
 }

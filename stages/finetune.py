@@ -167,17 +167,43 @@ def preflight(cfg):
     check_init(cfg, "finetune", cfg.finetune.init)
 
 
+def points(cfg) -> list[str]:
+    """The grid: one point per (variant, seed) run, named by its folder under finetune/."""
+    return [r.dir for r in cfg.finetune.runs(cfg.seed)]
+
+
+_LOADED: dict = {}  # the source networks of this process, by (file, format, file version): a grid's
+                    # points run one after another in one process load them once
+
+
+def _source_networks(cfg, path, fmt):
+    from stages.models import load_weights
+    from toolbox import file_version
+
+    key = (file_version(path), fmt, cfg.data.resolution, repr(cfg.model))
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = load_weights(cfg, path, fmt)
+    return _LOADED[key]
+
+
 def run(ctx):
+    """Train the grid point ``ctx.point`` (every run when None: a caller outside the runner)."""
     import copy
 
-    from stages.models import load_weights, source_path
+    from stages.models import source_path
     from stages.training import run_training
 
     cfg = ctx.cfg
     path, fmt = source_path(cfg, ctx.paths)
+    runs = cfg.finetune.runs(cfg.seed)
+    if ctx.point is not None:
+        runs = [r for r in runs if r.dir == ctx.point]
+        if not runs:
+            raise ValueError(f"finetune: no run {ctx.point!r} in this config (its runs: {', '.join(points(cfg))})")
+    loaded = _source_networks(cfg, path, fmt)  # every (variant, seed) run starts from copies
     out = {}
-    loaded = load_weights(cfg, path, fmt)  # once: every (variant, seed) run starts from copies
-    for run in cfg.finetune.runs(cfg.seed):
+    for run in runs:
         nets = {k: copy.deepcopy(v) for k, v in loaded.items()}
         # G, G_ema and the frozen source all start as the source generator (its EMA weights): every
         # frozen tensor agrees between them from step 0 on, and the structure loss starts at 0
@@ -186,7 +212,7 @@ def run(ctx):
         ctx.say(f"[{run.title}] source generator: {path}")
         out[run.dir] = run_training(ctx, section=cfg.finetune, data_name="target", nets=nets, G_source=G_source,
                                     variant=run, source=path)
-    return out
+    return out[ctx.point] if ctx.point is not None else out
 
 
 def digest(cfg) -> str:
@@ -201,6 +227,6 @@ def digest(cfg) -> str:
 
 STAGE = Stage(
     name="finetune", run=run, config=FinetuneConfig, needs=("pretrain",), preflight=preflight, distributed=True, resources=training_resources,
-    digest=digest, inputs=init_file_inputs("finetune"), makes="finetune/<variant>/checkpoints/network-final.pt",
+    digest=digest, inputs=init_file_inputs("finetune"), points=points, makes="finetune/<variant>/checkpoints/network-final.pt",
     reads=("seed", "data.resolution", "data.target", "data.xflip", "data.shuffle_buffer", "model", "finetune"),
-    help="finetune stage: one sub-run per variant")
+    help="finetune stage: one run per variant and seed (a grid: each run on its own)")

@@ -124,7 +124,7 @@ def _read_holder(fd) -> str:
 def file_lock(path, *, wait: bool = True, timeout: Optional[float] = None, poll: float = 0.2,
               on_wait: Optional[Callable[[], None]] = None,
               on_unsupported: Optional[Callable[[OSError], None]] = None,
-              holder: Optional[str] = None, name: str = "lock") -> Iterator[bool]:
+              holder: Optional[str] = None, name: str = "lock", shared: bool = False) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
 
     wait=False:     raise :class:`LockBusy` at once when another process holds it
@@ -135,17 +135,20 @@ def file_lock(path, *, wait: bool = True, timeout: Optional[float] = None, poll:
     holder:         text written into the lock file once held (who holds it, for the message a
                     waiter gets)
     name:           what the lock is, for the timeout's message
+    shared:         a shared lock instead: any number of shared holders at once, none while an
+                    exclusive one holds it (the tasks of one job array beside a whole run)
     Yields True when the lock is held, False when the file system could not lock.
     Works across processes and across threads (each call opens its own file description).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         locked = True
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 if not wait:
                     raise LockBusy(path, _read_holder(fd)) from None
@@ -154,7 +157,7 @@ def file_lock(path, *, wait: bool = True, timeout: Optional[float] = None, poll:
                 deadline = None if timeout is None else time.monotonic() + timeout
                 while True:
                     try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        fcntl.flock(fd, mode | fcntl.LOCK_NB)
                         break
                     except BlockingIOError:
                         if deadline is not None and time.monotonic() > deadline:
@@ -168,7 +171,7 @@ def file_lock(path, *, wait: bool = True, timeout: Optional[float] = None, poll:
             locked = False
             if on_unsupported is not None:
                 on_unsupported(e)
-        if holder is not None:
+        if holder is not None:  # shared holders overwrite each other: it names one of them
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, holder.encode(), 0)
@@ -180,15 +183,17 @@ def file_lock(path, *, wait: bool = True, timeout: Optional[float] = None, poll:
 
 
 def lock_held(path) -> Optional[bool]:
-    """True while another process holds the lock on ``path``; False when free or the file does
-    not exist; None when the file system cannot tell (no locks there)."""
+    """True while another process holds the lock on ``path`` (exclusive or shared); False when free
+    or the file does not exist; None when the file system cannot tell (no locks there). The probe
+    takes the lock exclusively for an instant, so that shared holders count."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
         return False
     except BlockingIOError:
         return True

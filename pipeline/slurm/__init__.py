@@ -12,10 +12,10 @@ from pipeline.slurm.common import (SlurmError, Runner, CMD_TIMEOUT, count_gpus)
 from pipeline.slurm.job import (PORT_BASE, PORT_SPAN, in_slurm, rendezvous_port, expand_hostlist, gpus_on_node,
     SlurmLayout, slurm_layout, ACCELERATE, srun_accelerate_command, requeue_self)
 from pipeline.slurm.submit import (REPO_ROOT, SCRIPT_DIR, JOB_RECORD, TERMINAL_STATES, SubmittedJob,
-    script_for, parse_parsable, sbatch_command, read_job_record, submit, job_state, wait_for_job)
+    script_for, parse_parsable, sbatch_command, array_spec, read_job_record, submit, job_state, wait_for_job)
 
 __all__ = ["SlurmError", "Runner", "CMD_TIMEOUT", "count_gpus", "PORT_BASE", "PORT_SPAN", "in_slurm",
            "rendezvous_port", "expand_hostlist", "gpus_on_node", "SlurmLayout", "slurm_layout", "ACCELERATE",
            "srun_accelerate_command", "requeue_self", "REPO_ROOT", "SCRIPT_DIR", "JOB_RECORD", "TERMINAL_STATES",
-           "SubmittedJob", "script_for", "parse_parsable", "sbatch_command", "read_job_record", "submit",
+           "SubmittedJob", "script_for", "parse_parsable", "sbatch_command", "array_spec", "read_job_record", "submit",
            "job_state", "wait_for_job"]

@@ -59,12 +59,30 @@ def parse_parsable(out: str) -> str:
     return job_id
 
 
+def array_spec(indices: Sequence[int], max_parallel: int | None = None) -> str:
+    """``--array``'s value for task ``indices``: ranges folded ([0,1,2,5] -> "0-2,5"), ``%N`` throttle."""
+    idx = sorted(set(int(i) for i in indices))
+    if not idx:
+        raise ValueError("a job array needs at least one task")
+    parts, start = [], idx[0]
+    for a, b in zip(idx, idx[1:] + [None]):
+        if b != a + 1:
+            parts.append(str(start) if start == a else f"{start}-{a}")
+            start = b
+    return ",".join(parts) + (f"%{max_parallel}" if max_parallel else "")
+
+
 def sbatch_command(stage: str, *, config_path: str | Path | None, overrides: Sequence[str] = (),
                    after: str | None = None, log_dir: str | Path = "slurm-logs",
-                   script_dir: str | Path | None = None, extra_sbatch_args: Sequence[str] = ()) -> list[str]:
-    """The sbatch command line of one stage (``--wait`` etc. go in ``extra_sbatch_args``)."""
+                   script_dir: str | Path | None = None, extra_sbatch_args: Sequence[str] = (),
+                   array: str | None = None) -> list[str]:
+    """The sbatch command line of one stage (``--wait`` etc. go in ``extra_sbatch_args``); ``array``: an
+    ``--array`` value (a grid stage, one task per point: each task's log is ``<stage>-<job>_<task>.out``)."""
     script, exports = script_for(stage, script_dir)
-    cmd = ["sbatch", "--parsable", f"--job-name={stage}", f"--output={Path(log_dir)}/%x-%j.out"]
+    log = f"{Path(log_dir)}/%x-%A_%a.out" if array else f"{Path(log_dir)}/%x-%j.out"
+    cmd = ["sbatch", "--parsable", f"--job-name={stage}", f"--output={log}"]
+    if array:
+        cmd.append(f"--array={array}")
     if exports:
         cmd.append("--export=ALL," + ",".join(f"{k}={v}" for k, v in exports.items()))
     if after:
@@ -96,14 +114,17 @@ def submit(stages: Sequence[str], *, config_path: str | Path | None, overrides: 
            state_file_for: Callable[[str], Path] | None = None,
            log_dir: str | Path = "slurm-logs", dry_run: bool = False,
            run: Runner = subprocess.run, out: Callable[[str], None] = print,
-           stage_sbatch_args: Mapping[str, Sequence[str]] | None = None) -> list[SubmittedJob] | None:
+           stage_sbatch_args: Mapping[str, Sequence[str]] | None = None,
+           arrays: Mapping[str, tuple[Mapping[str, int], int | None]] | None = None) -> list[SubmittedJob] | None:
     """One sbatch job per stage, in the given order, each ``afterok`` the one before.
 
     A child of a failed job is cancelled (``--kill-on-invalid-dep=yes``), not left pending.
     Creates ``log_dir`` (sbatch does not), prints one line per job, and records
     ``{job_id, stage, submitted_at, cmd, after, log}`` to ``state_file_for(stage)`` (or
     ``state_dir_for(stage) / JOB_RECORD``). ``stage_sbatch_args``: each stage's resource arguments
-    (pipeline/slurm/resources.py), placed before ``extra_sbatch_args``. When an sbatch fails, the jobs this call already
+    (pipeline/slurm/resources.py), placed before ``extra_sbatch_args``. ``arrays``: stage -> ({point: task
+    index}, max at once): that stage goes as a job array, its dependents wait for every task (afterok on
+    an array job waits for all of them). When an sbatch fails, the jobs this call already
     submitted are cancelled, the error is printed and None is returned. ``dry_run`` prints
     the command lines and runs nothing.
     """
@@ -115,14 +136,17 @@ def submit(stages: Sequence[str], *, config_path: str | Path | None, overrides: 
     if not dry_run:
         log_dir.mkdir(parents=True, exist_ok=True)
     for stage in stages:
+        tasks, at_once = (arrays or {}).get(stage, (None, None))
+        spec = array_spec(list(tasks.values()), at_once) if tasks else None
         cmd = sbatch_command(stage, config_path=config_path, overrides=overrides,
                              after=(after or "<job of previous stage>") if jobs else None,
                              log_dir=log_dir, script_dir=script_dir,
-                             extra_sbatch_args=[*(stage_sbatch_args or {}).get(stage, ()), *extra_sbatch_args])
+                             extra_sbatch_args=[*(stage_sbatch_args or {}).get(stage, ()), *extra_sbatch_args],
+                             array=spec)
         if dry_run:
             out("[dry-run] " + shlex.join(cmd))
             jobs.append(SubmittedJob(stage, "", jobs[-1].stage if jobs else None, tuple(cmd),
-                                     str(log_dir / f"{stage}-%j.out")))
+                                     str(log_dir / f"{stage}-{'%A_%a' if spec else '%j'}.out")))
             continue
         try:
             proc = run(cmd, capture_output=True, text=True, timeout=120)
@@ -138,7 +162,7 @@ def submit(stages: Sequence[str], *, config_path: str | Path | None, overrides: 
                 print(f"error: cancelled the jobs already submitted: {', '.join(ids)}", file=sys.stderr)
             return None
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        log = str(log_dir / f"{stage}-{job_id}.out")
+        log = str(log_dir / (f"{stage}-{job_id}_<task>.out" if spec else f"{stage}-{job_id}.out"))
         record_path = None
         if state_file_for is not None:
             record_path = Path(state_file_for(stage))
@@ -146,12 +170,14 @@ def submit(stages: Sequence[str], *, config_path: str | Path | None, overrides: 
             record_path = Path(state_dir_for(stage)) / JOB_RECORD
         if record_path is not None:
             _write_record(record_path, {"job_id": job_id, "stage": stage, "submitted_at": now, "cmd": cmd,
-                                        "after": after, "log": log})
+                                        "after": after, "log": log, "array": dict(tasks) if tasks else None})
         job = SubmittedJob(stage, job_id, after, tuple(cmd), log,
                            str(record_path) if record_path else None, now)
         jobs.append(job)
         out(f"submitted {stage:9s} job {job_id:>8s}  "
-            + (f"after {after} (afterok)" if after else "first in chain") + f"  log {log}")
+            + (f"after {after} (afterok)" if after else "first in chain") + f"  log {log}"
+            + (f"\n          an array of {len(tasks)} task(s), one per point ({spec}): "
+               + ", ".join(f"{i}={p}" for p, i in tasks.items()) if tasks else ""))
         after = job_id
     if not dry_run:
         ids = ",".join(j.job_id for j in jobs)
