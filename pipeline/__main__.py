@@ -141,9 +141,11 @@ def cmd_list(args) -> int:
             from pipeline import slurm
             from pipeline.slurm import resources as slurm_resources
 
-            state_now = slurm.job_state(job["job_id"])
+            state_now = "ARRAY" if job.get("array") else slurm.job_state(job["job_id"])
             slurm_col = f"job {job['job_id']} {state_now}"
-            if state_now == "PENDING":
+            if job.get("array"):  # each task's state is on its point's line
+                slurm_col = f"array job {job['job_id']} ({len(job['array'])} task(s))"
+            elif state_now == "PENDING":
                 reason = slurm_resources.pending_reason(job["job_id"])
                 slurm_col += f" ({reason})" if reason else ""
                 hint = slurm_resources.never_clears(reason)

@@ -15,7 +15,7 @@
 
 # SLURM runs a copy of this file: find the repository from the submitted path (or CARTOON_REPO)
 if [[ -n ${SLURM_JOB_ID:-} && -z ${CARTOON_REPO:-} ]]; then
-    CARTOON_REPO=$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | sed -n 's|.* Command=\(/[^ ]*\)/slurm/[^/ ]*\.sh.*|\1|p')
+    CARTOON_REPO=$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | sed -n 's|.* Command=\(/[^ ]*\)/slurm/[^/ ]*\.sh.*|\1|p' | head -n 1)
 fi
 source "${CARTOON_REPO:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}/slurm/common.sh" || exit 1
 cs_run shard -- "$@"

@@ -206,13 +206,17 @@ def _jobcomp_file(run: Runner) -> Path | None:
 
 
 def _jobcomp_state(job_id: str, path: Path) -> str | None:
+    """The last state jobcomp recorded for ``job_id`` ("123", or an array task "123_4": its record
+    names the task's own job id, with ArrayJobId=123 ArrayTaskId=4)."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return None
     state = None
+    array, _, task = job_id.partition("_")
     for line in text.splitlines():
-        if line.startswith(f"JobId={job_id} "):
+        if (line.startswith(f"JobId={job_id} ") if not task else
+                f" ArrayJobId={array} " in line and f" ArrayTaskId={task} " in line):
             m = re.search(r"\bJobState=(\S+)", line)
             if m:
                 state = m.group(1)
@@ -220,7 +224,8 @@ def _jobcomp_state(job_id: str, path: Path) -> str | None:
 
 
 def job_state(job_id: str | int, *, run: Runner = subprocess.run, jobcomp_file: str | Path | None = None) -> str:
-    """PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ... or UNKNOWN.
+    """PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ... or UNKNOWN; ``job_id`` may name one
+    task of a job array ("123_4").
 
     squeue while SLURM remembers the job (MinJobAge after its end), then sacct (when the
     cluster keeps accounting), then the jobcomp/filetxt log (its last record of the job).

@@ -518,10 +518,26 @@ def test_submit_on_a_cpu_only_partition_derives_requests_that_start(cluster, tmp
 
 
 @pytest.mark.slow
+def _tasks(rec: dict) -> dict[str, str]:
+    """{point: task id "JOB_INDEX"} of a job array's submission record."""
+    return {p: f"{rec['job_id']}_{i}" for p, i in (rec.get("array") or {}).items()}
+
+
+def _wait_stage(rec: dict, deadline: float) -> dict[str, str]:
+    """Wait for a stage's job (each task of an array); {job or task id: final state}."""
+    ids = list(_tasks(rec).values()) or [rec["job_id"]]
+    return {j: slurm.wait_for_job(j, timeout=max(1.0, deadline - time.monotonic()), poll=1) for j in ids}
+
+
+def _task_log(rec: dict, task: str) -> Path:
+    return Path(rec["log"]).parent / f"{rec['stage']}-{task}.out"
+
+
 def test_submit_all_runs_the_whole_dag_as_a_chain_of_jobs(cluster, tmp_path):
     """`pipeline submit all` with no sbatch arguments on a partition with (fake) GPUs: requests derived
-    from the partition, five jobs, each afterok the one before, all COMPLETED, in order; `pipeline list`
-    shows every stage done with its job; eval/metrics.json and the swap grids exist."""
+    from the partition, five jobs (finetune a job array, one task per variant), each afterok the one
+    before, all COMPLETED, in order; `pipeline list` shows every stage done with its job; eval/metrics.json
+    and the swap grids exist; one MLflow stage run per stage (the array's tasks share finetune's)."""
     partition = "gpu"
     args = ["--config", _config(tmp_path), *_tiny(tmp_path, "tracking.enabled=true", f"slurm.partition={partition}")]
     sub = _pipeline("submit", "all", *args)
@@ -537,12 +553,21 @@ def test_submit_all_runs_the_whole_dag_as_a_chain_of_jobs(cluster, tmp_path):
     jobs = {s: r["job_id"] for s, r in recs.items()}
     assert [r["after"] for r in recs.values()] == [None, *list(jobs.values())[:-1]]  # one chain, in DAG order
     assert len(set(jobs.values())) == len(DAG) and sub.stdout.count("submitted ") == len(DAG)
+    assert recs["finetune"]["array"] == {v: i for i, v in enumerate(VARIANTS)}
+    assert f"an array of 2 task(s), one per point (0-1): 0={VARIANTS[0]}, 1={VARIANTS[1]}" in sub.stdout
 
     deadline = time.monotonic() + 480
     for s in DAG:  # in order: a failed stage's children are cancelled, so the first failure is the cause
-        state = slurm.wait_for_job(jobs[s], timeout=max(1.0, deadline - time.monotonic()), poll=1)
-        assert state == "COMPLETED", f"{s} job {jobs[s]} is {state}:\n{_tail(recs[s]['log'])}"
+        for job, state in _wait_stage(recs[s], deadline).items():
+            log = _task_log(recs[s], job) if "_" in job else recs[s]["log"]
+            assert state == "COMPLETED", f"{s} job {job} is {state}:\n{_tail(log)}"
     for s in DAG:
+        if s == "finetune":
+            for v, task in _tasks(recs[s]).items():
+                log = _task_log(recs[s], task).read_text()
+                assert "(finetune) restart 0" in log and f"--point-index {VARIANTS.index(v)}" in log, log[-3000:]
+                assert f"[finetune] 1 of 2 points to run: {v}" in log, log[-3000:]
+            continue
         log = Path(recs[s]["log"]).read_text()
         assert f"[slurm] job {jobs[s]} ({s}) restart 0" in log and f"[{s}] done" in log, _tail(recs[s]["log"])
     states = {s: json.loads((exp / s / "stage.json").read_text()) for s in DAG}
@@ -554,7 +579,10 @@ def test_submit_all_runs_the_whole_dag_as_a_chain_of_jobs(cluster, tmp_path):
     rows = {ln.split()[0]: ln for ln in listing.stdout.splitlines() if ln.split() and ln.split()[0] in DAG}
     assert sorted(rows) == sorted(DAG), listing.stdout
     for s in DAG:
-        assert rows[s].split()[1] == "done" and rows[s].rstrip().endswith(f"job {jobs[s]} COMPLETED"), listing.stdout
+        end = f"array job {jobs[s]} (2 task(s))" if s == "finetune" else f"job {jobs[s]} COMPLETED"
+        assert rows[s].split()[1] == "done" and rows[s].rstrip().endswith(end), listing.stdout
+    for v in VARIANTS:  # the grid's points under their stage
+        assert re.search(rf"^  {v} +done ", listing.stdout, re.M), listing.stdout
 
     metrics = json.loads((exp / "eval" / "metrics.json").read_text())
     assert {"source", *VARIANTS} <= set(metrics)
@@ -566,12 +594,75 @@ def test_submit_all_runs_the_whole_dag_as_a_chain_of_jobs(cluster, tmp_path):
             assert (exp / "swap" / f"{v}-{kind}.png").is_file()
         assert (exp / "finetune" / v / "checkpoints" / "network-final.pt").is_file()
 
-    _, runs = _mlflow(tmp_path / "runs")  # one pipeline run per job, one stage run per stage, all finished
+    _, runs = _mlflow(tmp_path / "runs")  # one pipeline run per job (array task), one stage run per stage
     parents = sorted((r.info.run_name, r.info.status) for r in runs
                      if "mlflow.parentRunId" not in r.data.tags and "pipeline.parent" not in r.data.tags)
-    assert parents == sorted((f"run {s}", "FINISHED") for s in DAG), parents
+    names = [f"run {s}" for s in DAG if s != "finetune"] + [f"run finetune --only {v}" for v in VARIANTS]
+    assert parents == sorted((n, "FINISHED") for n in names), parents
     for s in DAG:
         assert [r.info.status for r in _stage_runs(runs, s)] == ["FINISHED"], s
+
+
+def _jobcomp_times(task: str) -> tuple[str, str]:
+    """(StartTime, EndTime) of an array task ("JOB_INDEX") in the cluster's jobcomp log."""
+    conf = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    path = re.search(r"^JobCompLoc\s*=\s*(\S+)", conf, re.M).group(1)
+    job, index = task.split("_")
+    for line in reversed(Path(path).read_text().splitlines()):
+        if f" ArrayJobId={job} " in line and f" ArrayTaskId={index} " in line:
+            return re.search(r" StartTime=(\S+)", line).group(1), re.search(r" EndTime=(\S+)", line).group(1)
+    raise AssertionError(f"no jobcomp record of {task} in {path}")
+
+
+def test_grid_as_a_job_array_side_by_side_and_one_killed_task_resubmitted_alone(cluster, tmp_path):
+    """2 variants x 2 seeds on the CPU-only partition (2 nodes), no sbatch arguments: finetune goes as an
+    array of 4 tasks, two at a time (overlapping in SLURM's accounting); one task is cancelled while it
+    waits: its point is not done, the dependent jobs are cancelled, `pipeline list` says which; `pipeline
+    submit finetune --only POINT` resubmits that task alone, then `pipeline submit all` runs swap and eval,
+    which score all four models."""
+    args = ["--config", _config(tmp_path), *_tiny(tmp_path, "finetune.seeds=[0,1]", "slurm.partition=debug")]
+    points = [f"{v}-seed{k}" for v in VARIANTS for k in (0, 1)]
+    pre = _pipeline("run", "pretrain", *args, timeout=300)  # shard + pretrain, here
+    assert pre.returncode == 0, (pre.stdout + pre.stderr)[-4000:]
+    sub = _pipeline("submit", "all", *args)
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    assert "an array of 4 task(s), one per point (0-3)" in sub.stdout, sub.stdout
+    exp = tmp_path / "runs" / "default"
+    rec = slurm.read_job_record(exp / "finetune")
+    tasks = _tasks(rec)
+    assert list(tasks) == points
+
+    victim = points[3]  # two tasks run, two wait: cancel a waiting one (a tiny run is over before a kill lands)
+    assert slurm.job_state(tasks[victim]) == "PENDING", _pipeline("list", *args).stdout
+    assert subprocess.run(["scancel", tasks[victim]], timeout=30).returncode == 0
+    # a task cancelled before it started leaves no record once squeue forgets it: UNKNOWN then
+    assert slurm.job_state(tasks[victim]) in ("CANCELLED", "UNKNOWN")
+    states = {p: slurm.wait_for_job(tasks[p], timeout=300, poll=1) for p in points[:3]}
+    assert states == {p: "COMPLETED" for p in points[:3]}, states
+    for s in ("swap", "eval"):  # afterok on the array: cancelled with it
+        assert slurm.wait_for_job(slurm.read_job_record(exp / s)["job_id"], timeout=60, poll=1) == "CANCELLED"
+    spans = {p: _jobcomp_times(tasks[p]) for p in points[:2]}
+    assert max(a for a, _ in spans.values()) < min(b for _, b in spans.values()), spans  # side by side
+
+    listing = _pipeline("list", *args)
+    assert re.search(r"^finetune +partial ", listing.stdout, re.M), listing.stdout
+    assert re.search(rf"^  {victim} +never run .* job {tasks[victim]} (CANCELLED|UNKNOWN)", listing.stdout, re.M), listing.stdout
+
+    again = _pipeline("submit", "finetune", "--only", victim, *args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"an array of 1 task(s), one per point (3): 3={victim}" in again.stdout, again.stdout
+    rec2 = slurm.read_job_record(exp / "finetune")
+    (state,) = _wait_stage(rec2, time.monotonic() + 300).values()
+    assert state == "COMPLETED", _tail(_task_log(rec2, _tasks(rec2)[victim]))
+    assert "[finetune] done in" in _task_log(rec2, _tasks(rec2)[victim]).read_text()  # the last point completes it
+    rest = _pipeline("submit", "all", *args)
+    assert rest.returncode == 0 and "submitted finetune" not in rest.stdout, rest.stdout + rest.stderr
+    deadline = time.monotonic() + 300
+    for s in ("swap", "eval"):
+        r = slurm.read_job_record(exp / s)
+        assert _wait_stage(r, deadline) == {r["job_id"]: "COMPLETED"}, _tail(r["log"])
+    metrics = json.loads((exp / "eval" / "metrics.json").read_text())
+    assert set(points) <= set(metrics), sorted(metrics)
 
 
 def _progress(text: str, total: str) -> list[float]:
@@ -754,9 +845,11 @@ def test_fine_tune_your_own_submitted_on_the_cpu_partition_chains_four_jobs(clus
     recs = {s: slurm.read_job_record(exp / s) for s in own}
     assert all(recs.values()) and not (exp / "pretrain").exists(), recs
     deadline = time.monotonic() + 600
+    assert len(recs["finetune"]["array"]) == 4  # a job array, one task per variant
     for s in own:
-        state = slurm.wait_for_job(recs[s]["job_id"], timeout=max(1.0, deadline - time.monotonic()), poll=1)
-        assert state == "COMPLETED", f"{s} job {recs[s]['job_id']} is {state}:\n{_tail(recs[s]['log'])}"
+        for job, state in _wait_stage(recs[s], deadline).items():
+            log = _task_log(recs[s], job) if "_" in job else recs[s]["log"]
+            assert state == "COMPLETED", f"{s} job {job} is {state}:\n{_tail(log)}"
     assert not (exp / "shard" / "source").exists() and not (exp / "pretrain").exists()
     metrics = json.loads((exp / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"freezed", "freezeg", "freezesg", "freezesg_structure"}, metrics
