@@ -257,16 +257,14 @@ def cmd_submit(args) -> int:
 
 
 def _arrays(reg, cfg, order, only, only_stage, *, force):
-    """The grid stages of ``order`` that go as job arrays (slurm.array): {stage: ({point: index}, max at
+    """The grid stages of ``order`` that go as job arrays (those in slurm.array): {stage: ({point: index}, max at
     once)}, one task per point not done (``only``: those of ``only_stage``), indexed by its place in the
     grid (the task runs ``--point-index``)."""
-    out = {}
-    if not cfg.slurm.array:
-        return out
     from pipeline import grid
 
+    out = {}
     for name in order:
-        if reg[name].points is None:
+        if reg[name].points is None or (cfg.slurm.array is not None and name not in cfg.slurm.array):
             continue
         points = reg[name].points(cfg)
         fp = dag.fingerprint(reg, cfg, name)

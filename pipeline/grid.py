@@ -106,9 +106,10 @@ def visible_gpus() -> list[str]:
 
 
 def device_slots(cfg, n_points: int, *, cpu: bool, multi_node: bool = False, gpus: Optional[list[str]] = None,
-                 say=print) -> Optional[list[str]]:
-    """How ``launch.parallel_runs`` splits this machine for ``n_points`` runs: one CUDA_VISIBLE_DEVICES
-    value per run slot, or None for one run at a time (said when the config asked for more)."""
+                 per_run: Optional[int] = None, say=print) -> Optional[list[str]]:
+    """How ``launch.parallel_runs`` splits this machine for ``n_points`` runs of ``per_run`` GPUs each
+    (default launch.num_processes): one CUDA_VISIBLE_DEVICES value per run slot, or None for one run at
+    a time (said when the config asked for more)."""
     want = cfg.launch.parallel_runs
     if want == 1 or n_points < 2:
         return None
@@ -121,7 +122,7 @@ def device_slots(cfg, n_points: int, *, cpu: bool, multi_node: bool = False, gpu
             f"runs one task per run: python -m pipeline submit)")
         return None
     gpus = visible_gpus() if gpus is None else gpus
-    per = cfg.launch.num_processes
+    per = per_run or cfg.launch.num_processes
     fit = len(gpus) // per
     k = min(fit if want == "auto" else min(want, fit), n_points)
     if k < 2:

@@ -222,12 +222,17 @@ def _run_grid(registry, cfg, name, fp, logger, stop, only, force, running_points
             return collect(rc)[0]
         return proc, done
 
-    todo = [p for p in (only or registry[name].points(cfg))]
-    multi_node = in_slurm() and slurm.slurm_layout().nodes > 1
-    slots = grid.device_slots(cfg, len(todo), cpu=use_cpu(cfg), multi_node=multi_node)
+    stage = registry[name]
+    todo = only or stage.points(cfg)
+    multi_node = stage.distributed and in_slurm() and slurm.slurm_layout().nodes > 1
+    slots = grid.device_slots(cfg, len(todo), cpu=use_cpu(cfg), multi_node=multi_node,
+                              per_run=cfg.launch.num_processes if stage.distributed else 1)
     results = grid.execute(registry, cfg, name, fp, only=only, force=force, run_point=run_point,
                            start_point=start_point, slots=slots, should_stop=lambda: stop.requested)
-    return results, None
+    if stage.finish is None:
+        return results, None
+    ctx = StageContext(cfg, name, logger, fingerprint=fp, paths=registry.paths)
+    return stage.finish(ctx, results), None
 
 
 def _start_launched(registry, cfg, name, fp, logger, *, point=None, devices=None):

@@ -32,6 +32,8 @@ class Stage:
                  result; the runner records each point, reruns only those not done, runs several at
                  once (``launch.parallel_runs``) or as a SLURM job array (pipeline/grid.py). Its
                  result is ``{point: result}``. Names are path components (checked).
+    finish:      a grid stage: ``finish(ctx, {point: result}) -> result``, run once every point is done
+                 (e.g. eval's table of all rows); None: the stage's result is ``{point: result}``
     inputs:      ``inputs(cfg) -> {name: digest}``: files outside the run the stage reads (e.g. a
                  pretrained network), by content: part of its fingerprint
     makes:       what it writes, for ``list`` / ``--dry-run``
@@ -62,6 +64,7 @@ class Stage:
     left_out: Optional[Callable[[Any], Optional[str]]] = None
     inputs: Optional[Callable[[Any], dict]] = None
     points: Optional[Callable[[Any], list]] = None
+    finish: Optional[Callable[[Any, dict], Any]] = None
 
     def reads_for(self, cfg) -> tuple[str, ...]:
         """The config keys this stage reads under ``cfg``."""

@@ -69,8 +69,10 @@ class SlurmConfig:
     time: list[str] = setting(factory=list, help="time limits: 'STAGE=D-HH:MM:SS' entries, or one bare limit for "
                               "every stage (default: each script's #SBATCH --time, capped at the partition's)")
     sbatch_args: list[str] = setting(factory=list, help="extra sbatch arguments for every job")
-    array: bool = setting(True, help="submit a grid stage (finetune) as a job array: one task per run, each "
-                          "sized as the stage's job would be; false: one job runs them one after another")
+    array: Optional[list[str]] = setting(None, help="the grid stages submitted as job arrays (null: every one: "
+                                         "finetune, eval): one task per point (a fine-tune run, an eval row), each "
+                                         "sized as the stage's job would be; a grid stage not listed runs its "
+                                         "points one after another in one job")
     max_parallel: Optional[int] = setting(None, min=1, max=100000, help="a job array's tasks running at once "
                                           "(the array throttle of sbatch; null: as many as the cluster starts)")
 
@@ -98,6 +100,11 @@ class TrackingConfig:
 
 def _validate_root(self):
     check_name(self.experiment, "experiment")
+    reg = self.__registry__
+    for n in self.slurm.array or []:
+        if n not in reg.names() or reg[n].points is None:
+            grids = [s for s in reg.names() if reg[s].points is not None]
+            raise SettingError(f"slurm.array: {n!r} is not a grid stage of this pipeline (those: {', '.join(grids) or 'none'})")
     for name, _, _ in self.__registry__.sections():
         check = getattr(getattr(self, name), "validate_against", None)
         if check is not None:

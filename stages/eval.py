@@ -1,12 +1,10 @@
 """Eval stage: FID / KID / precision-recall per variant and for the source, plus structure distance."""
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from pipeline import dag
 from pipeline.artifacts import read_json, write_json
 from pipeline.config import spec
 from pipeline.registry import Stage
@@ -48,62 +46,64 @@ def preflight(cfg):
                               f"the reference set would be short; lower eval.n_real or raise the count")
 
 
+BASELINE_ROWS = ("source", "real_floor", "untrained", "source_vs_target")
+"""The rows that are not fine-tuned runs (a variant may not take these names)."""
+
+
+def points(cfg) -> list[str]:
+    """Eval's grid: one point per row of metrics.json, each scored on its own (an array task on SLURM,
+    a slot of launch.parallel_runs): the baselines this config asks for, then every fine-tuned run."""
+    from stages.common import source_from_file
+
+    ec, out = cfg.eval, []
+    if not source_from_file(cfg):
+        out += ["source"] + (["real_floor"] if ec.real_floor else []) + (["untrained"] if ec.untrained_baseline else [])
+    if ec.source_vs_target:
+        out.append("source_vs_target")
+    return out + [r.dir for r in cfg.finetune.runs(cfg.seed)]
+
+
 def run(ctx):
+    """Score the row ``ctx.point`` (every row, then the table, when None: a caller outside the runner)."""
+    if ctx.point is None:
+        return finish(ctx, {p: score_row(ctx, p) for p in points(ctx.cfg)})
+    return score_row(ctx, ctx.point)
+
+
+def score_row(ctx, label: str) -> dict:
+    """The figures of one row: FID/KID/PR against its reference set; for a fine-tuned run also the
+    structure distance (at every resolution) and the style drift. Rows that depend on their inputs alone
+    (source network, untrained seed, held-out images) are kept in ``<run_root>/cache/eval-rows/`` and reused
+    by any later eval that asks the same. ``{"skipped": why}`` for a row the data cannot give."""
     from cartoon_stylegan.metrics import GeneratorDataset, ShardImageDataset, compute_metrics, structure_distance
     from cartoon_stylegan.metrics.drift import style_drift
+    from cartoon_stylegan.metrics.inception import backend_tag
     from cartoon_stylegan.sampling import Sampler
+    from pipeline.artifacts import file_digest
     from stages.finetune import variant_logger
-    from stages.models import device, fresh_models, load_source, load_variants
+    from stages.models import arch, device, fresh_models, load_source, load_variant, source_path
 
     cfg, ec = ctx.cfg, ctx.cfg.eval
     dev = device()
-    G_src = load_source(cfg, ctx.paths, dev)
-    variants = load_variants(cfg, ctx.paths, G_src, dev, truncation=ec.truncation)
-    source = Sampler(G_src, truncation=ec.truncation)
-    ctx.log_params({"eval": ec})
-    from cartoon_stylegan.metrics.inception import backend_tag
-
     inception = backend_tag(dev)
-    ctx.log_params({"eval.inception_backend": inception})
-    ctx.say(f"[eval] Inception on {dev.type} through {inception}")
+    ctx.log_params({"eval": ec, "eval.inception_backend": inception})
+    ctx.say(f"[eval] {label}: Inception on {dev.type} through {inception}")
+    G_src = load_source(cfg, ctx.paths, dev)
+    source = Sampler(G_src, truncation=ec.truncation)
     cache = ctx.paths.stats_cache
     common = dict(metrics=tuple(ec.metrics), kid_subset_size=ec.kid_subset_size, batch_size=ec.batch,
                   device=dev, cache_dir=cache, progress=False)
-    from stages.common import source_from_file
-
-    no_source_set = source_from_file(cfg)
-    source_real = None if no_source_set else ShardImageDataset(ctx.paths.dataset_dir("source"), limit=ec.n_real)
-    target_real = ShardImageDataset(ctx.paths.dataset_dir("target"), limit=ec.n_real)
-    table = {}
-    # Scores survive a stop or a crash: each model's figures go to partial.json as soon as they
-    # exist, keyed by the stage fingerprint (config + the upstream runs); a re-run with the same
-    # fingerprint scores only what is missing. Removed once metrics.json is written.
-    partial_file, fp = ctx.paths.stage_dir / PARTIAL_FILE, ctx.fingerprint
-    saved = read_json(partial_file, {}) or {}
-    # the same fingerprint and the same Inception runner (a resume under another one scores everything)
-    same = saved.get("fingerprint") == fp and saved.get("inception", inception) == inception
-    done = dict(saved.get("scores", {})) if same else {}
-    fresh = not done  # nothing kept from an interrupted eval (the source rows fill `done` as this one goes)
-    if done:
-        ctx.say(f"[eval] continuing an interrupted eval: {', '.join(done)} already scored")
-
-    def stop_point():
-        if ctx.should_stop():
-            raise dag.StageStopped(f"eval stopped after scoring {len(done)} model(s) ({', '.join(done)}); "
-                                   f"run again to score the rest")
-
     rows_dir = cache.parent / "eval-rows"
     same_scoring = dict(metrics=sorted(ec.metrics), kid_subset_size=ec.kid_subset_size, n_samples=ec.n_samples,
                         batch=ec.batch, version=_scoring_version(), inception=inception)
 
-    def score(label, fake_fn, real, *, structure=None, inputs=None):
-        """``inputs``: for a row that is a function of its inputs alone (the source network's file, the
-        untrained generator's seed, the held-out images), what it depends on: its scores are kept in
-        ``<run_root>/cache/eval-rows/`` and reused by any later eval that asks the same."""
-        if label in done:
-            table[label] = done[label]
-            ctx.say(f"[eval] {label}: kept from the interrupted run")
-            return done[label]
+    def reals(name):
+        return ShardImageDataset(ctx.paths.dataset_dir(name), limit=ec.n_real)
+
+    def generated(sampler):
+        return lambda: GeneratorDataset(sampler, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch)
+
+    def score(fake_fn, real, *, inputs=None):
         m, row_file = None, None
         if inputs is not None:
             material = {"label": label, "real": getattr(real, "cache_key", None), "n_real": len(real),
@@ -120,88 +120,71 @@ def run(ctx):
             if row_file is not None:
                 write_json(row_file, {"inputs": material, "scores": m})
         ctx.log_metrics({f"{label}/{k}": v for k, v in m.items()})
-        if structure is not None:
-            s = {k: float(v) for k, v in structure().items() if isinstance(v, (int, float)) and k != "n"}
-            m.update({f"structure_{k}": v for k, v in s.items()})
-            ctx.log_metrics({f"{label}/structure_{k}": v for k, v in s.items()})
-        table[label] = done[label] = m
-        write_json(partial_file, {"fingerprint": fp, "inception": inception, "scores": done})
         return m
 
-    from pipeline.artifacts import file_digest
-    from stages.models import arch, source_path
-
-    src_file, src_fmt = source_path(cfg, ctx.paths)
-    if no_source_set:
-        left = ["source"] + (["real_floor"] if ec.real_floor else []) + (["untrained"] if ec.untrained_baseline else [])
-        ctx.say(f"[eval] rows left out: {', '.join(left)} (they score against the source image set, and "
-                f"{no_source_set.split(': ', 1)[0]}); every variant is scored against the target set")
-    else:
-        score("source", lambda: GeneratorDataset(source, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch), source_real,
-              inputs={"network": file_digest(Path(src_file)), "format": src_fmt, "truncation": ec.truncation,
-                      "seed": cfg.seed + 1, "device": dev.type})
-        stop_point()
-    if ec.real_floor and source_real is not None:
-        held_out = held_out_images(ctx.paths.dataset_dir("source"), len(source_real), ec.n_samples)
+    if label == "source":
+        src_file, src_fmt = source_path(cfg, ctx.paths)
+        return score(generated(source), reals("source"),
+                     inputs={"network": file_digest(Path(src_file)), "format": src_fmt, "truncation": ec.truncation,
+                             "seed": cfg.seed + 1, "device": dev.type})
+    if label == "real_floor":
+        n_real = len(reals("source"))
+        held_out = held_out_images(ctx.paths.dataset_dir("source"), n_real, ec.n_samples)
         if held_out is None:
-            ctx.say(f"[eval] real_floor skipped: the source shards hold fewer than n_real + n_samples "
-                    f"= {len(source_real) + ec.n_samples} images")
-        else:
-            score("real_floor", lambda: held_out, source_real,
-                  inputs={"held_out": held_out.dataset.cache_key, "from": len(source_real)})
-            stop_point()
-    if ec.untrained_baseline and source_real is not None:
+            why = (f"the source shards hold fewer than n_real + n_samples = {n_real + ec.n_samples} images")
+            ctx.say(f"[eval] real_floor skipped: {why}")
+            return {"skipped": why}
+        return score(lambda: held_out, reals("source"), inputs={"held_out": held_out.dataset.cache_key, "from": n_real})
+    if label == "untrained":
         untrained = Sampler(fresh_models(cfg, cfg.seed + 12345)["g_ema"].eval().to(dev))
-        score("untrained", lambda: GeneratorDataset(untrained, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch),
-              source_real, inputs={"arch": arch(cfg)[0], "init_seed": cfg.seed + 12345, "seed": cfg.seed + 1,
-                                   "device": dev.type})
-        stop_point()
-    if ec.source_vs_target:
-        score("source_vs_target", lambda: GeneratorDataset(Sampler(G_src), ec.n_samples, seed=cfg.seed + 1,
-                                                           batch=ec.batch), target_real)
-        stop_point()
-    per_latent = ctx.paths.stage_dir / PER_LATENT_DIR
-    if fresh:  # a fresh eval: the folder holds this eval's files only
-        shutil.rmtree(per_latent, ignore_errors=True)
-    # the style drift is read over the layers the comparison freezes (the largest frozen resolution of any
-    # variant), so that every variant's figure covers the same W+ entries
+        return score(generated(untrained), reals("source"),
+                     inputs={"arch": arch(cfg)[0], "init_seed": cfg.seed + 12345, "seed": cfg.seed + 1,
+                             "device": dev.type})
+    if label == "source_vs_target":
+        return score(generated(Sampler(G_src)), reals("target"))
+
+    run = {r.dir: r for r in cfg.finetune.runs(cfg.seed)}[label]
+    sampler = load_variant(cfg, ctx.paths, G_src, run, dev, truncation=ec.truncation)
+    m = dict(score(generated(sampler), reals("target")))
     # the structure distance at every resolution, up to the full image (what the user sees)
     resolutions = [2 ** k for k in range(2, cfg.data.resolution.bit_length())]  # 4 .. data.resolution
-    frozen_res = max((max(r.config.freeze_g_up_to or 0, r.config.freeze_style_up_to or 0) for r, _ in variants),
-                     default=0)
-    for run, sampler in variants:
-        name = run.dir
+    scores = structure_distance(source, sampler, n=ec.structure_n, seed=cfg.seed + 2, batch=ec.batch,
+                                device=dev, resolutions=resolutions)
+    for r, s in scores.pop("by_resolution").items():  # logged as structure_ratio_at_<R>, ..._rank_at_<R>
+        scores[f"ratio_at_{r}"], scores[f"rank_at_{r}"] = s["ratio"], s["mean_rank"]
+    write_per_latent(ctx.paths.stage_dir / PER_LATENT_DIR, cfg, run, scores, latent_seed=cfg.seed + 2)
+    s = {f"structure_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float)) and k != "n"}
+    m.update(s)
+    # the style drift is read over the layers the comparison freezes (the largest frozen resolution of any
+    # variant), so that every variant's figure covers the same W+ entries
+    frozen_res = max((max(r.config.freeze_g_up_to or 0, r.config.freeze_style_up_to or 0)
+                      for r in cfg.finetune.runs(cfg.seed)), default=0)
+    drift = style_drift(source, sampler, up_to=frozen_res or None, n=ec.structure_n, seed=cfg.seed + 2)
+    m["style_drift"] = drift["mapping"]
+    if "frozen" in drift:
+        m["style_drift_frozen"] = drift["frozen"]
+    ctx.log_metrics({f"{label}/{k}": m[k] for k in (*s, "style_drift", "style_drift_frozen") if k in m})
+    vlog = variant_logger(ctx, run)
+    if vlog is not None:
+        vlog.metrics({f"eval/{k}": v for k, v in _eval_names(m).items()})
+        vlog.finish("FINISHED")
+    return m
 
-        def structure(run=run, sampler=sampler):
-            scores = structure_distance(source, sampler, n=ec.structure_n, seed=cfg.seed + 2, batch=ec.batch,
-                                        device=dev, resolutions=resolutions)
-            for r, s in scores.pop("by_resolution").items():  # logged as structure_ratio_at_<R>, ..._rank_at_<R>
-                scores[f"ratio_at_{r}"], scores[f"rank_at_{r}"] = s["ratio"], s["mean_rank"]
-            write_per_latent(per_latent, ctx.cfg, run, scores, latent_seed=cfg.seed + 2)
-            return scores
 
-        m = score(name, lambda: GeneratorDataset(sampler, ec.n_samples, seed=cfg.seed + 1, batch=ec.batch),
-                  target_real, structure=structure)
-        drift = style_drift(source, sampler, up_to=frozen_res or None, n=ec.structure_n, seed=cfg.seed + 2)
-        m["style_drift"] = drift["mapping"]
-        if "frozen" in drift:
-            m["style_drift_frozen"] = drift["frozen"]
-        ctx.log_metrics({f"{name}/{k}": m[k] for k in ("style_drift", "style_drift_frozen") if k in m})
-        vlog = variant_logger(ctx, run)  # again for a kept score: a stop may have come before this
-        if vlog is not None:
-            vlog.metrics({f"eval/{k}": v for k, v in _eval_names(m).items()})
-            vlog.finish("FINISHED")
-        stop_point()
+def finish(ctx, rows: dict) -> dict:
+    """Once every row is scored: metrics.json (the rows in grid order; skipped rows left out), the
+    per-latent files of runs no longer in the config removed, the table printed."""
+    table = {k: v for k, v in rows.items() if not (isinstance(v, dict) and "skipped" in v)}
+    per_latent = ctx.paths.stage_dir / PER_LATENT_DIR
+    for f in per_latent.glob("*.json") if per_latent.is_dir() else ():
+        if f.stem not in table:
+            f.unlink()
     write_json(ctx.paths.metrics_file, table)
-    partial_file.unlink(missing_ok=True)
     ctx.log_artifact(ctx.paths.metrics_file)
     ctx.say(format_metrics(table))
     return {"metrics": str(ctx.paths.metrics_file), **{k: {kk: round(vv, 4) for kk, vv in v.items()
                                                              if isinstance(vv, float)} for k, v in table.items()}}
 
-
-PARTIAL_FILE = "partial.json"
-"""Eval stage: the scores so far of an interrupted eval (see :func:`run_eval`)."""
 
 PER_LATENT_DIR = "per_latent"
 """Eval stage: one JSON file per variant run with its per-latent structure values (see :func:`write_per_latent`)."""
@@ -279,5 +262,6 @@ def format_metrics(table) -> str:
 
 
 STAGE = Stage(name="eval", run=run, config=EvalConfig, needs=("finetune",), reads=("seed", "eval"), preflight=preflight,
-              makes="eval/metrics.json", help="eval stage: FID/KID/PR and structure distance",
+              makes="eval/metrics.json", help="eval stage: FID/KID/PR and structure distance, one row per point",
+              points=points, finish=finish,
               resources=lambda cfg: {"gpu": True, "cpus": 4, "procs": 1})

@@ -78,6 +78,11 @@ def default_variants():
     }
 
 
+RESERVED = {"points": "the runner's folder of grid points", "source": "an eval row",
+            "real_floor": "an eval row", "untrained": "an eval row", "source_vs_target": "an eval row"}
+"""Names a variant cannot take: its folder or its eval row would clash."""
+
+
 @dataclass(frozen=True)
 class VariantRun:
     """One training run of a variant: its folder under finetune/ (also its label in swap and eval)."""
@@ -148,6 +153,9 @@ class FinetuneConfig(loop_section("FinetuneLoop", exclude=("pl_weight", "ada", "
             raise ConfigError(f"finetune.freeze_d_above: {self.freeze_d_above} is above data.resolution ({res})")
         for name, v in self.variants.items():
             check_name(name, f"finetune.variants.{name}")
+            if name in RESERVED:
+                raise ConfigError(f"finetune.variants.{name}: the name {name!r} is taken ({RESERVED[name]}); "
+                                  f"call the variant otherwise")
             if v.compile is None:  # the section's value is this variant's
                 check_compile_backend(root, "finetune.compile", self.compile)
             else:

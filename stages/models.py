@@ -171,18 +171,21 @@ def load_source(cfg, paths, device=None):
 def load_variants(cfg, paths, G_src, device=None, truncation: float = 1.0):
     """[(VariantRun, Sampler)] of every fine-tuned run (variant x seed), each sampled as it was
     trained (its checkpoint's record of the FreezeSG prefix), with ``truncation``."""
+    return [(run, load_variant(cfg, paths, G_src, run, device, truncation=truncation))
+            for run in cfg.finetune.runs(cfg.seed)]
+
+
+def load_variant(cfg, paths, G_src, run, device=None, truncation: float = 1.0):
+    """The Sampler of one fine-tuned run (a VariantRun), sampled as it was trained."""
     from cartoon_stylegan import checkpoint
     from cartoon_stylegan.sampling import Sampler
 
     g_cfg, d_cfg = arch(cfg)
-    out = []
-    for run in cfg.finetune.runs(cfg.seed):
-        path = paths.of("finetune").final_network(run.dir)
-        nets = checkpoint.load_transfer(path, expect_g_config=g_cfg, expect_d_config=d_cfg)
-        G = nets["g_ema"].eval().requires_grad_(False)
-        G = G.to(device) if device is not None else G
-        out.append((run, Sampler.for_variant(G, G_src, nets.get("meta") or {}, truncation=truncation)))
-    return out
+    path = paths.of("finetune").final_network(run.dir)
+    nets = checkpoint.load_transfer(path, expect_g_config=g_cfg, expect_d_config=d_cfg)
+    G = nets["g_ema"].eval().requires_grad_(False)
+    G = G.to(device) if device is not None else G
+    return Sampler.for_variant(G, G_src, nets.get("meta") or {}, truncation=truncation)
 
 
 def check_init(cfg, key: str, init) -> None:

@@ -338,7 +338,14 @@ def _calculate(names: list[str], kwargs: dict) -> dict[str, float]:
 
     extractor = create_feature_extractor(kwargs["feature_extractor"], [FEATURE_LAYER], **kwargs)
     fake = extract_featuresdict_from_input_id_cached(1, extractor, **kwargs)
-    real = extract_featuresdict_from_input_id_cached(2, extractor, **kwargs)
+    if kwargs.get("cache"):  # the real side once: a concurrent scorer (another eval point) waits, then reads it
+        from toolbox import file_lock
+
+        lock = os.path.join(kwargs["cache_root"], kwargs["input2_cache_name"] + ".lock")
+        with file_lock(lock, name="lock of the real features", on_unsupported=lambda e: None):
+            real = extract_featuresdict_from_input_id_cached(2, extractor, **kwargs)
+    else:
+        real = extract_featuresdict_from_input_id_cached(2, extractor, **kwargs)
     out: dict[str, float] = {}
     if "fid" in names:
         out["frechet_inception_distance"] = frechet_distance(fake[FEATURE_LAYER], real[FEATURE_LAYER])

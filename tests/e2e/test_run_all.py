@@ -158,36 +158,41 @@ def test_compare_reads_variants_back_from_mlflow(run, tmp_path):
 
 
 def test_stopped_eval_keeps_its_scores_and_rerun_scores_only_the_rest(run, tmp_path):
-    """SIGUSR1 during eval: it stops after the model being scored (exit 3, state "stopped") and a
-    re-run keeps every score already written to partial.json instead of recomputing it."""
+    """SIGUSR1 during eval: it stops after the row being scored (exit 3, state "stopped"); each row is a
+    point of eval's grid, recorded as it is scored, and a re-run scores only the rows not done."""
     root = tmp_path / "copy"
     shutil.copytree(run.root, root)
-    partial, log = root / EXP / "eval" / "partial.json", tmp_path / "eval.log"
-    assert not partial.exists()  # a finished eval leaves none behind
+    points, log = root / EXP / "eval" / "points", tmp_path / "eval.log"
+    rows = ["source", "real_floor", "untrained", *VARIANTS]
+
+    def done():
+        return [p for p in rows if (points / f"{p}.json").is_file()
+                and read_json(points / f"{p}.json").get("status") == "done"]
+    shutil.rmtree(points)  # the copy's records say done: wait for this run's own
     proc = start("run", "eval", "--force", *ARGS, run_root=root, log=log)
     try:
-        wait_for(lambda: partial.exists(), timeout=300, proc=proc, log=log, what="the first eval score")
+        wait_for(lambda: bool(done()), timeout=300, proc=proc, log=log, what="the first eval row")
         proc.send_signal(signal.SIGUSR1)
         assert proc.wait(timeout=300) == 3, log.read_text()[-4000:]
     finally:
         kill_group(proc)
-    kept = read_json(partial)["scores"]
-    assert 1 <= len(kept) < 3 + len(VARIANTS), kept  # stopped early, not after the last model
+    kept = done()
+    assert 1 <= len(kept) < len(rows), kept  # stopped early, not after the last row
     # the rows that depend on their inputs alone (source network, untrained seed, held-out images) were
     # scored by the first run: reused from <run_root>/cache/eval-rows, same figures
     assert "[eval] source: the same inputs were scored before" in log.read_text()
-    assert kept["source"] == read_json(run.exp / "eval" / "metrics.json")["source"]
+    first = read_json(run.exp / "eval" / "metrics.json")
+    assert read_json(points / "source.json")["result"] == first["source"]
     assert stage_state(root, EXP, "eval")["status"] == "stopped"
-    assert "eval stopped after scoring" in log.read_text()
+    assert "[eval] stopped: stopped before" in log.read_text()
 
     out = cli("run", "eval", *ARGS, run_root=root).stdout
-    for label in kept:
-        assert f"[eval] {label}: kept from the interrupted run" in out, out
+    assert f"[eval] up to date: {', '.join(kept)}" in out, out
     metrics = read_json(root / EXP / "eval" / "metrics.json")
-    assert set(metrics) == {"source", "untrained", "real_floor", *VARIANTS}
-    for label, m in kept.items():
-        assert metrics[label] == m
-    assert stage_state(root, EXP, "eval")["status"] == "done" and not partial.exists()
+    assert set(metrics) == set(rows)
+    for label in kept:
+        assert metrics[label] == read_json(points / f"{label}.json")["result"]
+    assert stage_state(root, EXP, "eval")["status"] == "done"
 
 
 def test_variants_compare_in_mlflows_own_ui(run, tmp_path):

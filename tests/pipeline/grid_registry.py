@@ -4,7 +4,8 @@
 
 Each point writes ``grid/<point>.json`` (pid, start and end time, CUDA_VISIBLE_DEVICES) after
 sleeping ``grid.sleep`` seconds; a point fails while a file ``<run_root>/fail-<point>`` exists, and
-stops (as a training point does on a signal) while ``<run_root>/stop-<point>`` exists.
+stops (as a training point does on a signal) while ``<run_root>/stop-<point>`` exists; with
+``grid.metrics`` it logs that many steps to MLflow (its own run and the stage's).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from toolbox.settings import setting
 class GridConfig:
     points: list[str] = setting(factory=lambda: ["p0", "p1", "p2"], help="the grid's points")
     sleep: float = setting(0.0, min=0.0, help="seconds each point takes")
+    metrics: int = setting(0, min=0, help="metric batches each point logs (its own MLflow run and the stage's)")
     tag: str = field(default="x", metadata={"help": "changes the fingerprint"})
 
 
@@ -36,6 +38,12 @@ def _point(ctx):
     root = run_root(ctx.cfg)
     t0 = time.time()
     time.sleep(ctx.cfg.grid.sleep)
+    if ctx.cfg.grid.metrics:
+        own = ctx.child_logger(f"grid/{p}", tags={"point": p})
+        for step in range(ctx.cfg.grid.metrics):
+            ctx.log_metrics({f"{p}/a": step, f"{p}/b": -step}, step)
+            ctx.log_metrics({"a": step, "b": -step}, step, logger=own)
+        own.finish()
     if (root / f"fail-{p}").exists():
         raise RuntimeError(f"point {p} told to fail")
     if (root / f"stop-{p}").exists():

@@ -121,6 +121,36 @@ def test_point_runs_side_by_side_like_array_tasks_and_the_last_one_completes_the
     assert sum("[grid] done in" in o for o in outs) >= 1
 
 
+def test_four_points_logging_at_once_to_the_default_sqlite_store_lose_no_metric(reg, tmp_path):
+    """Tracking under concurrency: four point runs (as four array tasks) log 60 steps each at the same
+    time into MLflow's default sqlite store: one shared stage run, one run per point, every value there."""
+    from mlflow import MlflowClient
+
+    steps, pts = 60, [f"p{i}" for i in range(4)]
+    args = _args(tmp_path, f"grid.points=[{','.join(pts)}]", f"grid.metrics={steps}", "grid.sleep=1")
+    args[args.index("tracking.enabled=false")] = "tracking.enabled=true"
+    assert main(["run", "prep", *args]) == 0
+    cmd = [sys.executable, "-m", "pipeline", "run", "grid", *args]
+    procs = [subprocess.Popen([*cmd, "--only", p], env=_env(), cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for p in pts]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    runs = [_out(tmp_path, p) for p in pts]
+    assert max(r["start"] for r in runs) < min(r["end"] for r in runs)  # the four ran at once
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("g")
+    every = client.search_runs([exp.experiment_id], max_results=100)
+    stage = [r for r in every if r.data.tags.get("stage") == "grid" and "point" not in r.data.tags]
+    assert len(stage) == 1 and stage[0].info.status == "FINISHED", [(r.info.run_name, r.data.tags) for r in every]
+    own = {r.data.tags["point"]: r for r in every if "point" in r.data.tags}
+    assert sorted(own) == pts
+    for p in pts:
+        for key, sign in (("a", 1), ("b", -1)):
+            for run_id, name in ((stage[0].info.run_id, f"{p}/{key}"), (own[p].info.run_id, key)):
+                hist = sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
+                assert hist == [(s, sign * s) for s in range(steps)], (p, name)
+
+
 def test_a_point_being_run_elsewhere_is_left_to_it(reg, tmp_path, capsys):
     from toolbox import file_lock
 

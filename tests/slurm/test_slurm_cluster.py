@@ -464,7 +464,7 @@ def test_finetune_script_trains_selected_variants_into_one_mlflow_stage_run(clus
         assert (exp / "finetune" / v / "checkpoints" / "network-final.pt").is_file(), v
         done = json.loads((exp / "finetune" / v / "done.json").read_text())
         assert done["kimg"] == pytest.approx(0.064) and done["step"] == 8
-    assert sorted(p.name for p in (exp / "finetune").iterdir() if p.is_dir()) == sorted(VARIANTS)  # only those
+    assert sorted(p.name for p in (exp / "finetune").iterdir() if p.is_dir()) == sorted([*VARIANTS, "points"])  # only those
     state = json.loads((exp / "finetune" / "stage.json").read_text())
     assert state["status"] == "done" and sorted(state["result"]) == sorted(VARIANTS)
 
@@ -539,7 +539,8 @@ def test_submit_all_runs_the_whole_dag_as_a_chain_of_jobs(cluster, tmp_path):
     before, all COMPLETED, in order; `pipeline list` shows every stage done with its job; eval/metrics.json
     and the swap grids exist; one MLflow stage run per stage (the array's tasks share finetune's)."""
     partition = "gpu"
-    args = ["--config", _config(tmp_path), *_tiny(tmp_path, "tracking.enabled=true", f"slurm.partition={partition}")]
+    args = ["--config", _config(tmp_path), *_tiny(tmp_path, "tracking.enabled=true", f"slurm.partition={partition}",
+                                                   "slurm.array=[finetune]")]  # eval as one job
     sub = _pipeline("submit", "all", *args)
     assert sub.returncode == 0, sub.stdout + sub.stderr
     # launch.num_processes=1: the scripts' GPUs (pretrain 4, capped at the node's 2: two CPU ranks through
@@ -618,9 +619,10 @@ def test_grid_as_a_job_array_side_by_side_and_one_killed_task_resubmitted_alone(
     """2 variants x 2 seeds on the CPU-only partition (2 nodes), no sbatch arguments: finetune goes as an
     array of 4 tasks, two at a time (overlapping in SLURM's accounting); one task is cancelled while it
     waits: its point is not done, the dependent jobs are cancelled, `pipeline list` says which; `pipeline
-    submit finetune --only POINT` resubmits that task alone, then `pipeline submit all` runs swap and eval,
-    which score all four models."""
-    args = ["--config", _config(tmp_path), *_tiny(tmp_path, "finetune.seeds=[0,1]", "slurm.partition=debug")]
+    submit finetune --only POINT` resubmits that task alone, then `pipeline submit all` runs swap and eval
+    (an array too: one task per row), which score all four models."""
+    args = ["--config", _config(tmp_path), *_tiny(tmp_path, "finetune.seeds=[0,1]", "slurm.partition=debug",
+                                                   "eval.real_floor=false")]
     points = [f"{v}-seed{k}" for v in VARIANTS for k in (0, 1)]
     pre = _pipeline("run", "pretrain", *args, timeout=300)  # shard + pretrain, here
     assert pre.returncode == 0, (pre.stdout + pre.stderr)[-4000:]
@@ -657,12 +659,15 @@ def test_grid_as_a_job_array_side_by_side_and_one_killed_task_resubmitted_alone(
     assert "[finetune] done in" in _task_log(rec2, _tasks(rec2)[victim]).read_text()  # the last point completes it
     rest = _pipeline("submit", "all", *args)
     assert rest.returncode == 0 and "submitted finetune" not in rest.stdout, rest.stdout + rest.stderr
+    # eval's rows as an array too: the source row and one per fine-tuned run
+    assert "an array of 5 task(s), one per point (0-4): 0=source, 1=freezed-seed0" in rest.stdout, rest.stdout
     deadline = time.monotonic() + 300
     for s in ("swap", "eval"):
         r = slurm.read_job_record(exp / s)
-        assert _wait_stage(r, deadline) == {r["job_id"]: "COMPLETED"}, _tail(r["log"])
+        for job, state in _wait_stage(r, deadline).items():
+            assert state == "COMPLETED", _tail(_task_log(r, job) if "_" in job else r["log"])
     metrics = json.loads((exp / "eval" / "metrics.json").read_text())
-    assert set(points) <= set(metrics), sorted(metrics)
+    assert set(metrics) == {"source", *points}, sorted(metrics)
 
 
 def _progress(text: str, total: str) -> list[float]:
