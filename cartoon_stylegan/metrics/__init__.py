@@ -10,14 +10,14 @@
 """
 
 from .fidelity import (FIDELITY_METRICS, BatchFnDataset, GeneratorDataset, ShardImageDataset,
-                       TensorImageDataset, as_image_dataset, compute_metrics, manifest_key)
+                       Ranks, TensorImageDataset, as_image_dataset, compute_metrics, manifest_key)
 from .inception import FEATURE_EXTRACTOR_NAME, InceptionTFOffline, load_inception
 from .structure import (STRUCTURE_METHODS, sample_pairs, structure_distance, structure_distance_matrix,
                         structure_scores)
 
 __all__ = [
     "FIDELITY_METRICS", "BatchFnDataset", "GeneratorDataset", "ShardImageDataset", "TensorImageDataset",
-    "as_image_dataset", "compute_metrics", "manifest_key",
+    "as_image_dataset", "compute_metrics", "manifest_key", "Ranks",
     "FEATURE_EXTRACTOR_NAME", "InceptionTFOffline", "load_inception",
     "STRUCTURE_METHODS", "sample_pairs", "structure_distance", "structure_distance_matrix", "structure_scores",
 ]

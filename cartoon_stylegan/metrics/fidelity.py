@@ -260,11 +260,32 @@ FIDELITY_METRICS: dict[str, _FidelityMetric] = {
 """Short metric names accepted by :func:`compute_metrics` and the figures each reports."""
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """Processes that score one model together (:func:`compute_metrics` ``ranks``): each makes and
+    extracts the features of its slice of the generated images -- whole batches, in order, so that
+    every batch is the one a single process would make --, the slices are gathered in rank order and
+    the figures are computed once, by rank 0, and handed to every rank.
+
+    rank, world: this process's index and how many there are
+    gather:      ``gather(obj) -> [obj of rank 0, obj of rank 1, ...]`` on every rank (all-gather)
+    """
+    rank: int
+    world: int
+    gather: Callable[[object], list]
+
+    def part(self, n: int, batch: int) -> range:
+        """This rank's images: a contiguous run of whole batches (the last batch may be short)."""
+        batches = -(-n // batch)
+        lo, hi = batches * self.rank // self.world, batches * (self.rank + 1) // self.world
+        return range(min(n, lo * batch), min(n, hi * batch))
+
+
 def compute_metrics(fake, real, *, metrics: Sequence[str] = ("fid", "kid", "pr"),
                     kid_subset_size: int = 1000, kid_subsets: int = 100, pr_neighborhood: int = 3,
                     batch_size: int = 64, device: str | torch.device = "cpu",
                     cache_dir: str | os.PathLike | None = None, real_cache_key: str | None = None,
-                    rng_seed: int = 2020, progress: bool = True) -> dict[str, float]:
+                    rng_seed: int = 2020, progress: bool = True, ranks: Ranks | None = None) -> dict[str, float]:
     """FID / KID / precision-recall of ``fake`` against ``real`` with the offline TF-Inception.
 
     Args:
@@ -281,6 +302,8 @@ def compute_metrics(fake, real, *, metrics: Sequence[str] = ("fid", "kid", "pr")
             nothing. The key is ``real_cache_key``, else the shard set's
             :attr:`ShardImageDataset.cache_key`; other real inputs without a key are not cached.
         progress: torch-fidelity's progress output (stderr).
+        ranks: several processes score ``fake`` together (:class:`Ranks`); every rank calls this
+            with the same arguments and gets the same figures, identical to one process's.
 
     Returns ``{"fid", "kid_mean", "kid_std", "precision", "recall"}`` (those asked for)
     plus ``n_fake`` and ``n_real``.
@@ -319,7 +342,7 @@ def compute_metrics(fake, real, *, metrics: Sequence[str] = ("fid", "kid", "pr")
 
     ctx = torch.cuda.device(device) if device.type == "cuda" and device.index is not None else _nullctx()
     with ctx:
-        raw = _calculate(names, kwargs)
+        raw = _calculate(names, kwargs, ranks if ranks is not None and ranks.world > 1 else None)
 
     out: dict[str, float] = {}
     for m in names:
@@ -329,15 +352,21 @@ def compute_metrics(fake, real, *, metrics: Sequence[str] = ("fid", "kid", "pr")
     return out
 
 
-def _calculate(names: list[str], kwargs: dict) -> dict[str, float]:
+def _calculate(names: list[str], kwargs: dict, ranks: Ranks | None = None) -> dict[str, float]:
     """torch-fidelity's ``calculate_metrics`` for one extractor, step by step with its own functions (feature
-    extraction and the real side's cache, KID, precision/recall), except FID's trace term (:func:`frechet_distance`)."""
+    extraction and the real side's cache, KID, precision/recall), except FID's trace term (:func:`frechet_distance`).
+    ``ranks``: the generated side split across processes, the rest on rank 0 (see :class:`Ranks`)."""
     from torch_fidelity.metric_kid import kid_featuresdict_to_metric
     from torch_fidelity.metric_prc import prc_featuresdict_to_metric
     from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id_cached
 
     extractor = create_feature_extractor(kwargs["feature_extractor"], [FEATURE_LAYER], **kwargs)
-    fake = extract_featuresdict_from_input_id_cached(1, extractor, **kwargs)
+    if ranks is None:
+        fake = extract_featuresdict_from_input_id_cached(1, extractor, **kwargs)
+    else:
+        fake = _gathered_features(extractor, kwargs, ranks)
+        if ranks.rank != 0:
+            return ranks.gather(None)[0]
     if kwargs.get("cache"):  # the real side once: a concurrent scorer (another eval point) waits, then reads it
         from toolbox import file_lock
 
@@ -353,7 +382,19 @@ def _calculate(names: list[str], kwargs: dict) -> dict[str, float]:
         out.update(kid_featuresdict_to_metric(fake, real, FEATURE_LAYER, **kwargs))
     if "pr" in names:
         out.update(prc_featuresdict_to_metric(fake, real, FEATURE_LAYER, **kwargs))
-    return out
+    return out if ranks is None else ranks.gather(out)[0]
+
+
+def _gathered_features(extractor, kwargs: dict, ranks: Ranks) -> dict[str, torch.Tensor]:
+    """The generated side's features, each rank extracting its part (whole batches), gathered in order."""
+    from torch.utils.data import Subset
+    from torch_fidelity.utils import get_featuresdict_from_dataset
+
+    fake, batch = kwargs["input1"], kwargs["batch_size"]
+    part = ranks.part(len(fake), batch)
+    mine = (get_featuresdict_from_dataset(Subset(fake, part), extractor, batch, kwargs["cuda"], True, False)[FEATURE_LAYER]
+            .cpu() if len(part) else None)
+    return {FEATURE_LAYER: torch.cat([p for p in ranks.gather(mine) if p is not None])}
 
 
 def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
