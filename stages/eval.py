@@ -84,7 +84,15 @@ def score_row(ctx, label: str) -> dict:
     from stages.models import arch, device, fresh_models, load_source, load_variant, source_path
 
     cfg, ec = ctx.cfg, ctx.cfg.eval
-    dev = device()
+    acc = ctx.accelerator
+    dev = acc.device if acc is not None else device()
+    ranks = None
+    if acc is not None and acc.num_processes > 1:  # launch.num_processes: the generated side split across them
+        from accelerate.utils import gather_object
+
+        from cartoon_stylegan.metrics import Ranks
+
+        ranks = Ranks(acc.process_index, acc.num_processes, lambda obj: gather_object([obj]))
     inception = backend_tag(dev)
     ctx.log_params({"eval": ec, "eval.inception_backend": inception})
     ctx.say(f"[eval] {label}: Inception on {dev.type} through {inception}")
@@ -92,7 +100,7 @@ def score_row(ctx, label: str) -> dict:
     source = Sampler(G_src, truncation=ec.truncation)
     cache = ctx.paths.stats_cache
     common = dict(metrics=tuple(ec.metrics), kid_subset_size=ec.kid_subset_size, batch_size=ec.batch,
-                  device=dev, cache_dir=cache, progress=False)
+                  device=dev, cache_dir=cache, progress=False, ranks=ranks)
     rows_dir = cache.parent / "eval-rows"
     same_scoring = dict(metrics=sorted(ec.metrics), kid_subset_size=ec.kid_subset_size, n_samples=ec.n_samples,
                         batch=ec.batch, version=_scoring_version(), inception=inception)
@@ -117,7 +125,7 @@ def score_row(ctx, label: str) -> dict:
             fake = fake_fn()
             ctx.say(f"[eval] {label}: {len(fake)} generated vs {len(real)} real images")
             m = compute_metrics(fake, real, **common)
-            if row_file is not None:
+            if row_file is not None and ctx.is_main:
                 write_json(row_file, {"inputs": material, "scores": m})
         ctx.log_metrics({f"{label}/{k}": v for k, v in m.items()})
         return m
@@ -146,6 +154,8 @@ def score_row(ctx, label: str) -> dict:
     run = {r.dir: r for r in cfg.finetune.runs(cfg.seed)}[label]
     sampler = load_variant(cfg, ctx.paths, G_src, run, dev, truncation=ec.truncation)
     m = dict(score(generated(sampler), reals("target")))
+    if not ctx.is_main:  # the other ranks helped with FID/KID/PR; the rest is rank 0's
+        return m
     # the structure distance at every resolution, up to the full image (what the user sees)
     resolutions = [2 ** k for k in range(2, cfg.data.resolution.bit_length())]  # 4 .. data.resolution
     scores = structure_distance(source, sampler, n=ec.structure_n, seed=cfg.seed + 2, batch=ec.batch,
@@ -263,5 +273,5 @@ def format_metrics(table) -> str:
 
 STAGE = Stage(name="eval", run=run, config=EvalConfig, needs=("finetune",), reads=("seed", "eval"), preflight=preflight,
               makes="eval/metrics.json", help="eval stage: FID/KID/PR and structure distance, one row per point",
-              points=points, finish=finish,
-              resources=lambda cfg: {"gpu": True, "cpus": 4, "procs": 1})
+              points=points, finish=finish, distributed=True,  # launch.num_processes ranks share each row's images
+              resources=lambda cfg: {"gpu": True, "cpus": 4, "procs": cfg.launch.num_processes})

@@ -88,3 +88,25 @@ def test_swap_and_eval_recipes(ran):
         m = metrics[name]
         assert "kid_mean" in m and "fid" not in m and 0 < m["structure_ratio"] < 2
     assert not (exp / "eval" / "partial.json").exists()
+
+
+def test_eval_row_by_two_processes_is_the_one_process_row(ran, tmp_path):
+    """launch.num_processes=2: eval's row of a fine-tuned run through `accelerate launch` (two CPU ranks,
+    each generating and scoring half of the images) equals the row one process wrote."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg, exp = ran
+    root = tmp_path / "copy"
+    shutil.copytree(exp.parent, root)
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "eval", "--only", "freezesg_structure", "--force",
+                           *TINY, f"run_root={root}", "launch.num_processes=2", "launch.cpu=true"],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "--num_processes 2" in proc.stdout
+    two = read_json(root / "recipes" / "eval" / "points" / "freezesg_structure.json")
+    assert two["status"] == "done"
+    assert two["result"] == read_json(exp / "eval" / "metrics.json")["freezesg_structure"]
