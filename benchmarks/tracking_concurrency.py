@@ -120,7 +120,7 @@ def main() -> int:
                       f"{r['errors']} errors", flush=True)
     finally:
         os.killpg(server.pid, 15)
-    print(f"\n| writers | store | seconds | metrics found / expected | failed calls |\n|---|---|---|---|---|")
+    print("\n| writers | store | seconds | metrics found / expected | failed calls |\n|---|---|---|---|---|")
     for n, store, r in rows:
         print(f"| {n} | {store} | {r['seconds']:.1f} | {r['found']} / {r['expected']} | {r['errors']} |")
     if not args.dir:

@@ -70,6 +70,25 @@ def _needs_done(reg, cfg, name):
                           f"{', '.join(missing)}; run it first (python -m pipeline run {name} runs everything)")
 
 
+def _gpu_job_check(reg, cfg, order):
+    """A SLURM job without a GPU, on a partition with GPUs, refuses to run GPU stages on CPU (a script
+    run with plain `sbatch` asks for none); a CPU-only partition runs them on CPU; launch.cpu=true, on purpose."""
+    from pipeline import launch
+
+    if not launch.in_slurm() or cfg.launch.cpu:
+        return
+    gpu_stages = [n for n in order if reg[n].needs_on_slurm(cfg)["gpu"] and dag.status(reg, cfg, n) != "done"]
+    if not gpu_stages:
+        return
+    from pipeline.slurm import resources
+
+    part = resources.gpuless_job_on_gpu_partition()
+    if part:
+        raise ConfigError(f"this SLURM job has no GPU, and {', '.join(gpu_stages)} would train or sample on CPU: "
+                          f"{part}. Ask for GPUs (sbatch --gpus-per-node=N ...), let `python -m pipeline submit` "
+                          f"size the jobs, or set launch.cpu=true to run on CPU on purpose")
+
+
 def cmd_run(args) -> int:
     reg, cfg, targets = _load(args)
     only = _points(reg, cfg, targets, args)
@@ -88,6 +107,7 @@ def cmd_run(args) -> int:
     check_run_root(cfg)
     if only is not None:
         _needs_done(reg, cfg, targets[0])
+    _gpu_job_check(reg, cfg, order)
     for name in order:  # everything the plan needs is checked before the first second of compute
         check = reg[name].preflight
         if check is not None and dag.status(reg, cfg, name) != "done":

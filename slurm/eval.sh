@@ -1,13 +1,16 @@
 #!/bin/bash
 # Stage 'eval': FID / KID / precision-recall and structure distance of each variant.
 #   sbatch slurm/eval.sh [CONFIG] [key=value ...] [--force]
-# Every #SBATCH line below is a default; the same option on the sbatch command line wins
+# GPUs and CPUs are not asked for here, so that the script starts on any partition: one without
+# GPUs runs the stage on CPU; on one with GPUs a job without them stops at once, saying so. Ask
+# by hand (sbatch --gpus-per-node=1 --cpus-per-task=8 slurm/eval.sh ...), or let `python -m pipeline
+# submit` size each job from the partition (it starts from the #SUBMIT line). Every #SBATCH
+# line below is a default; the same option on the sbatch command line wins
 # (e.g. sbatch --nodes=2 --gpus-per-node=8 --time=4:00:00 slurm/eval.sh ...). See slurm/README.md.
 #SBATCH --job-name=eval
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
-#SBATCH --gpus-per-node=1
-#SBATCH --cpus-per-task=8
+#SUBMIT --gpus-per-node=1 --cpus-per-task=8
 #SBATCH --time=04:00:00
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue

@@ -2,13 +2,16 @@
 # Several stages (default: all) in one job, skipping those that are up to date.
 #   sbatch slurm/pipeline.sh [CONFIG] [key=value ...] [--force]
 #   STAGES="finetune swap" sbatch slurm/pipeline.sh CONFIG   (sbatch passes the environment on)
-# Every #SBATCH line below is a default; the same option on the sbatch command line wins
+# GPUs and CPUs are not asked for here, so that the script starts on any partition: one without
+# GPUs runs the stage on CPU; on one with GPUs a job without them stops at once, saying so. Ask
+# by hand (sbatch --gpus-per-node=1 --cpus-per-task=8 slurm/pipeline.sh ...), or let `python -m pipeline
+# submit` size each job from the partition (it starts from the #SUBMIT line). Every #SBATCH
+# line below is a default; the same option on the sbatch command line wins
 # (e.g. sbatch --nodes=2 --gpus-per-node=8 --time=4:00:00 slurm/pipeline.sh ...). See slurm/README.md.
 #SBATCH --job-name=pipeline
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
-#SBATCH --gpus-per-node=1
-#SBATCH --cpus-per-task=8
+#SUBMIT --gpus-per-node=1 --cpus-per-task=8
 #SBATCH --time=24:00:00
 #SBATCH --signal=B:USR1@300
 #SBATCH --requeue

@@ -2,13 +2,16 @@
 # Stage 'pretrain': StyleGAN2 on the source domain; one accelerate launcher per node, DDP over all GPUs.
 #   sbatch slurm/pretrain.sh [CONFIG] [key=value ...] [--force]
 #   multi-node: sbatch --nodes=4 slurm/pretrain.sh CONFIG  (the pipeline runs srun, one launcher per node)
-# Every #SBATCH line below is a default; the same option on the sbatch command line wins
+# GPUs and CPUs are not asked for here, so that the script starts on any partition: one without
+# GPUs runs the stage on CPU; on one with GPUs a job without them stops at once, saying so. Ask
+# by hand (sbatch --gpus-per-node=4 --cpus-per-task=32 slurm/pretrain.sh ...), or let `python -m pipeline
+# submit` size each job from the partition (it starts from the #SUBMIT line). Every #SBATCH
+# line below is a default; the same option on the sbatch command line wins
 # (e.g. sbatch --nodes=2 --gpus-per-node=8 --time=4:00:00 slurm/pretrain.sh ...). See slurm/README.md.
 #SBATCH --job-name=pretrain
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
-#SBATCH --gpus-per-node=4
-#SBATCH --cpus-per-task=32
+#SUBMIT --gpus-per-node=4 --cpus-per-task=32
 #SBATCH --time=48:00:00
 #SBATCH --signal=B:USR1@300
 #SBATCH --requeue

@@ -1,12 +1,15 @@
 #!/bin/bash
 # Stage 'shard': write the source and target image sets as WebDataset shards (CPU only).
 #   sbatch slurm/shard.sh [CONFIG] [key=value ...] [--force]
-# Every #SBATCH line below is a default; the same option on the sbatch command line wins
+# CPUs are not asked for here, so that the script starts on any partition (SLURM's default: one
+# CPU). Ask by hand (sbatch --cpus-per-task=16 slurm/shard.sh ...), or let `python -m pipeline
+# submit` size each job from the partition (it starts from the #SUBMIT line). Every #SBATCH
+# line below is a default; the same option on the sbatch command line wins
 # (e.g. sbatch --nodes=2 --gpus-per-node=8 --time=4:00:00 slurm/shard.sh ...). See slurm/README.md.
 #SBATCH --job-name=shard
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
-#SBATCH --cpus-per-task=16
+#SUBMIT --cpus-per-task=16
 #SBATCH --time=04:00:00
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue

@@ -30,6 +30,7 @@ class MarginsConfig:
     recall: float = spec(0.02, min=0.0, help="recall (a fraction)")
     structure_ratio: float = spec(0.02, min=0.0, help="structure ratio (1.0 = no structure kept)")
     structure_rank: float = spec(0.5, min=0.0, help="mean rank of the true source (1 = best)")
+    identity_ratio: float = spec(0.02, min=0.0, help="identity ratio (1.0 = the face is anyone's)")
 
 
 @dataclass
@@ -48,11 +49,13 @@ COLUMNS = [
     ("recall", "eval/recall", False, 1.0),
     ("structure", "eval/structure_ratio", True, 1.0),
     ("src rank", "eval/structure_rank", True, 1.0),
+    ("identity", "eval/identity_ratio", True, 1.0),
     ("train min", "train/minutes", True, 1.0),
 ]
 # the metrics tested pairwise (metric key without "eval/"), and those with per-latent values in eval/per_latent/
-TESTED = ("fid", "kid_mean", "precision", "recall", "structure_ratio", "structure_rank")
-PER_LATENT = ("structure_ratio", "structure_rank")
+TESTED = ("fid", "kid_mean", "precision", "recall", "structure_ratio", "structure_rank", "identity_ratio")
+PER_LATENT = ("structure_ratio", "structure_rank", "identity_ratio")
+OPTIONAL = ("identity_ratio",)  # absent from an eval without the faces extra (or with eval.identity_n 0)
 LEVEL = 0.95
 
 
@@ -134,16 +137,18 @@ def load_per_latent(folder: Path, rows: dict[str, dict[str, dict]]) -> tuple[dic
         try:
             rec = json.loads(path.read_text())
             key = by_id.get(rec.get("run_id")) or (rec["variant"], str(rec["seed"]))
-            values = {m: [float(x) for x in rec["values"][m]] for m in PER_LATENT}
+            values = {m: [float(x) for x in rec["values"][m]] for m in PER_LATENT
+                      if m not in OPTIONAL or m in rec["values"]}
+            sizes = {m: int(rec["identity_n"]) if m.startswith("identity") else int(rec["n"]) for m in values}
             latent = (int(rec["latent_seed"]), int(rec["n"]), str(rec.get("method")))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             notes.append(f"{path.name}: unreadable per-latent file ({type(e).__name__}: {e}); left out")
             continue
         if key[0] not in rows or key[1] not in rows[key[0]]:
             continue  # a run compare does not show (another experiment's, or superseded)
-        if any(len(v) != latent[1] for v in values.values()):
-            notes.append(f"{path.name}: holds {sorted({len(v) for v in values.values()})} values, says n={latent[1]}; "
-                         f"left out")
+        if any(len(v) != sizes[m] for m, v in values.items()):
+            notes.append(f"{path.name}: holds {sorted({len(v) for v in values.values()})} values, says n="
+                         f"{sorted(set(sizes.values()))}; left out")
             continue
         out.setdefault(key[0], {})[key[1]] = values
         latents.add(latent)
@@ -159,7 +164,7 @@ def metric_tables(rows: dict[str, dict[str, dict]], per_latent: dict) -> tuple[d
     tables, unit = {}, {}
     for metric in TESTED:
         runs = [(v, seed) for v, seeds in rows.items() for seed in seeds]
-        latent = metric in PER_LATENT and runs and all(seed in per_latent.get(v, {}) for v, seed in runs)
+        latent = metric in PER_LATENT and runs and all(metric in per_latent.get(v, {}).get(seed, {}) for v, seed in runs)
         if latent:
             tables[metric] = {v: {seed: per_latent[v][seed][metric] for seed in seeds} for v, seeds in rows.items()}
             unit[metric] = "seeds x latents"

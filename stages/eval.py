@@ -19,6 +19,8 @@ class EvalConfig:
     batch: int = spec(64, min=1, help="batch size for sampling and Inception")
     truncation: float = spec(1.0, min=0.0, max=1.0, help="truncation psi when sampling")
     structure_n: int = spec(256, min=4, help="latents for the structure distance")
+    identity_n: int = spec(32, min=0, later=0, help="latents for the identity measure (dlib's face-recognition "
+                           "embedding of the source's and the variant's full-size face: the faces extra); 0: off")
     real_floor: bool = spec(True, help="also score n_samples held-out source images (after the first n_real) "
                             "against the reference: what a perfect generator would get at these sample sizes")
     untrained_baseline: bool = spec(True, help="also score an untrained generator against the source shards")
@@ -162,8 +164,19 @@ def score_row(ctx, label: str) -> dict:
                                 device=dev, resolutions=resolutions)
     for r, s in scores.pop("by_resolution").items():  # logged as structure_ratio_at_<R>, ..._rank_at_<R>
         scores[f"ratio_at_{r}"], scores[f"rank_at_{r}"] = s["ratio"], s["mean_rank"]
-    write_per_latent(ctx.paths.stage_dir / PER_LATENT_DIR, cfg, run, scores, latent_seed=cfg.seed + 2)
+    ident = None
+    if ec.identity_n:
+        from cartoon_stylegan.metrics.identity import identity_distance, unavailable
+
+        why = unavailable()
+        if why:
+            ctx.say(f"[eval] {label}: no identity measure ({why})")
+        else:
+            ident = identity_distance(source, sampler, n=ec.identity_n, seed=cfg.seed + 2, batch=ec.batch, device=dev)
+    write_per_latent(ctx.paths.stage_dir / PER_LATENT_DIR, cfg, run, scores, latent_seed=cfg.seed + 2, identity=ident)
     s = {f"structure_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float)) and k != "n"}
+    if ident is not None:
+        s.update({f"identity_{k}": ident[k] for k in ("ratio", "distance", "same")})
     m.update(s)
     # the style drift is read over the layers the comparison freezes (the largest frozen resolution of any
     # variant), so that every variant's figure covers the same W+ entries
@@ -200,12 +213,13 @@ PER_LATENT_DIR = "per_latent"
 """Eval stage: one JSON file per variant run with its per-latent structure values (see :func:`write_per_latent`)."""
 
 
-def write_per_latent(folder: Path, cfg, run, scores: dict, *, latent_seed: int) -> Path:
+def write_per_latent(folder: Path, cfg, run, scores: dict, *, latent_seed: int, identity: dict | None = None) -> Path:
     """``<folder>/<run dir>.json``: a variant run's structure values per latent, for the paired tests of
     ``pipeline compare``. The latents come from ``latent_seed`` (the same for every variant and seed,
     so latent i pairs across runs); ``run_id`` is the variant's MLflow run (None when tracking is off).
     ``values``: ``structure_ratio`` and ``structure_rank`` (their means are eval's figures of the same
-    names) and ``structure_matched``."""
+    names) and ``structure_matched``; with ``identity`` (:func:`identity_scores`) also ``identity_ratio`` and
+    ``identity_distance`` (``identity_n`` latents drawn from the same seed)."""
     from stages.paths import StagePaths
 
     record = read_json(StagePaths(cfg, "finetune").train_dir(run.dir) / "mlflow_run.json", {}) or {}
@@ -215,7 +229,10 @@ def write_per_latent(folder: Path, cfg, run, scores: dict, *, latent_seed: int) 
     write_json(path, {"variant": run.variant, "seed": run.seed, "dir": run.dir, "run_id": record.get("run_id"),
                       "latent_seed": int(latent_seed), "n": int(scores["n"]), "method": scores["method"],
                       "values": {"structure_ratio": values["ratio"], "structure_rank": values["mean_rank"],
-                                 "structure_matched": values["matched"]}})
+                                 "structure_matched": values["matched"],
+                                 **({"identity_ratio": identity["per_latent"]["ratio"],
+                                     "identity_distance": identity["per_latent"]["distance"]} if identity else {})},
+                      **({"identity_n": identity["n"]} if identity else {})})
     return path
 
 
@@ -264,7 +281,8 @@ def _eval_names(m):
 
 
 def format_metrics(table) -> str:
-    cols = ["fid", "kid_mean", "precision", "recall", "structure_ratio", "structure_mean_rank", "style_drift_frozen"]
+    cols = ["fid", "kid_mean", "precision", "recall", "structure_ratio", "structure_mean_rank", "identity_ratio",
+            "style_drift_frozen"]
     lines = [f"{'model':18s}" + "".join(f"{c:>20s}" for c in cols)]
     for name, m in table.items():
         lines.append(f"{name:18s}" + "".join(f"{m[c]:>20.4f}" if c in m else f"{'-':>20s}" for c in cols))

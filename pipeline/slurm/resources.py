@@ -13,7 +13,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from pipeline.slurm.common import Runner, count_gpus
 
@@ -124,6 +124,24 @@ def partitions(*, run: Runner = subprocess.run) -> dict[str, Partition]:
     return out
 
 
+def gpuless_job_on_gpu_partition(env: Mapping[str, str] | None = None, *, run: Runner = subprocess.run) -> str | None:
+    """In a job that was given no GPU: the describe() of its partition when that partition has GPUs (the
+    job would train on CPU where GPUs were there to ask for); else None (a GPU job, a CPU-only
+    partition, or sinfo cannot tell)."""
+    from pipeline.slurm.common import env_of
+    from pipeline.slurm.job import gpus_on_node
+
+    env = env_of(env)
+    name = env.get("SLURM_JOB_PARTITION", "").split(",")[0].strip()
+    if not env.get("SLURM_JOB_ID") or gpus_on_node(env) > 0 or not name:
+        return None
+    try:
+        part = partitions(run=run).get(name)
+    except (OSError, ResourceError):
+        return None
+    return part.describe() if part is not None and part.gpus > 0 else None
+
+
 def pick_partition(found: dict[str, Partition], name: str | None) -> Partition:
     if name:
         if name not in found:
@@ -142,12 +160,16 @@ def pick_partition(found: dict[str, Partition], name: str | None) -> Partition:
 
 
 def script_defaults(script: Path) -> dict[str, str]:
-    """The ``#SBATCH --key=value`` defaults of a batch script."""
+    """The defaults of a batch script: its ``#SBATCH --key=value`` lines, and its ``#SUBMIT --key=value
+    ...`` line (what ``submit`` starts from where the script itself asks for nothing: GPUs, CPUs)."""
     out = {}
     for line in Path(script).read_text().splitlines():
         m = re.match(r"^#SBATCH\s+--([\w-]+)(?:[= ](\S+))?", line)
         if m:
             out[m.group(1)] = m.group(2) or ""
+        elif line.startswith("#SUBMIT "):
+            for key, value in re.findall(r"--([\w-]+)=(\S+)", line):
+                out[key] = value
     return out
 
 

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 TINY = ["finetune.kimg=0.032", "finetune.tick_kimg=0.016", "finetune.sample_kimg=0.032", "finetune.snapshot_kimg=0.032",
         "launch.mixed_precision=no", "data.num_workers=0", "data.shuffle_buffer=16", "shard.workers=1",
         "shard.max_per_shard=16", "swap.seeds=2", "eval.n_samples=24", "eval.n_real=24", "eval.kid_subset_size=12",
-        "eval.structure_n=8", "eval.batch=12", "eval.metrics=[fid,kid]"]
+        "eval.structure_n=8", "eval.identity_n=4", "eval.batch=12", "eval.metrics=[fid,kid]"]
 
 
 def readme_block(title: str) -> list[str]:

@@ -28,7 +28,7 @@ ARGS = [
     "pretrain.snapshot_kimg=0.1", "pretrain.grid=[4,2]",
     f"finetune.kimg={FINETUNE_KIMG}", f"finetune.batch={BATCH}", "finetune.tick_kimg=0.032",
     "finetune.sample_kimg=0.064", "finetune.snapshot_kimg=0.064", "finetune.grid=[4,2]",
-    "eval.n_samples=32", "eval.n_real=32", "eval.kid_subset_size=16", "eval.structure_n=16", "eval.batch=16",
+    "eval.n_samples=32", "eval.n_real=32", "eval.kid_subset_size=16", "eval.structure_n=16", "eval.identity_n=4", "eval.batch=16",
     "swap.seeds=3",
 ]
 

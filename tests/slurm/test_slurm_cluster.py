@@ -378,7 +378,7 @@ TINY = ["data.resolution=16", "data.source.count=128", "data.target.count=64", "
         "finetune.kimg=0.064", "finetune.batch=8", "finetune.tick_kimg=0.032", "finetune.sample_kimg=1",
         "finetune.snapshot_kimg=1", "finetune.grid=[4,2]", f"finetune.run_variants=[{','.join(VARIANTS)}]",
         "swap.seeds=2",
-        "eval.n_samples=16", "eval.n_real=16", "eval.kid_subset_size=8", "eval.structure_n=8", "eval.batch=16",
+        "eval.n_samples=16", "eval.n_real=16", "eval.kid_subset_size=8", "eval.structure_n=8", "eval.identity_n=4", "eval.batch=16",
         "eval.untrained_baseline=false",
         "tracking.enabled=false"]
 
@@ -831,7 +831,9 @@ def test_fine_tune_your_own_submitted_on_the_cpu_partition_chains_four_jobs(clus
     """The user's journey on a cluster: a pretrained generator FILE (rosinality's format) and a folder of
     cartoon faces of every size and mode, no photo set anywhere; `pipeline submit all` with the README's
     fine-tune config and no sbatch arguments, on the default (CPU-only) partition: shard(target) ->
-    finetune -> swap -> eval, four jobs chained, all COMPLETED, pretrain and the source set left out."""
+    finetune -> swap -> eval, four jobs chained, all COMPLETED, pretrain and the source set left out; then
+    `sbatch slurm/finetune.sh CONFIG ...` with no sbatch arguments there, and on the GPU partition (where a
+    job without GPUs stops at once)."""
     sys.path.insert(0, str(REPO / "tests" / "e2e"))
     from test_own_data import TINY as OWN_TINY
     from test_own_data import _cartoon_folder, _rosinality_file
@@ -863,3 +865,27 @@ def test_fine_tune_your_own_submitted_on_the_cpu_partition_chains_four_jobs(clus
     rows = {ln.split()[0]: ln.split()[1] for ln in listing.stdout.splitlines()
             if len(ln.split()) > 1 and ln.split()[0] in DAG and ln.split()[1] != "left"}
     assert rows == {s: "done" for s in own}, listing.stdout
+
+    # the same with the stage script itself, no sbatch arguments at all, on the default (CPU-only)
+    # partition: one job runs shard(target) + finetune and leaves the four variants
+    (tmp_path / "slurm-logs").mkdir()
+    plain = [*args[:2], f"run_root={tmp_path / 'plain'}", *args[3:]]
+    assert plain[2] != args[2] and args[2].startswith("run_root=")
+    proc = subprocess.run(["sbatch", str(REPO / "slurm" / "finetune.sh"), *plain[1:]], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.split()[-1]
+    log = tmp_path / "slurm-logs" / f"finetune-{job}.out"
+    assert slurm.wait_for_job(job, timeout=600, poll=1) == "COMPLETED", _tail(log)
+    assert "no GPU in this job: finetune runs on CPU" in log.read_text()
+    for v in ("freezed", "freezeg", "freezesg", "freezesg_structure"):
+        assert (tmp_path / "plain" / "webtoon256" / "finetune" / v / "checkpoints" / "network-final.pt").is_file(), v
+    # on a partition with GPUs, a job that asked for none stops at once, naming the fix
+    proc = subprocess.run(["sbatch", "--partition=gpu", str(REPO / "slurm" / "finetune.sh"), *plain[1:]],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    job = proc.stdout.split()[-1]
+    log = tmp_path / "slurm-logs" / f"finetune-{job}.out"
+    assert slurm.wait_for_job(job, timeout=120, poll=1) == "FAILED", _tail(log)
+    text = log.read_text()
+    assert "this SLURM job has no GPU" in text and "partition gpu: 1 node with 2 CPUs" in text, text[-3000:]
+    assert "Traceback" not in text and "[finetune] running" not in text

@@ -144,3 +144,24 @@ def test_slurm_section_checks_its_values():
         with pytest.raises(ConfigError) as e:
             load_config(None, [bad])
         assert str(e.value).startswith(key), str(e.value)
+
+
+def test_a_job_without_gpus_on_a_gpu_partition_is_named_and_elsewhere_not():
+    job = {"SLURM_JOB_ID": "7"}
+    assert "partition gpu:" in sr.gpuless_job_on_gpu_partition({**job, "SLURM_JOB_PARTITION": "gpu"}, run=_run())
+    assert sr.gpuless_job_on_gpu_partition({**job, "SLURM_JOB_PARTITION": "debug"}, run=_run()) is None
+    assert sr.gpuless_job_on_gpu_partition({**job, "SLURM_JOB_PARTITION": "gpu", "SLURM_GPUS_ON_NODE": "2"},
+                                           run=_run()) is None  # it has GPUs
+    assert sr.gpuless_job_on_gpu_partition({"SLURM_JOB_PARTITION": "gpu"}, run=_run()) is None  # not a job
+    assert sr.gpuless_job_on_gpu_partition({**job, "SLURM_JOB_PARTITION": "gpu"}, run=_run(rc=1)) is None  # cannot tell
+
+
+def test_the_scripts_ask_for_no_gpus_or_cpus_and_submit_reads_their_defaults():
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parents[2] / "slurm"
+    for script in scripts.glob("*.sh"):
+        text = script.read_text()
+        assert "#SBATCH --gpus-per-node" not in text and "#SBATCH --cpus-per-task" not in text, script.name
+    assert sr.script_defaults(scripts / "pretrain.sh")["gpus-per-node"] == "4"
+    assert sr.script_defaults(scripts / "finetune.sh")["cpus-per-task"] == "8"

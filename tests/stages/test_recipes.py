@@ -25,7 +25,7 @@ TINY = [
     "finetune.variants.freezed.kimg=0.004",
     "swap.seeds=2", "swap.kinds=[weight,activation]",
     "eval.n_samples=16", "eval.n_real=16", "eval.metrics=[kid]", "eval.kid_subset_size=8",
-    "eval.structure_n=8", "eval.batch=8", "eval.real_floor=false", "eval.untrained_baseline=false",
+    "eval.structure_n=8", "eval.identity_n=4", "eval.batch=8", "eval.real_floor=false", "eval.untrained_baseline=false",
 ]
 
 
@@ -84,9 +84,15 @@ def test_swap_and_eval_recipes(ran):
             assert (exp / "swap" / f"{name}-{kind}.png").is_file()
     metrics = read_json(exp / "eval" / "metrics.json")
     assert set(metrics) == {"source", "freezed", "freezesg_structure"}
+    from cartoon_stylegan.metrics.identity import unavailable
+
     for name in ("freezed", "freezesg_structure"):
         m = metrics[name]
         assert "kid_mean" in m and "fid" not in m and 0 < m["structure_ratio"] < 2
+        if unavailable() is None:  # the faces extra: the identity measure, per latent too
+            assert 0 <= m["identity_ratio"] < 2 and 0 <= m["identity_same"] <= 1
+            per = read_json(exp / "eval" / "per_latent" / f"{name}.json")
+            assert per["identity_n"] == 4 and len(per["values"]["identity_ratio"]) == 4
     assert not (exp / "eval" / "partial.json").exists()
 
 
