@@ -206,10 +206,14 @@ def _run_unit(registry, cfg, name, fp, logger, stop, point=None):
 def _run_grid(registry, cfg, name, fp, logger, stop, only, force, running_points):
     from pipeline import slurm
 
+    sizes = []  # the world size of each point run here
+
     def run_point(p):
         running_points.add(p)
         try:
-            return _run_unit(registry, cfg, name, fp, logger, stop, point=p)[0]
+            result, world = _run_unit(registry, cfg, name, fp, logger, stop, point=p)
+            sizes.append(world)
+            return result
         finally:
             running_points.discard(p)
 
@@ -219,7 +223,9 @@ def _run_grid(registry, cfg, name, fp, logger, stop, only, force, running_points
 
         def done(rc):
             running_points.discard(p)
-            return collect(rc)[0]
+            result, world = collect(rc)
+            sizes.append(world)
+            return result
         return proc, done
 
     stage = registry[name]
@@ -229,10 +235,11 @@ def _run_grid(registry, cfg, name, fp, logger, stop, only, force, running_points
                               per_run=cfg.launch.num_processes if stage.distributed else 1)
     results = grid.execute(registry, cfg, name, fp, only=only, force=force, run_point=run_point,
                            start_point=start_point, slots=slots, should_stop=lambda: stop.requested)
+    world = max((w for w in sizes if w), default=None)
     if stage.finish is None:
-        return results, None
+        return results, world
     ctx = StageContext(cfg, name, logger, fingerprint=fp, paths=registry.paths)
-    return stage.finish(ctx, results), None
+    return stage.finish(ctx, results), world
 
 
 def _start_launched(registry, cfg, name, fp, logger, *, point=None, devices=None):

@@ -197,6 +197,14 @@ def score_row(ctx, label: str) -> dict:
 def finish(ctx, rows: dict) -> dict:
     """Once every row is scored: metrics.json (the rows in grid order; skipped rows left out), the
     per-latent files of runs no longer in the config removed, the table printed."""
+    from stages.common import source_from_file
+
+    no_source_set = source_from_file(ctx.cfg)
+    if no_source_set:
+        ec = ctx.cfg.eval
+        left = ["source"] + (["real_floor"] if ec.real_floor else []) + (["untrained"] if ec.untrained_baseline else [])
+        ctx.say(f"[eval] rows left out: {', '.join(left)} (they score against the source image set, and "
+                f"{no_source_set.split(': ', 1)[0]}); every variant is scored against the target set")
     table = {k: v for k, v in rows.items() if not (isinstance(v, dict) and "skipped" in v)}
     per_latent = ctx.paths.stage_dir / PER_LATENT_DIR
     for f in per_latent.glob("*.json") if per_latent.is_dir() else ():

@@ -225,5 +225,7 @@ def test_variants_compare_in_mlflows_own_ui(run, tmp_path):
         assert r.info.run_name in page
         fid = r.data.metrics["eval/fid"]
         assert f"{fid:.4g}" in page, (r.info.run_name, fid)  # the UI shows 4 significant digits
-    assert "eval/fid" in page and "eval/kid_mean" in page and "variant.freeze_g_up_to" in page
+    # the parameters and metrics tables are virtualized lists: only their first ~17 rows are in the DOM, and
+    # the training metrics sort before eval/*; the values above are what the page lines up per run
+    assert "variant.freeze_g_up_to" in page
     assert_png(tmp_path / "compare.png", min_side=500)

@@ -880,8 +880,10 @@ def test_fine_tune_your_own_submitted_on_the_cpu_partition_chains_four_jobs(clus
     assert "no GPU in this job: finetune runs on CPU" in log.read_text()
     for v in ("freezed", "freezeg", "freezesg", "freezesg_structure"):
         assert (tmp_path / "plain" / "webtoon256" / "finetune" / v / "checkpoints" / "network-final.pt").is_file(), v
-    # on a partition with GPUs, a job that asked for none stops at once, naming the fix
-    proc = subprocess.run(["sbatch", "--partition=gpu", str(REPO / "slurm" / "finetune.sh"), *plain[1:]],
+    # on a partition with GPUs, a job that asked for none stops at once, naming the fix (a fresh run root:
+    # in the one above everything is done, and a job with nothing to do has nothing to refuse)
+    fresh = [plain[1], f"run_root={tmp_path / 'on-gpu'}", *plain[3:]]
+    proc = subprocess.run(["sbatch", "--partition=gpu", str(REPO / "slurm" / "finetune.sh"), *fresh],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     job = proc.stdout.split()[-1]
     log = tmp_path / "slurm-logs" / f"finetune-{job}.out"
