@@ -40,7 +40,7 @@ def pipeline(*args, timeout=1800) -> subprocess.CompletedProcess:
 
 
 def last_end(root: Path, points: list[str]) -> float:
-    recs = [json.loads((root / "default" / "finetune" / "points" / f"{p}.json").read_text()) for p in points]
+    recs = [json.loads((root / "default" / "finetune" / "points" / p / "point.json").read_text()) for p in points]
     bad = [p for p, r in zip(points, recs) if r.get("status") != "done"]
     if bad:
         raise SystemExit(f"runs not done: {', '.join(bad)}")

@@ -137,9 +137,11 @@ def _run_locked(reg, cfg, targets, order, args, tracker, only=None) -> int:
         what = " ".join(targets or ["all"]) + (f" --only {','.join(only)}" if only is not None else "")
         parent = tracker.parent(f"run {what}", tags={"targets": " ".join(order)})
         parent.params({"config_path": cfg.config_path, "experiment": cfg.experiment})
+    everything = not targets or list(targets) == ["all"]
+    forced = args.force and (lambda n: everything or n in targets)  # what dag.run forces: the named stages
     rc = dag.run(reg, cfg, targets or ["all"], force=args.force, alone=only is not None,
                  execute=lambda n, fp, prev: launch.execute(reg, cfg, n, fp, prev, tracker=tracker, parent=parent,
-                                                            only=only, force=args.force))
+                                                            only=only, force=bool(forced and forced(n))))
     if parent is not None:
         parent.finish({0: "FINISHED", 3: "KILLED"}.get(rc, "FAILED"))
         print(f"MLflow: {tracker.ui_hint()}")
@@ -236,12 +238,13 @@ def cmd_submit(args) -> int:
     from pipeline import slurm
     from pipeline.artifacts import StagePaths, experiment_dir, slurm_log_dir
 
-    if not args.dry_run and dag.run_in_progress(cfg):  # the jobs would train into the same folders
+    only = _points(reg, cfg, targets, args)
+    # the jobs would train into the same folders; points alone (--only) may go beside other points' tasks
+    if not args.dry_run and dag.run_in_progress(cfg, whole_only=only is not None):
         raise dag.RunLockHeld(f"a `pipeline run` is working on experiment {cfg.experiment!r} here (lock "
                               f"{dag.lock_path(cfg)}); submit when it has finished, or stop it first")
 
     _say_left_out(reg, cfg)
-    only = _points(reg, cfg, targets, args)
     order = [n for n in reg.plan(targets or ["all"], cfg) if args.force or dag.status(reg, cfg, n) != "done"]
     if only is not None and targets[0] not in order:
         order.append(targets[0])
@@ -249,6 +252,11 @@ def cmd_submit(args) -> int:
         print("every stage is up to date; nothing to submit")
         return 0
     arrays = _arrays(reg, cfg, order, only, targets[0] if only is not None else None, force=args.force)
+    if only is not None and targets[0] not in arrays:
+        why = (f"{targets[0]} is not sent as a job array here (slurm.array: {cfg.slurm.array})"
+               if cfg.slurm.array is not None and targets[0] not in cfg.slurm.array else
+               f"{', '.join(only)}: done already (--force to train again)")
+        raise ConfigError(f"--only: nothing to submit alone: {why}")
     # the jobs read a frozen copy of the resolved config: editing the YAML while they queue changes nothing
     frozen = experiment_dir(cfg) / "submitted" / f"config-{datetime.now():%Y%m%d-%H%M%S}.yaml"
     extra = [*cfg.slurm.sbatch_args, *(args.sbatch_arg or [])]

@@ -111,14 +111,15 @@ class StagePaths:
 
     # a grid stage's points (pipeline/grid.py): each point's record, lock, stop request, result, config
     def point_file(self, point: str | None, kind: str) -> Path:
-        """``kind`` of one point (``json`` record, ``lock``, ``stop``, ``result.json``, ``config.yaml``);
-        ``point`` None: the stage's own file of that kind (a stage run whole)."""
+        """``kind`` of one point, in its own folder ``points/<point>/``: ``point.json`` (the runner's record),
+        ``lock``, ``stop``, ``result.json``, ``config.yaml``; ``point`` None: the stage's own file of that
+        kind (a stage run whole)."""
         if point is None:
             return {"stop": self.stop_file, "result.json": self.result_file,
                     "config.yaml": self.resolved_config}[kind]
         from pipeline.settings import check_name
 
-        return self.stage_dir / "points" / f"{check_name(point, f'{self.stage} point')}.{kind}"
+        return self.stage_dir / "points" / check_name(point, f"{self.stage} point") / kind
 
     # a stage's sub-runs (e.g. one per fine-tuning variant), each in a validated folder of the stage
     def train_dir(self, variant: str | None = None) -> Path:

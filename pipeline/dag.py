@@ -55,7 +55,8 @@ def run_lock(cfg, say=print, *, shared: bool = False):
                      "since": datetime.now().isoformat(timespec="seconds")})
     held = False
     try:
-        with file_lock(path, wait=False, on_unsupported=unsupported, holder=me, shared=shared):
+        with file_lock(path, wait=False, grace=2.0 if shared else 0.0, on_unsupported=unsupported, holder=me,
+                       shared=shared):
             held = True
             yield
     except LockBusy as e:
@@ -75,10 +76,11 @@ def _parse_holder(text: str) -> dict:
     return rec if isinstance(rec, dict) else {}
 
 
-def run_in_progress(cfg) -> bool:
+def run_in_progress(cfg, *, whole_only: bool = False) -> bool:
     """True while some `pipeline run` holds the experiment's run lock (False where the file
-    system has no locks: nothing can tell there)."""
-    return bool(lock_held(lock_path(cfg)))
+    system has no locks: nothing can tell there); ``whole_only``: a whole run, not the point runs
+    of a grid stage (array tasks, which hold it shared)."""
+    return bool(lock_held(lock_path(cfg), exclusive_only=whole_only))
 
 
 class StageFailed(RuntimeError):
@@ -190,9 +192,11 @@ def run(registry, cfg, targets, *, force=False, execute, say=print, alone=False)
         say(f"[{name}] running ({reason})")
         start = time.time()
         with state_lock(cfg, name):
-            if read_state(cfg, name).get("status") != "partial" or state.get("fingerprint") != fp:
-                write_state(cfg, name, status="running", fingerprint=fp, started=start,
-                            started_at=datetime.now().isoformat(timespec="seconds"), error=None)
+            now = read_state(cfg, name)  # under the lock: array tasks that start together agree
+            continuing = now.get("fingerprint") == fp and now.get("status") in ("running", "stopped", "failed", "partial")
+            fresh = {} if continuing else {"mlflow_run_id": None}  # a new attempt gets a new MLflow stage run
+            write_state(cfg, name, status="running", fingerprint=fp, started=start,
+                        started_at=datetime.now().isoformat(timespec="seconds"), error=None, **fresh)
         rest = order[order.index(name) + 1:]
         try:
             result = execute(name, fp, state)

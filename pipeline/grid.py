@@ -1,17 +1,18 @@
 """Grid stages: a stage made of independent points, each run, recorded and resumed on its own.
 
 A stage that declares ``points`` (finetune: one point per (variant, seed) run) is run point by
-point. The runner keeps one record per point, ``<stage>/points/<point>.json`` (status, the stage
-fingerprint it ran under, result, times, host, SLURM task), and holds ``<point>.lock`` while the
-point runs, so that
+point. The runner keeps one record per point, ``<stage>/points/<point>/point.json`` (status, the
+stage fingerprint it ran under, result, times, host, SLURM task), and holds ``points/<point>/lock``
+while the point runs, so that
 
 - a rerun, a requeued job or an array task does only the points that are not done under the
   current fingerprint (a failed point does not hold up the others: they run, and the stage
   fails at the end naming it);
 - the tasks of a SLURM job array (``pipeline run finetune --only NAME`` / ``--point-index I``)
   run side by side: each takes the experiment's run lock *shared* and its point's lock; the
-  stage is marked done by whichever task finds every point done (under the stage's state lock),
-  else it stays ``partial``;
+  stage is marked done by whichever task finds every point done (more than one may, each running
+  the stage's ``finish``: it must be idempotent), and a task that found some point not done writes
+  ``partial`` only under the stage's state lock and never over a ``done``;
 - locally, ``launch.parallel_runs`` runs several points at once, each in its own process on its
   own GPUs (:func:`device_slots`, :func:`run_parallel`).
 
@@ -38,12 +39,12 @@ from toolbox import LockBusy, file_lock, lock_held
 # --------------------------------------------------------------------------- records
 
 def record(cfg, stage: str, point: str) -> dict:
-    rec = artifacts.read_json(artifacts.StagePaths(cfg, stage).point_file(point, "json"), {})
+    rec = artifacts.read_json(artifacts.StagePaths(cfg, stage).point_file(point, "point.json"), {})
     return rec if isinstance(rec, dict) else {}
 
 
 def write_record(cfg, stage: str, point: str, **fields) -> dict:
-    path = artifacts.StagePaths(cfg, stage).point_file(point, "json")
+    path = artifacts.StagePaths(cfg, stage).point_file(point, "point.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     rec = {**record(cfg, stage, point), **fields}
     artifacts.write_json(path, rec)
@@ -149,7 +150,7 @@ def _me() -> dict:
 def _point_lock(cfg, stage: str, point: str):
     """Hold the point's lock (raises LockBusy when another process runs it)."""
     path = artifacts.StagePaths(cfg, stage).point_file(point, "lock")
-    with file_lock(path, wait=False, holder=json.dumps(_me())):
+    with file_lock(path, wait=False, grace=2.0, holder=json.dumps(_me())):
         yield
 
 

@@ -208,8 +208,13 @@ def _run_grid(registry, cfg, name, fp, logger, stop, only, force, running_points
 
     sizes = []  # the world size of each point run here
 
+    def stop_if_asked(p):  # a stop that came while p started: its ranks read the stop file
+        if stop.requested:
+            StagePaths(cfg, name).point_file(p, "stop").touch()
+
     def run_point(p):
         running_points.add(p)
+        stop_if_asked(p)
         try:
             result, world = _run_unit(registry, cfg, name, fp, logger, stop, point=p)
             sizes.append(world)
@@ -219,6 +224,7 @@ def _run_grid(registry, cfg, name, fp, logger, stop, only, force, running_points
 
     def start_point(p, devices):
         running_points.add(p)
+        stop_if_asked(p)
         proc, collect = _start_launched(registry, cfg, name, fp, logger, point=p, devices=devices)
 
         def done(rc):
@@ -269,7 +275,7 @@ def _start_launched(registry, cfg, name, fp, logger, *, point=None, devices=None
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if n == 1 and devices is not None:  # a parallel grid point on one GPU: one plain process
         cmd = [sys.executable, *worker]
-    elif in_slurm():
+    elif in_slurm() and devices is None:  # a parallel point stays on this node, on its own GPUs and port
         from pipeline import slurm
 
         cmd = slurm.srun_accelerate_command(worker, cpu=cpu, mixed_precision=cfg.launch.mixed_precision,

@@ -14,7 +14,7 @@ from pipeline import dag, registry as registries, tracking
 from pipeline.artifacts import StagePaths, write_json
 from pipeline.config import load_config
 from pipeline.context import StageContext
-from pipeline.launch import die_with_parent, make_accelerator
+from pipeline.launch import die_with_parent, make_accelerator, one_process_group
 
 
 def main(argv=None) -> int:
@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     ctx = StageContext(cfg, args.stage, logger, accelerator=acc, is_main=acc.is_main_process,
                        fingerprint=args.fingerprint, paths=reg.paths, point=args.point)
     try:
-        result = stage.run(ctx)
+        with one_process_group(cfg, stage):  # a parallel grid point in one plain process: DeepSpeed's group
+            result = stage.run(ctx)
         out, rc = {"status": "done", "result": result}, 0
     except dag.StageStopped as e:
         # exit 0: a non-zero rank would make the launcher (and srun --kill-on-bad-exit) kill the

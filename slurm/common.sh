@@ -42,7 +42,7 @@ cs_run() {
          "nodes ${SLURM_JOB_NODELIST:-$(hostname)} gpus/node ${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}}" \
          "cpus/task ${SLURM_CPUS_PER_TASK:-?} at $(date '+%F %T')"
     if [[ -n ${SLURM_JOB_ID:-} && ${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}} =~ ^0*$ ]]; then
-        echo "[slurm] no GPU in this job: ${stages[*]} runs on CPU"
+        echo "[slurm] no GPU in this job: ${stages[*]} runs on CPU (on a partition with GPUs the pipeline stops instead)"
     fi
     local point=()
     if [[ -n ${SLURM_ARRAY_TASK_ID:-} ]]; then  # a job array: this task runs one point of the grid stage

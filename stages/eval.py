@@ -32,6 +32,8 @@ class EvalConfig:
 
         if not self.metrics:
             raise ConfigError("eval.metrics: empty; give at least one of fid, kid, pr")
+        if self.identity_n == 1:
+            raise ConfigError("eval.identity_n: 1 latent has no other latents' faces to compare with; 0 (off) or >= 2")
 
 
 def preflight(cfg):
@@ -122,6 +124,9 @@ def score_row(ctx, label: str) -> dict:
             kept = read_json(row_file, None)
             if isinstance(kept, dict) and kept.get("inputs") == material and isinstance(kept.get("scores"), dict):
                 m = kept["scores"]
+            if ranks is not None:  # rank 0 decides: every rank must take part in scoring, or none
+                m = ranks.gather(m)[0]
+            if m is not None:
                 ctx.say(f"[eval] {label}: the same inputs were scored before ({row_file.name}): reused")
         if m is None:
             fake = fake_fn()

@@ -124,7 +124,8 @@ def _read_holder(fd) -> str:
 def file_lock(path, *, wait: bool = True, timeout: Optional[float] = None, poll: float = 0.2,
               on_wait: Optional[Callable[[], None]] = None,
               on_unsupported: Optional[Callable[[OSError], None]] = None,
-              holder: Optional[str] = None, name: str = "lock", shared: bool = False) -> Iterator[bool]:
+              holder: Optional[str] = None, name: str = "lock", shared: bool = False,
+              grace: float = 0.0) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
 
     wait=False:     raise :class:`LockBusy` at once when another process holds it
@@ -137,6 +138,8 @@ def file_lock(path, *, wait: bool = True, timeout: Optional[float] = None, poll:
     name:           what the lock is, for the timeout's message
     shared:         a shared lock instead: any number of shared holders at once, none while an
                     exclusive one holds it (the tasks of one job array beside a whole run)
+    grace:          wait=False: keep trying this many seconds before LockBusy (a :func:`lock_held`
+                    probe holds the lock for an instant)
     Yields True when the lock is held, False when the file system could not lock.
     Works across processes and across threads (each call opens its own file description).
     """
@@ -151,18 +154,28 @@ def file_lock(path, *, wait: bool = True, timeout: Optional[float] = None, poll:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 if not wait:
-                    raise LockBusy(path, _read_holder(fd)) from None
-                if on_wait is not None:
-                    on_wait()
-                deadline = None if timeout is None else time.monotonic() + timeout
-                while True:
-                    try:
-                        fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if deadline is not None and time.monotonic() > deadline:
-                            raise TimeoutError(f"waited {timeout:.0f} s for the {name} {path}") from None
-                        time.sleep(poll)
+                    deadline = time.monotonic() + grace
+                    while True:
+                        if time.monotonic() >= deadline:
+                            raise LockBusy(path, _read_holder(fd)) from None
+                        time.sleep(min(poll, 0.1))
+                        try:
+                            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                            break
+                        except BlockingIOError:
+                            continue
+                else:
+                    if on_wait is not None:
+                        on_wait()
+                    deadline = None if timeout is None else time.monotonic() + timeout
+                    while True:
+                        try:
+                            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                            break
+                        except BlockingIOError:
+                            if deadline is not None and time.monotonic() > deadline:
+                                raise TimeoutError(f"waited {timeout:.0f} s for the {name} {path}") from None
+                            time.sleep(poll)
         except LockBusy:
             raise
         except OSError as e:
@@ -182,17 +195,27 @@ def file_lock(path, *, wait: bool = True, timeout: Optional[float] = None, poll:
         os.close(fd)
 
 
-def lock_held(path) -> Optional[bool]:
+def lock_held(path, *, exclusive_only: bool = False) -> Optional[bool]:
     """True while another process holds the lock on ``path`` (exclusive or shared); False when free
     or the file does not exist; None when the file system cannot tell (no locks there). The probe
-    takes the lock exclusively for an instant, so that shared holders count."""
+    takes the lock exclusively for an instant, so that shared holders count (a taker that meets the probe
+    retries: :func:`file_lock`'s ``grace``); ``exclusive_only``: only an exclusive holder counts (a shared probe). A
+    file this process cannot open for writing is probed shared (NFS emulates flock with fcntl locks,
+    whose exclusive kind needs a writable descriptor)."""
     path = Path(path)
+    mode = fcntl.LOCK_SH if exclusive_only else fcntl.LOCK_EX
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDWR)
     except FileNotFoundError:
         return False
+    except PermissionError:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        mode = fcntl.LOCK_SH
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return False
     except BlockingIOError:

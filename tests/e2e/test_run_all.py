@@ -166,8 +166,8 @@ def test_stopped_eval_keeps_its_scores_and_rerun_scores_only_the_rest(run, tmp_p
     rows = ["source", "real_floor", "untrained", *VARIANTS]
 
     def done():
-        return [p for p in rows if (points / f"{p}.json").is_file()
-                and read_json(points / f"{p}.json").get("status") == "done"]
+        return [p for p in rows if (points / p / "point.json").is_file()
+                and read_json(points / p / "point.json").get("status") == "done"]
     shutil.rmtree(points)  # the copy's records say done: wait for this run's own
     proc = start("run", "eval", "--force", *ARGS, run_root=root, log=log)
     try:
@@ -182,7 +182,7 @@ def test_stopped_eval_keeps_its_scores_and_rerun_scores_only_the_rest(run, tmp_p
     # scored by the first run: reused from <run_root>/cache/eval-rows, same figures
     assert "[eval] source: the same inputs were scored before" in log.read_text()
     first = read_json(run.exp / "eval" / "metrics.json")
-    assert read_json(points / "source.json")["result"] == first["source"]
+    assert read_json(points / "source" / "point.json")["result"] == first["source"]
     assert stage_state(root, EXP, "eval")["status"] == "stopped"
     assert "[eval] stopped: stopped before" in log.read_text()
 
@@ -191,7 +191,7 @@ def test_stopped_eval_keeps_its_scores_and_rerun_scores_only_the_rest(run, tmp_p
     metrics = read_json(root / EXP / "eval" / "metrics.json")
     assert set(metrics) == set(rows)
     for label in kept:
-        assert metrics[label] == read_json(points / f"{label}.json")["result"]
+        assert metrics[label] == read_json(points / label / "point.json")["result"]
     assert stage_state(root, EXP, "eval")["status"] == "done"
 
 

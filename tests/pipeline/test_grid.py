@@ -214,3 +214,61 @@ def test_parallel_runs_each_point_in_its_own_process_on_its_own_devices(tmp_path
     assert max(r["start"] for r in first) < min(r["end"] for r in first)  # two at a time
     assert min(r["start"] for r in second) >= min(r["end"] for r in first) - 0.5  # never three
     assert "(2 at a time)" in capsys.readouterr().out
+
+
+def test_a_forced_rerun_gets_a_new_mlflow_stage_run_and_leaves_the_finished_one_alone(reg, tmp_path):
+    from mlflow import MlflowClient
+
+    args = _args(tmp_path)
+    args[args.index("tracking.enabled=false")] = "tracking.enabled=true"
+    assert main(["run", "grid", *args]) == 0
+    assert main(["run", "grid", "--force", *args]) == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("g")
+    for stage in ("prep", "grid"):
+        runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("stage") == stage]
+        assert [r.info.status for r in runs] == ["FINISHED"] * (2 if stage == "grid" else 1), stage
+    cfg = _cfg(reg, tmp_path)
+    ids = {r.info.run_id for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("stage") == "grid"}
+    assert dag.read_state(cfg, "grid")["mlflow_run_id"] in ids and len(ids) == 2
+
+
+def test_force_on_a_later_stage_does_not_retrain_the_done_points_of_a_grid_it_needs(reg, tmp_path, capsys):
+    assert main(["run", "prep", *_args(tmp_path)]) == 0
+    assert main(["run", "grid", "--only", "p0", *_args(tmp_path)]) == 0
+    first = _out(tmp_path, "p0")["start"]
+    assert main(["run", "after", "--force", *_args(tmp_path)]) == 0
+    assert "[grid] up to date: p0" in capsys.readouterr().out
+    assert _out(tmp_path, "p0")["start"] == first  # not trained again: --force is for `after`
+
+
+def test_submit_only_refuses_a_stage_that_is_not_sent_as_an_array(tmp_path, capsys):
+    assert main(["submit", "grid", "--only", "p0", "--dry-run", *_args(tmp_path, "slurm.array=[]")]) == 2
+    assert "--only: nothing to submit alone: grid is not sent as a job array here" in capsys.readouterr().err
+
+
+def test_a_lock_taken_while_a_probe_holds_it_waits_out_the_probe(tmp_path):
+    import threading
+
+    from toolbox import LockBusy, file_lock
+
+    path, held = tmp_path / "l.lock", threading.Event()
+
+    def hold(seconds):
+        with file_lock(path):
+            held.set()
+            time.sleep(seconds)
+    t = threading.Thread(target=hold, args=(0.3,))
+    t.start()
+    held.wait()
+    with file_lock(path, wait=False, grace=2.0):  # the holder lets go within the grace
+        pass
+    t.join()
+    held.clear()
+    t = threading.Thread(target=hold, args=(1.5,))
+    t.start()
+    held.wait()
+    with pytest.raises(LockBusy):
+        with file_lock(path, wait=False, grace=0.3):
+            pass
+    t.join()

@@ -113,6 +113,6 @@ def test_eval_row_by_two_processes_is_the_one_process_row(ran, tmp_path):
                           cwd=repo, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "--num_processes 2" in proc.stdout
-    two = read_json(root / "recipes" / "eval" / "points" / "freezesg_structure.json")
+    two = read_json(root / "recipes" / "eval" / "points" / "freezesg_structure" / "point.json")
     assert two["status"] == "done"
     assert two["result"] == read_json(exp / "eval" / "metrics.json")["freezesg_structure"]
