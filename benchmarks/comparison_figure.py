@@ -44,11 +44,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-root", default="runs")
     ap.add_argument("--near", default="comparison-near")
-    ap.add_argument("--far", default="comparison-far")
+    ap.add_argument("--far", default="comparison-far", help="'' for none")
     ap.add_argument("--out", default=None, help="the figure (PNG); none: the table only")
     args = ap.parse_args()
     exps = {}
     for label, exp in (("near", args.near), ("far", args.far)):
+        if not exp:  # --far "": one experiment only
+            continue
         path = Path(args.run_root) / exp / "eval" / "metrics.json"
         if not path.is_file():
             print(f"error: {path} does not exist: run the experiment first (configs/comparison.yaml)", file=sys.stderr)
@@ -68,7 +70,8 @@ def main() -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, len(exps), figsize=(6 * len(exps), 4.6), sharey=False)
+        fig, axes = plt.subplots(1, len(exps), figsize=(6 * len(exps), 4.6), sharey=False, squeeze=False)
+        axes = axes[0]
         colours = plt.get_cmap("tab10")
         for ax, (label, e) in zip(axes, exps.items()):
             for i, v in enumerate(variants):
