@@ -62,18 +62,10 @@ def run_lock(cfg, say=print, *, shared: bool = False):
     except LockBusy as e:
         if held:  # raised by the work inside, not by taking this lock
             raise
-        holder = _parse_holder(e.holder)
+        holder = e.holder_record()
         raise RunLockHeld(f"another `pipeline run` is working on experiment {cfg.experiment!r} "
                           f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since "
                           f"{holder.get('since', '?')}; lock {path}); wait for it, or stop it first") from None
-
-
-def _parse_holder(text: str) -> dict:
-    try:
-        rec = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return rec if isinstance(rec, dict) else {}
 
 
 def run_in_progress(cfg, *, whole_only: bool = False) -> bool:

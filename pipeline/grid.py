@@ -201,11 +201,7 @@ def run_sequential(cfg, stage: str, fingerprint: str, points: list[str], run_poi
 
 
 def _holder(e: LockBusy) -> str:
-    try:
-        h = json.loads(e.holder or "{}")
-    except ValueError:
-        h = {}
-    h = h if isinstance(h, dict) else {}
+    h = e.holder_record()
     return f"pid {h.get('pid', '?')} on {h.get('host', '?')}" + (f", SLURM {h['slurm']}" if h.get("slurm") else "")
 
 

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import tempfile
 import time
@@ -111,6 +112,14 @@ class LockBusy(BlockingIOError):
     def __init__(self, path, holder: str):
         super().__init__(errno.EAGAIN, f"{path} is locked by another process")
         self.path, self.holder = path, holder
+
+    def holder_record(self) -> dict:
+        """The holder's text as the JSON object the holder wrote ({} when it is none)."""
+        try:
+            rec = json.loads(self.holder or "{}")
+        except ValueError:
+            return {}
+        return rec if isinstance(rec, dict) else {}
 
 
 def _read_holder(fd) -> str:
