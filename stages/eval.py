@@ -61,10 +61,15 @@ def points(cfg) -> list[str]:
 
     ec, out = cfg.eval, []
     if not source_from_file(cfg):
-        out += ["source"] + (["real_floor"] if ec.real_floor else []) + (["untrained"] if ec.untrained_baseline else [])
+        out += _source_rows(ec)
     if ec.source_vs_target:
         out.append("source_vs_target")
     return out + [r.dir for r in cfg.finetune.runs(cfg.seed)]
+
+
+def _source_rows(ec) -> list[str]:
+    """The rows scored against the source image set that this eval asks for."""
+    return ["source"] + (["real_floor"] if ec.real_floor else []) + (["untrained"] if ec.untrained_baseline else [])
 
 
 def run(ctx):
@@ -206,9 +211,7 @@ def finish(ctx, rows: dict) -> dict:
 
     no_source_set = source_from_file(ctx.cfg)
     if no_source_set:
-        ec = ctx.cfg.eval
-        left = ["source"] + (["real_floor"] if ec.real_floor else []) + (["untrained"] if ec.untrained_baseline else [])
-        ctx.say(f"[eval] rows left out: {', '.join(left)} (they score against the source image set, and "
+        ctx.say(f"[eval] rows left out: {', '.join(_source_rows(ctx.cfg.eval))} (they score against the source image set, and "
                 f"{no_source_set.split(': ', 1)[0]}); every variant is scored against the target set")
     table = {k: v for k, v in rows.items() if not (isinstance(v, dict) and "skipped" in v)}
     per_latent = ctx.paths.stage_dir / PER_LATENT_DIR
